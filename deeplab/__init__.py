@@ -1,0 +1,3 @@
+"""DeepLabv3 and DeepLabv3+ semantic segmentation in PyTorch."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,62 @@
+"""DataLoaders for training (endless, resumable, sharded) and validation (whole images, sharded)."""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from deeplab.data import collate_eval
+from deeplab.sampling import ResumableSampler, SeededDataset
+
+
+def build_train_loader(
+    dataset: Dataset,
+    batch_size: int,
+    num_workers: int,
+    seed: int,
+    rank: int = 0,
+    world_size: int = 1,
+    start_iteration: int = 0,
+    pin_memory: bool = False,
+) -> DataLoader:
+    """Endless loader of `batch_size` crops per rank, continuing after `start_iteration` iterations."""
+    sampler = ResumableSampler(
+        len(dataset), seed=seed, rank=rank, world_size=world_size, start=start_iteration * batch_size
+    )
+    return DataLoader(
+        SeededDataset(dataset),
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        drop_last=True,
+        persistent_workers=num_workers > 0,
+        # Its own generator: creating the iterator must not consume the global RNG that resume restores.
+        generator=torch.Generator().manual_seed(seed),
+        prefetch_factor=4 if num_workers > 0 else None,
+    )
+
+
+def build_val_loader(
+    dataset: Dataset,
+    batch_size: int,
+    num_workers: int,
+    rank: int = 0,
+    world_size: int = 1,
+    pin_memory: bool = False,
+) -> DataLoader:
+    """Whole-image loader over this rank's share: every image exactly once across ranks.
+
+    (DistributedSampler pads the last round with repeated images, which would count them twice.)
+    """
+    shard = Subset(dataset, list(range(rank, len(dataset), world_size)))  # type: ignore[arg-type]
+    return DataLoader(
+        shard,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        collate_fn=collate_eval,
+        persistent_workers=num_workers > 0,
+        generator=torch.Generator().manual_seed(0),
+    )

@@ -1,0 +1,104 @@
+"""torchvision ResNet-50/101 as a dilated feature extractor with a settable output stride."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from torchvision.models import resnet50, resnet101
+from torchvision.models.resnet import Bottleneck, ResNet
+
+from deeplab.errors import ConfigError
+
+RESNETS = {"resnet50": resnet50, "resnet101": resnet101}
+OUTPUT_STRIDES = (8, 16)
+DILATION_STYLES = ("deeplab", "torchvision")
+
+
+def unit_rates(
+    output_stride: int, multi_grid: Sequence[int], dilation_style: str, units: Sequence[int]
+) -> dict[str, list[int]]:
+    """Atrous rate of the 3x3 conv of every unit of layer3 and layer4, e.g. {"layer4": [2, 4, 8], ...}.
+
+    `units` holds the number of units of layer3 and layer4. "deeplab" style gives every unit of a dilated
+    layer that layer's rate (layer4's three units multiplied by the multi-grid, arXiv 1706.05587 Sec. 3.2);
+    "torchvision" style reproduces `replace_stride_with_dilation`: the first unit of a dilated layer keeps
+    the rate of the layer before it.
+    """
+    if output_stride not in OUTPUT_STRIDES:
+        raise ConfigError(f"output stride must be one of {OUTPUT_STRIDES}, got {output_stride}")
+    if dilation_style not in DILATION_STYLES:
+        raise ConfigError(f"dilation style must be one of {DILATION_STYLES}, got {dilation_style!r}")
+    layer_rate = {"layer3": 2 if output_stride == 8 else 1, "layer4": 4 if output_stride == 8 else 2}
+    previous = {"layer3": 1, "layer4": layer_rate["layer3"]}
+    rates = {}
+    for name, n in zip(("layer3", "layer4"), units):
+        first = previous[name] if dilation_style == "torchvision" and layer_rate[name] > 1 else layer_rate[name]
+        rates[name] = [first] + [layer_rate[name]] * (n - 1)
+    if len(multi_grid) != len(rates["layer4"]):
+        raise ConfigError(f"multi-grid needs {len(rates['layer4'])} values (one per layer4 unit), got {multi_grid}")
+    rates["layer4"] = [r * g for r, g in zip(rates["layer4"], multi_grid)]
+    return rates
+
+
+class ResNetBackbone(nn.Module):
+    """ResNet (He et al. 2016) without avgpool/fc, layer3/layer4 dilated for output stride 16 or 8 (arXiv 1706.05587).
+
+    Submodule names equal torchvision's, so a torchvision ResNet state dict (minus fc.*) loads 1:1.
+    """
+
+    def __init__(
+        self,
+        resnet: ResNet,
+        output_stride: int = 16,
+        multi_grid: Sequence[int] = (1, 2, 4),
+        dilation_style: str = "deeplab",
+    ) -> None:
+        super().__init__()
+        if not all(isinstance(unit, Bottleneck) for unit in (*resnet.layer3, *resnet.layer4)):
+            raise ConfigError("the backbone must be a bottleneck ResNet (resnet50 or resnet101)")
+        self.conv1, self.bn1, self.relu, self.maxpool = resnet.conv1, resnet.bn1, resnet.relu, resnet.maxpool
+        self.layer1, self.layer2, self.layer3, self.layer4 = resnet.layer1, resnet.layer2, resnet.layer3, resnet.layer4
+        self.multi_grid = tuple(int(g) for g in multi_grid)
+        self.dilation_style = dilation_style
+        self.low_channels = self.layer1[-1].conv3.out_channels  # 256
+        self.aux_channels = self.layer3[-1].conv3.out_channels  # 1024
+        self.out_channels = self.layer4[-1].conv3.out_channels  # 2048
+        self.output_stride = output_stride
+        self.set_output_stride(output_stride)
+
+    def set_output_stride(self, output_stride: int) -> None:
+        """Re-dilate layer3/layer4 in place (the weights are untouched): OS 16 or 8."""
+        rates = unit_rates(
+            output_stride, self.multi_grid, self.dilation_style, (len(self.layer3), len(self.layer4))
+        )
+        for name, layer_rates in rates.items():
+            layer: nn.Sequential = getattr(self, name)
+            # A dilated layer keeps the resolution: its first unit's stride 2 becomes 1 (and back).
+            # layer4 is dilated at both output strides, layer3 only at 8.
+            stride = 2 if name == "layer3" and output_stride == 16 else 1
+            first: Bottleneck = layer[0]
+            first.conv2.stride = (stride, stride)
+            if first.downsample is not None:
+                first.downsample[0].stride = (stride, stride)
+            for unit, rate in zip(layer, layer_rates):
+                unit.conv2.dilation = (rate, rate)
+                unit.conv2.padding = (rate, rate)  # a 3x3 conv with dilation r keeps the size with padding r
+        self.output_stride = output_stride
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))  # (B, 64, H/4, W/4)
+        low = self.layer1(x)  # (B, 256, H/4, W/4)
+        aux = self.layer3(self.layer2(low))  # (B, 1024, H/OS', W/OS'), OS' = 16 at OS 16, 8 at OS 8
+        out = self.layer4(aux)  # (B, 2048, H/OS, W/OS)
+        return {"low": low, "aux": aux, "out": out}
+
+
+def build_backbone(
+    name: str, output_stride: int = 16, multi_grid: Sequence[int] = (1, 2, 4), dilation_style: str = "deeplab"
+) -> ResNetBackbone:
+    """A randomly initialised ResNet backbone (torchvision's initialisation); weights are loaded separately."""
+    if name not in RESNETS:
+        raise ConfigError(f"unknown backbone {name!r}; choose one of {sorted(RESNETS)}")
+    return ResNetBackbone(RESNETS[name](weights=None), output_stride, multi_grid, dilation_style)

@@ -1,0 +1,64 @@
+"""Resumable, rank-sharded training order with per-sample augmentation seeds.
+
+The order of epoch e is a permutation seeded by (seed, e), split across ranks like DistributedSampler, and
+every sample carries its own seed for the augmentation. A run resumed at iteration N therefore sees exactly
+the samples and crops an uninterrupted run would have seen, whatever the number of DataLoader workers
+(torch's DistributedSampler restarts the epoch, and forked workers share albumentations' random state).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch.utils.data import Dataset, Sampler
+
+
+def _mix(*values: int) -> int:
+    """A 63-bit seed from integers (splitmix64-style), so nearby inputs give unrelated seeds."""
+    x = 0x9E3779B97F4A7C15
+    for v in values:
+        x = (x ^ (v & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9 & 0xFFFFFFFFFFFFFFFF
+        x = (x ^ (x >> 31)) * 0x94D049BB133111EB & 0xFFFFFFFFFFFFFFFF
+    return x >> 1
+
+
+class ResumableSampler(Sampler[tuple[int, int]]):
+    """Endless (index, sample_seed) stream for one rank, starting after `start` samples of that rank."""
+
+    def __init__(self, size: int, seed: int, rank: int = 0, world_size: int = 1, start: int = 0) -> None:
+        if size < world_size:
+            raise ValueError(f"dataset of {size} samples is smaller than the {world_size} ranks")
+        self.size = size
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.start = start
+        # Each rank takes every world_size-th sample of an epoch; the tail that does not divide is dropped.
+        self.per_rank = size // world_size
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        epoch, pos = divmod(self.start, self.per_rank)
+        while True:
+            g = torch.Generator().manual_seed(_mix(self.seed, epoch))
+            order = torch.randperm(self.size, generator=g)[self.rank :: self.world_size][: self.per_rank]
+            for p in range(pos, self.per_rank):
+                yield int(order[p]), _mix(self.seed, epoch, p, self.rank)
+            epoch, pos = epoch + 1, 0
+
+
+class SeededDataset(Dataset):
+    """Wraps a dataset so that item (index, seed) is augmented with a random state made from seed."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, item: tuple[int, int]):
+        index, seed = item
+        transform = getattr(self.dataset, "transform", None)
+        if transform is not None and hasattr(transform, "set_random_seed"):
+            transform.set_random_seed(seed % 2**32)
+        return self.dataset[index]

@@ -1,0 +1,69 @@
+"""Hydra callback: after a multirun, a table of every run's overrides and final metrics."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import yaml
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+log = logging.getLogger(__name__)
+
+METRICS = ("miou", "pixel_acc", "mean_acc", "fwiou")
+
+
+def collect_runs(sweep_dir: Path) -> list[dict[str, Any]]:
+    """One row per job dir under sweep_dir: its number, overrides and the metrics of its metrics.json."""
+    rows = []
+    for job in sorted((p for p in sweep_dir.iterdir() if p.is_dir()), key=lambda p: (len(p.name), p.name)):
+        overrides_file = job / ".hydra" / "overrides.yaml"
+        if not overrides_file.is_file():
+            continue
+        overrides = yaml.safe_load(overrides_file.read_text()) or []
+        row: dict[str, Any] = {"run": job.name, "overrides": " ".join(overrides)}
+        metrics_file = job / "metrics.json"
+        metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
+        for key in METRICS:
+            row[key] = metrics.get(key)
+        row["iteration"] = metrics.get("iteration")
+        rows.append(row)
+    return rows
+
+
+def write_summary(sweep_dir: Path) -> list[dict[str, Any]]:
+    """Writes sweep_summary.csv and sweep_summary.md in sweep_dir; rows sorted by mIoU, best first."""
+    rows = collect_runs(sweep_dir)
+    rows.sort(key=lambda r: -(r["miou"] if isinstance(r["miou"], int | float) else -1.0))
+    fields = ["run", "overrides", *METRICS, "iteration"]
+    with open(sweep_dir / "sweep_summary.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+
+    def cell(v: Any) -> str:
+        return f"{100 * v:.2f}" if isinstance(v, float) else ("-" if v is None else str(v))
+
+    lines = [
+        "| run | overrides | mIoU | pixel acc | mean acc | FWIoU | iteration |",
+        "|---|---|---|---|---|---|---|",
+        *(f"| {r['run']} | `{r['overrides']}` | " + " | ".join(cell(r[k]) for k in (*METRICS, "iteration")) + " |" for r in rows),
+    ]
+    (sweep_dir / "sweep_summary.md").write_text("\n".join(lines) + "\n")
+    return rows
+
+
+class SweepSummary(Callback):
+    """Writes sweep_summary.{csv,md} into the multirun dir when the sweep ends."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        if not sweep_dir.is_dir():
+            return
+        rows = write_summary(sweep_dir)
+        log.info("sweep summary of %d runs: %s", len(rows), sweep_dir / "sweep_summary.md")
+        print((sweep_dir / "sweep_summary.md").read_text())

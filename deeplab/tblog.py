@@ -1,0 +1,74 @@
+"""TensorBoard output: namespaced scalars, example grids, and hyperparameters for comparing runs."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch.utils.tensorboard import SummaryWriter
+
+from deeplab.visualize import draw_segmentation_map
+
+# metrics.json key -> TensorBoard tag
+METRIC_TAGS = {"pixel_acc": "val/pixel_acc", "mean_acc": "val/mean_acc", "miou": "val/mIoU", "fwiou": "val/FWIoU"}
+
+
+def open_writer(run_dir: Path, purge_step: int | None = None) -> SummaryWriter:
+    """Writer under run_dir/tensorboard; purge_step drops events logged after a resumed checkpoint."""
+    return SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=purge_step)
+
+
+def log_val_metrics(writer: SummaryWriter, metrics: Mapping[str, Any], class_names: Sequence[str], step: int) -> None:
+    for key, tag in METRIC_TAGS.items():
+        writer.add_scalar(tag, metrics[key], step)
+    for name, iou in zip(class_names, metrics["iou_per_class"]):
+        if iou is not None and not math.isnan(iou):
+            writer.add_scalar(f"val/IoU/{name}", iou, step)
+
+
+def example_strip(image: np.ndarray, truth: np.ndarray, pred: np.ndarray, palette: np.ndarray, ignore_index: int) -> np.ndarray:
+    """(H, W, 3) photo, (H, W) truth and prediction -> (H, 3W, 3) uint8 strip: input | truth | prediction."""
+    return np.concatenate(
+        [image, draw_segmentation_map(truth, palette, ignore_index), draw_segmentation_map(pred, palette, ignore_index)],
+        axis=1,
+    )
+
+
+def log_examples(
+    writer: SummaryWriter,
+    examples: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]],
+    palette: np.ndarray,
+    ignore_index: int,
+    step: int,
+) -> None:
+    for i, (image, truth, pred) in enumerate(examples):
+        writer.add_image(f"val/example_{i}", example_strip(image, truth, pred, palette, ignore_index), step, dataformats="HWC")
+
+
+def flat_hparams(cfg: Mapping[str, Any], sections: Sequence[str] = ("model", "backbone", "optim", "schedule", "trainer", "loss")) -> dict[str, Any]:
+    """Dotted scalar hyperparameters of the run (lists become strings), plus the dataset name."""
+    out: dict[str, Any] = {}
+
+    def walk(prefix: str, node: Any) -> None:
+        if isinstance(node, Mapping):
+            for k, v in node.items():
+                walk(f"{prefix}.{k}", v)
+        elif isinstance(node, bool | int | float | str):
+            out[prefix] = node
+        else:
+            out[prefix] = str(node)
+
+    for section in sections:
+        if section in cfg:
+            walk(section, cfg[section])
+    out["dataset.name"] = str(cfg.get("dataset", {}).get("name", ""))
+    return out
+
+
+def log_hparams(writer: SummaryWriter, hparams: dict[str, Any], metrics: Mapping[str, Any]) -> None:
+    """Hyperparameters with the final metrics, in the same run directory (TensorBoard's HPARAMS tab)."""
+    final = {f"hparam/{k}": float(metrics[k]) for k in METRIC_TAGS}
+    writer.add_hparams(hparams, final, run_name=".")

@@ -1,0 +1,135 @@
+"""The evaluator: independent of batch size, MS+flip reduces to plain inference, DDP equals one process."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from PIL import Image
+
+from deeplab import data
+from deeplab.engine import evaluate
+from deeplab.inference import predict_probs
+from deeplab.loaders import build_val_loader
+from deeplab.models import build_model
+
+SIZES = [(33, 45), (40, 40), (29, 51), (40, 40), (37, 30)]
+
+
+def make_folder_dataset(root: Path) -> None:
+    """Five images of different sizes with 3-class masks (and some 255 pixels)."""
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        (root / split / "images").mkdir(parents=True)
+        (root / split / "masks").mkdir(parents=True)
+        for i, (h, w) in enumerate(SIZES):
+            img = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
+            mask = np.zeros((h, w), np.uint8)
+            mask[h // 4 : h // 2, w // 4 : w // 2] = 1
+            mask[h // 2 :, w // 2 :] = 2
+            mask[0, :] = 255
+            Image.fromarray(img).save(root / split / "images" / f"im{i}.png")
+            Image.fromarray(mask).save(root / split / "masks" / f"im{i}.png")
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    from conftest import compose_config
+
+    root = tmp_path_factory.mktemp("folder")
+    make_folder_dataset(root)
+    cfg = compose_config(
+        [
+            "dataset=folder", "model=deeplabv3plus", "backbone=resnet50", "backbone.pretrained=false",
+            f"dataset.train.images={root}/train/images", f"dataset.train.masks={root}/train/masks",
+            f"dataset.val.images={root}/val/images", f"dataset.val.masks={root}/val/masks",
+            "dataset.num_classes=3", "trainer.crop_size=32",
+        ]
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    dataset = data.build_dataset(cfg, "val", normalize=False)
+    return cfg, model, dataset
+
+
+def run_eval(cfg, model, dataset, batch_size: int, **kwargs) -> torch.Tensor:
+    loader = build_val_loader(dataset, batch_size, num_workers=0)
+    cm, _ = evaluate(
+        model, loader, num_classes=3, ignore_index=255, device=torch.device("cpu"),
+        mean=cfg.dataset.mean, std=cfg.dataset.std, **kwargs,
+    )  # fmt: skip
+    return cm.matrix.clone()
+
+
+def test_batch_size_does_not_change_the_result(setup):
+    cfg, model, dataset = setup
+    m1 = run_eval(cfg, model, dataset, 1)
+    assert m1.sum() == sum(h * w - w for h, w in SIZES)  # every pixel but the 255 rows, counted once
+    assert torch.equal(m1, run_eval(cfg, model, dataset, 2))
+    assert torch.equal(m1, run_eval(cfg, model, dataset, 5))
+
+
+def test_single_scale_no_flip_equals_plain_inference(setup):
+    cfg, model, dataset = setup
+    x = torch.randn(2, 3, 37, 41)
+    with torch.no_grad():
+        plain = model(x)["out"].argmax(1)
+        ms = predict_probs(model, x, scales=[1.0], flip=False).argmax(1)
+    assert torch.equal(plain, ms)
+    m_plain = run_eval(cfg, model, dataset, 1)
+    assert torch.equal(m_plain, run_eval(cfg, model, dataset, 1, scales=[1.0], flip=False))
+
+
+def test_flip_averages_flipped_predictions(setup):
+    _, model, _ = setup
+    x = torch.randn(1, 3, 33, 33)
+    with torch.no_grad():
+        p = torch.softmax(model(x)["out"], 1)
+        pf = torch.softmax(model(x.flip(-1))["out"], 1).flip(-1)
+        got = predict_probs(model, x, scales=[1.0], flip=True)
+    assert torch.allclose(got, (p + pf) / 2, atol=1e-6)
+
+
+def test_sliding_window_covers_the_image(setup):
+    _, model, _ = setup
+    x = torch.randn(1, 3, 50, 70)
+    with torch.no_grad():
+        probs = predict_probs(model, x, mode="slide", window=33, overlap=0.5)
+        whole = predict_probs(model, x, mode="slide", window=80, overlap=0.5)  # one padded window
+    assert probs.shape == (1, 3, 50, 70)
+    assert torch.allclose(probs.sum(1), torch.ones(1, 50, 70), atol=1e-5)
+    assert whole.shape == (1, 3, 50, 70)
+
+
+def _ddp_worker(rank: int, world: int, init_file: str, out_file: str, cfg_yaml: str) -> None:
+    from omegaconf import OmegaConf
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    cfg = OmegaConf.create(cfg_yaml)
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    dataset = data.build_dataset(cfg, "val", normalize=False)
+    loader = build_val_loader(dataset, 2, num_workers=0, rank=rank, world_size=world)
+    cm, _ = evaluate(
+        model, loader, num_classes=3, ignore_index=255, device=torch.device("cpu"),
+        mean=cfg.dataset.mean, std=cfg.dataset.std,
+    )  # fmt: skip
+    if rank == 0:
+        torch.save(cm.matrix, out_file)
+    dist.destroy_process_group()
+
+
+def test_two_process_ddp_evaluation_equals_one_process(setup, tmp_path):
+    from omegaconf import OmegaConf
+
+    cfg, model, dataset = setup
+    single = run_eval(cfg, model, dataset, 2)
+    out = tmp_path / "cm.pt"
+    mp.spawn(
+        _ddp_worker, args=(2, str(tmp_path / "init"), str(out), OmegaConf.to_yaml(cfg, resolve=True)), nprocs=2, join=True
+    )
+    assert torch.equal(torch.load(out, weights_only=True), single)

@@ -1,0 +1,30 @@
+"""Train DeepLabv3 / DeepLabv3+: `python train.py experiment=quickstart` (see configs/train.yaml)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from deeplab.errors import UserError
+
+
+@hydra.main(version_base="1.3", config_path="configs", config_name="train")
+def main(cfg: DictConfig) -> float:
+    from deeplab.engine import train  # after Hydra has set up logging
+
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        metrics = train(cfg, run_dir)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    # Hydra sweepers (e.g. Optuna) maximise what main returns.
+    return float(metrics[cfg.get("optimized_metric", "miou")])
+
+
+if __name__ == "__main__":
+    main()
