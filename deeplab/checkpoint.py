@@ -2,14 +2,47 @@
 
 from __future__ import annotations
 
+import contextlib
+import glob
+import os
 import pickle
-import zipfile
+import random
+import re
+import uuid
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
 
 from deeplab.errors import CheckpointError
+
+# Config subtrees that decide the model's parameters, and leaves under them that do not (weights to
+# start from), so they are not reported as differences.
+ARCH_KEYS = ("model", "backbone", "dataset.num_classes")
+NOT_ARCH_KEYS = ("model.pretrained", "backbone.pretrained", "backbone.weights")
+
+_ZIP_MAGIC = b"PK\x03\x04"  # torch.save writes a zip archive
+
+
+def _first_line(e: BaseException) -> str:
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    return lines[0] if lines else type(e).__name__
+
+
+def _looks_truncated(path: Path) -> bool:
+    """True for an empty file or a zip archive whose end (the central directory) is missing."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+        if not head:
+            return True
+        if head != _ZIP_MAGIC:
+            return False
+        f.seek(-min(path.stat().st_size, 65557), os.SEEK_END)  # end record + longest zip comment
+        return b"PK\x05\x06" not in f.read()
 
 
 def load_file(path: str | Path, what: str = "checkpoint") -> Any:
@@ -19,12 +52,268 @@ def load_file(path: str | Path, what: str = "checkpoint") -> Any:
         raise CheckpointError(f"{what} file not found: {path}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise CheckpointError(
+    except Exception as e:
+        # A damaged file fails in many ways (zip, EOF, OS, key and decoding errors), none a bug here.
+        raise CheckpointError(_why_unreadable(path, what, e)) from None
+
+
+def _why_unreadable(path: Path, what: str, e: Exception) -> str:
+    # weights_only refuses any global outside tensors, numbers, strings and containers.
+    refused = re.search(r"unsupported global[^\n]*", str(e), re.IGNORECASE)
+    if isinstance(e, pickle.UnpicklingError) and refused:
+        return (
             f"{what} file {path} was refused: it holds Python objects that could run code when loaded "
-            f"(only tensors, numbers, strings and containers are accepted) ({str(e).splitlines()[0]})"
-        ) from None
-    except (zipfile.BadZipFile, EOFError, RuntimeError) as e:
+            f"({refused.group(0).strip().rstrip('.')}); only tensors, numbers, strings and containers "
+            f"are accepted, so re-save it from a trusted environment as a plain state dict"
+        )
+    try:
+        truncated = _looks_truncated(path)
+    except OSError as read_error:
+        return f"{what} file {path} cannot be read: {read_error.strerror or read_error}"
+    if truncated:
+        return (
+            f"{what} file {path} is truncated (an interrupted write or copy?): "
+            f"copy it again, or use an earlier one"
+        )
+    if isinstance(e, pickle.UnpicklingError):
+        # torch's message starts with advice to load unsafely; keep only the unpickler's own reason.
+        reason = re.search(r"WeightsUnpickler error:\s*([^\n]+)", str(e))
+        detail = f" ({reason.group(1).strip()})" if reason else ""
+        return f"{what} file {path} is not a file written by torch.save, or is corrupt{detail}"
+    return f"{what} file {path} is corrupt and cannot be read ({type(e).__name__}: {_first_line(e)})"
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a training checkpoint: a dict with at least "model" (state dict) and "config" (resolved)."""
+    obj = load_file(path, "checkpoint")
+    if isinstance(obj, Mapping) and "model" in obj and "config" in obj:
+        return dict(obj)
+    if isinstance(obj, Mapping) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(
-            f"{what} file {path} is truncated or corrupt and cannot be read ({str(e).splitlines()[0]})"
+            f"checkpoint file {path} is a bare state dict ({len(obj)} tensors), not a checkpoint written by "
+            f"train.py (which also holds the config): use it as initial weights instead (backbone.pretrained="
+            f"PATH for ResNet weights, model.pretrained=PATH for torchvision's DeepLabV3)"
+        )
+    kind = f"a dict with keys {sorted(map(str, obj))[:8]}" if isinstance(obj, Mapping) else type(obj).__name__
+    raise CheckpointError(
+        f"checkpoint file {path} holds {kind}, not a training checkpoint "
+        f"(a dict with 'model' and 'config', as train.py writes)"
+    )
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
+    """Write state to path atomically: a crash leaves either the old file or the new one, never a mix."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # os.open with 0o666 lets the umask decide permissions, as for any other output file.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                torch.save(state, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
+    except OSError as e:
+        raise CheckpointError(
+            f"could not write checkpoint {path}: {e.strerror or e}; check free disk space and that the "
+            f"directory is writable (any previous {path.name} was left intact)"
         ) from None
+    except RuntimeError as e:
+        # torch.save's zip writer turns some failed writes into RuntimeError ("unexpected pos").
+        if not any(s in str(e) for s in ("write", "inline_container", "unexpected pos")):
+            raise
+        raise CheckpointError(
+            f"could not write checkpoint {path}: {_first_line(e)}; check free disk space and that the "
+            f"directory is writable (any previous {path.name} was left intact)"
+        ) from e
+    _fsync_dir(path.parent)
+    _remove_stale_temps(path)
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make the rename durable; not possible on every platform or file system, hence best effort."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        with contextlib.suppress(OSError):
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _remove_stale_temps(path: Path) -> None:
+    """Delete temporary files of earlier writes of path that were killed before their rename."""
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        pid = tmp.name[len(path.name) + 2 :].split(".")[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. PermissionError: it exists but belongs to another user
+        return True
+    return True
+
+
+class _Missing:
+    def __repr__(self) -> str:
+        return "<missing>"
+
+
+_MISSING = _Missing()
+
+
+def _select(cfg: Mapping | DictConfig, dotted: str) -> Any:
+    """The plain value at a dotted key; DictConfig subtrees are resolved (only that subtree)."""
+    if isinstance(cfg, DictConfig):
+        node = OmegaConf.select(cfg, dotted, default=_MISSING)
+        return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+    node: Any = cfg
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return _MISSING
+        node = node[part]
+    return node
+
+
+def _leaves(node: Any, prefix: str) -> dict[str, Any]:
+    if isinstance(node, Mapping):
+        out: dict[str, Any] = {}
+        for k, v in node.items():
+            out.update(_leaves(v, f"{prefix}.{k}"))
+        return out
+    return {prefix: node}
+
+
+def config_diff(
+    saved: Mapping | DictConfig,
+    current: Mapping | DictConfig,
+    keys: Sequence[str] = ARCH_KEYS,
+    ignore: Sequence[str] = NOT_ARCH_KEYS,
+) -> list[str]:
+    """Differing leaf values under the dotted keys, e.g. "backbone.output_stride: checkpoint 16, config 8"."""
+    diffs = []
+    for key in keys:
+        old = _leaves(_select(saved, key), key)
+        new = _leaves(_select(current, key), key)
+        for leaf in sorted(set(old) | set(new)):
+            if any(leaf == i or leaf.startswith(i + ".") for i in ignore):
+                continue
+            a, b = old.get(leaf, _MISSING), new.get(leaf, _MISSING)
+            if a != b:
+                diffs.append(f"{leaf}: checkpoint {a}, config {b}")
+    return diffs
+
+
+def check_compatible(
+    saved_cfg: Mapping | DictConfig,
+    cfg: Mapping | DictConfig,
+    path: str | Path,
+    keys: Sequence[str] = ARCH_KEYS,
+) -> None:
+    """Raise CheckpointError listing the config keys whose values differ from the checkpoint's."""
+    diffs = config_diff(saved_cfg, cfg, keys)
+    if diffs:
+        raise CheckpointError(
+            f"checkpoint {path} was made for a different model: {'; '.join(diffs)} "
+            f"(drop these overrides, or use a checkpoint trained with them)"
+        )
+
+
+def load_model_state(
+    model: nn.Module,
+    state_dict: Mapping[str, torch.Tensor],
+    path: str | Path,
+    saved_cfg: Mapping | DictConfig | None = None,
+    cfg: Mapping | DictConfig | None = None,
+) -> None:
+    """load_state_dict(strict=True); a mismatch names the differing config keys, else the parameters."""
+    state_dict = _strip_wrapper_prefix(state_dict)
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    resized = [
+        f"{k} {tuple(state_dict[k].shape)} vs {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state_dict and state_dict[k].shape != v.shape
+    ]
+    if missing or unexpected or resized:
+        diffs = config_diff(saved_cfg, cfg) if saved_cfg is not None and cfg is not None else []
+        if diffs:
+            detail = "config keys differ: " + "; ".join(diffs)
+        else:
+            parts = []
+            for label, names in (
+                ("shape differs", resized),
+                ("missing", missing),
+                ("unexpected", unexpected),
+            ):
+                if names:
+                    more = f" and {len(names) - 3} more" if len(names) > 3 else ""
+                    parts.append(f"{label}: {', '.join(names[:3])}{more}")
+            detail = "; ".join(parts)
+        raise CheckpointError(f"checkpoint {path} does not fit this model ({detail})")
+    try:
+        model.load_state_dict(state_dict, strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(f"checkpoint {path} does not fit this model ({_first_line(e)})") from None
+
+
+def _strip_wrapper_prefix(state_dict: Mapping[str, torch.Tensor]) -> Mapping[str, torch.Tensor]:
+    """Accept state dicts saved from a DDP ("module.") or torch.compile ("_orig_mod.") wrapper."""
+    for prefix in ("module.", "_orig_mod."):
+        if state_dict and all(k.startswith(prefix) for k in state_dict):
+            state_dict = {k[len(prefix) :]: v for k, v in state_dict.items()}
+    return state_dict
+
+
+def rng_state() -> dict[str, Any]:
+    """Python, NumPy, torch CPU and CUDA RNG states, made of tensors and plain types (weights_only-safe)."""
+    version, internal, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": {"version": version, "state": torch.tensor(internal, dtype=torch.int64), "gauss": gauss},
+        "numpy": {
+            "kind": str(kind),
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
+        "torch": torch.get_rng_state(),
+    }
+    # Only when CUDA is in use: asking for the states would otherwise initialise it.
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Mapping[str, Any]) -> None:
+    """Restore what rng_state() captured; parts missing from state are left as they are."""
+    if "python" in state:
+        py = state["python"]
+        random.setstate((py["version"], tuple(int(x) for x in py["state"].tolist()), py["gauss"]))
+    if "numpy" in state:
+        npy = state["numpy"]
+        keys = npy["keys"].numpy().astype(np.uint32)
+        np.random.set_state((npy["kind"], keys, npy["pos"], npy["has_gauss"], npy["cached_gaussian"]))
+    if "torch" in state:
+        torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        cuda_states = list(state["cuda"])
+        # A run resumed on fewer or more GPUs restores the devices both runs have.
+        for device, cuda_state in enumerate(cuda_states[: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(cuda_state, device)

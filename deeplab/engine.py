@@ -203,6 +203,11 @@ def _check_trainer(cfg: DictConfig, world_size: int) -> None:
         value = t[key]
         if not isinstance(value, int) or isinstance(value, bool) or value < (0 if key == "max_iters" else 1):
             raise ConfigError(f"trainer.{key} must be a positive integer, got {value!r}")
+    if t.batch_size // world_size < 2 and cfg.model.aspp.image_pooling:
+        raise ConfigError(
+            f"trainer.batch_size={t.batch_size} gives {t.batch_size // world_size} image(s) per process; BatchNorm "
+            "after ASPP's image pooling needs at least 2 per process in training: raise trainer.batch_size"
+        )
     if t.batch_size % world_size:
         raise ConfigError(
             f"trainer.batch_size={t.batch_size} (the total over all processes) is not divisible by the "
@@ -320,7 +325,7 @@ def _train(cfg: DictConfig, cfg_dict: dict[str, Any], run_dir: Path, dist_info: 
     mean_t, std_t = pixel_stats(cfg.dataset.mean, device), pixel_stats(cfg.dataset.std, device)
     palette = data.palette(cfg)
 
-    writer = tblog.open_writer(run_dir, purge_step=start_iter if start_iter else None) if main and cfg.logger.tensorboard else None
+    writer = tblog.open_writer(run_dir, purge_step=start_iter + 1 if start_iter else None) if main and cfg.logger.tensorboard else None
     if main:
         n_params = sum(p.numel() for p in raw_model.parameters())
         log.info(
@@ -393,6 +398,7 @@ def _train(cfg: DictConfig, cfg_dict: dict[str, Any], run_dir: Path, dist_info: 
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
+            lr = optimizer.param_groups[0]["lr"]  # the lr this step used, before the schedule moves on
             scheduler.step()
             it += 1
             since_log += 1
@@ -409,7 +415,6 @@ def _train(cfg: DictConfig, cfg_dict: dict[str, Any], run_dir: Path, dist_info: 
                 if main and since_log:
                     elapsed = time.perf_counter() - tic
                     ips = since_log * int(t.batch_size) / max(elapsed, 1e-9)
-                    lr = optimizer.param_groups[0]["lr"]
                     mean_loss = sums[0] / since_log
                     pbar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", img_s=f"{ips:.1f}")
                     if writer is not None:

@@ -17,7 +17,7 @@ METRIC_TAGS = {"pixel_acc": "val/pixel_acc", "mean_acc": "val/mean_acc", "miou":
 
 
 def open_writer(run_dir: Path, purge_step: int | None = None) -> SummaryWriter:
-    """Writer under run_dir/tensorboard; purge_step drops events logged after a resumed checkpoint."""
+    """Writer under run_dir/tensorboard; purge_step drops events from that step on (logged after the checkpoint a run resumes from)."""
     return SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=purge_step)
 
 

@@ -136,7 +136,9 @@ def test_batches_and_order_do_not_matter():
 def test_update_needs_no_host_sync():
     # Meta tensors have no data: any .item(), .cpu() or data-dependent shape in update() would raise.
     cm = ConfusionMatrix(21, device="meta")
-    cm.update(torch.empty(2, 5, 5, dtype=torch.int64, device="meta"), torch.empty(2, 5, 5, device="meta").long())
+    cm.update(
+        torch.empty(2, 5, 5, dtype=torch.int64, device="meta"), torch.empty(2, 5, 5, device="meta").long()
+    )
     assert cm.matrix.device.type == "meta"
 
 
@@ -205,7 +207,9 @@ def test_all_reduce_sums_over_two_gloo_processes(tmp_path):
     single = ConfusionMatrix(3)
     for rank in range(2):
         g = torch.Generator().manual_seed(rank)
-        single.update(torch.randint(0, 3, (2, 7, 7), generator=g), torch.randint(0, 3, (2, 7, 7), generator=g))
+        single.update(
+            torch.randint(0, 3, (2, 7, 7), generator=g), torch.randint(0, 3, (2, 7, 7), generator=g)
+        )
     assert torch.equal(single.matrix, total)
 
 

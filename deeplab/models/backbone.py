@@ -34,10 +34,14 @@ def unit_rates(
     previous = {"layer3": 1, "layer4": layer_rate["layer3"]}
     rates = {}
     for name, n in zip(("layer3", "layer4"), units):
-        first = previous[name] if dilation_style == "torchvision" and layer_rate[name] > 1 else layer_rate[name]
+        first = (
+            previous[name] if dilation_style == "torchvision" and layer_rate[name] > 1 else layer_rate[name]
+        )
         rates[name] = [first] + [layer_rate[name]] * (n - 1)
     if len(multi_grid) != len(rates["layer4"]):
-        raise ConfigError(f"multi-grid needs {len(rates['layer4'])} values (one per layer4 unit), got {multi_grid}")
+        raise ConfigError(
+            f"multi-grid needs {len(rates['layer4'])} values (one per layer4 unit), got {multi_grid}"
+        )
     rates["layer4"] = [r * g for r, g in zip(rates["layer4"], multi_grid)]
     return rates
 
@@ -57,9 +61,14 @@ class ResNetBackbone(nn.Module):
     ) -> None:
         super().__init__()
         if not all(isinstance(unit, Bottleneck) for unit in (*resnet.layer3, *resnet.layer4)):
-            raise ConfigError("the backbone must be a bottleneck ResNet (resnet50 or resnet101)")
+            raise TypeError("the backbone must be a bottleneck ResNet (resnet50 or resnet101)")
         self.conv1, self.bn1, self.relu, self.maxpool = resnet.conv1, resnet.bn1, resnet.relu, resnet.maxpool
-        self.layer1, self.layer2, self.layer3, self.layer4 = resnet.layer1, resnet.layer2, resnet.layer3, resnet.layer4
+        self.layer1, self.layer2, self.layer3, self.layer4 = (
+            resnet.layer1,
+            resnet.layer2,
+            resnet.layer3,
+            resnet.layer4,
+        )
         self.multi_grid = tuple(int(g) for g in multi_grid)
         self.dilation_style = dilation_style
         self.low_channels = self.layer1[-1].conv3.out_channels  # 256

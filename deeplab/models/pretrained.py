@@ -1,0 +1,154 @@
+"""Pretrained weights: torchvision ImageNet ResNets for the backbone, torchvision's DeepLabv3 for the whole model."""
+
+from __future__ import annotations
+
+import logging
+import pickle
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import torch
+from torch import nn
+
+from deeplab.errors import CheckpointError, ConfigError
+
+log = logging.getLogger(__name__)
+
+# torchvision DeepLabV3 key prefix -> ours. DeepLabHead is Sequential(ASPP, conv3x3, BN, ReLU, conv1x1);
+# the backbone and the ASPP internals share torchvision's names.
+_TORCHVISION_PREFIXES = {
+    "backbone.": "backbone.",
+    "classifier.0.": "head.aspp.",
+    "classifier.1.": "head.conv.0.",
+    "classifier.2.": "head.conv.1.",
+    "classifier.4.": "head.classifier.",
+    "aux_classifier.": "aux_head.",
+}
+# Layers whose shape depends on the number of classes: dropped when fine-tuning to other classes.
+_CLASSIFIER_PREFIXES = ("head.classifier.", "aux_head.4.")
+
+
+def download_state_dict(url: str, key: str) -> dict[str, Any]:
+    """Torchvision's weights file at `url`, from torch's hub cache or downloaded; failure names `key` and the fix."""
+    filename = Path(urlparse(url).path).name
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / filename
+    try:
+        return torch.hub.load_state_dict_from_url(
+            url, map_location="cpu", progress=True, check_hash=True, weights_only=True
+        )
+    except (OSError, RuntimeError, pickle.UnpicklingError) as e:  # URLError and socket errors are OSErrors
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ConfigError(
+            f"{key}: could not download {url} ({reason}); on a machine without internet download that file "
+            f"elsewhere and pass {key}=/path/to/{filename} (or copy it to {cached})"
+        ) from None
+
+
+def unwrap_state_dict(obj: Any, source: str) -> dict[str, torch.Tensor]:
+    """A plain state dict from a loaded file: raw, or nested under "state_dict"/"model"; DDP's "module." removed."""
+    for nested in ("state_dict", "model"):
+        if isinstance(obj, dict) and isinstance(obj.get(nested), dict):
+            obj = obj[nested]
+            break
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(
+            f"{source} does not hold a state dict (a dict of tensors, possibly under 'state_dict')"
+        )
+    if all(k.startswith("module.") for k in obj):
+        obj = {k[len("module.") :]: v for k, v in obj.items()}
+    return dict(obj)
+
+
+def _examples(keys: list[str]) -> str:
+    return ", ".join(keys[:3]) + (", ..." if len(keys) > 3 else "")
+
+
+def _fill_bn_counters(state: dict[str, torch.Tensor], target: dict[str, torch.Tensor]) -> None:
+    # Files saved before PyTorch 0.4.1 have no BatchNorm num_batches_tracked; the count is not a weight.
+    for k, v in target.items():
+        if k.endswith("num_batches_tracked") and k not in state:
+            state[k] = v.clone()
+
+
+def check_fits(module: nn.Module, state: dict[str, torch.Tensor], source: str, expected: str) -> None:
+    """CheckpointError listing missing, unexpected and wrongly shaped keys unless `state` loads strictly."""
+    target = module.state_dict()
+    missing = [k for k in target if k not in state]
+    unexpected = [k for k in state if k not in target]
+    shapes = [k for k in target if k in state and state[k].shape != target[k].shape]
+    if missing or unexpected or shapes:
+        parts = [
+            f"{len(found)} {what} ({_examples(found)})"
+            for found, what in (
+                (missing, "missing keys"),
+                (unexpected, "unexpected keys"),
+                (shapes, "keys of another shape"),
+            )
+            if found
+        ]
+        raise CheckpointError(f"{source} does not fit: {'; '.join(parts)}; it should hold {expected}")
+
+
+def load_backbone_state(backbone: nn.Module, obj: Any, source: str, name: str) -> None:
+    """Load a torchvision ResNet state dict (its fc.* ignored) into the backbone, strictly otherwise."""
+    state = unwrap_state_dict(obj, source)
+    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    _fill_bn_counters(state, backbone.state_dict())
+    check_fits(backbone, state, source, f"the state dict of torchvision's {name}")
+    backbone.load_state_dict(state)
+
+
+def convert_torchvision_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """torchvision deeplabv3_resnet50/101 keys -> ours (the model of experiment=torchvision_deeplabv3_r50/_r101)."""
+    converted = {}
+    for key, value in state_dict.items():
+        prefix = next((p for p in _TORCHVISION_PREFIXES if key.startswith(p)), None)
+        if prefix is None:
+            raise CheckpointError(
+                f"key {key!r} is not part of torchvision's deeplabv3_resnet50/101 (backbone, classifier, "
+                "aux_classifier); is this a DeepLabV3 state dict?"
+            )
+        converted[_TORCHVISION_PREFIXES[prefix] + key[len(prefix) :]] = value
+    return converted
+
+
+def drop_mismatched_classifiers(
+    model: nn.Module, state: dict[str, torch.Tensor]
+) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """(state without the final classifier layers whose class count differs from the model's, dropped keys)."""
+    target = model.state_dict()
+    dropped = [
+        k
+        for k, v in state.items()
+        if k.startswith(_CLASSIFIER_PREFIXES) and k in target and v.shape != target[k].shape
+    ]
+    return {k: v for k, v in state.items() if k not in dropped}, dropped
+
+
+def load_torchvision_deeplabv3(model: nn.Module, obj: Any, source: str) -> list[str]:
+    """Load torchvision's DeepLabV3 weights into `model`; returns the keys left at their initial values.
+
+    The final 1x1 classifiers are skipped when the model has another number of classes (fine-tuning),
+    and the auxiliary head when the model has none. Anything else must fit exactly.
+    """
+    state = convert_torchvision_state_dict(unwrap_state_dict(obj, source))
+    state, skipped = drop_mismatched_classifiers(model, state)
+    if getattr(model, "aux_head", None) is None:
+        state = {k: v for k, v in state.items() if not k.startswith("aux_head.")}
+    target = model.state_dict()
+    _fill_bn_counters(state, target)
+    # The skipped classifiers keep the model's own initial values, so the load can stay strict.
+    state.update({k: target[k] for k in skipped})
+    check_fits(
+        model,
+        state,
+        source,
+        "torchvision's deeplabv3_resnet50/101 state dict, loaded into experiment=torchvision_deeplabv3_r50/_r101",
+    )
+    model.load_state_dict(state)
+    if skipped:
+        log.info(
+            "%s: kept the model's initial values for %s (other number of classes)", source, ", ".join(skipped)
+        )
+    return skipped
