@@ -320,7 +320,7 @@ def _train(cfg: DictConfig, cfg_dict: dict[str, Any], run_dir: Path, dist_info: 
         pin_memory=pin,
     )
     val_loader = build_val_loader(
-        val_set, int(cfg.eval.batch_size), int(t.num_workers), dist_info.rank, dist_info.world_size, pin
+        val_set, int(cfg.eval.batch_size), int(t.num_workers), dist_info.rank, dist_info.world_size, pin, ignore
     )
     mean_t, std_t = pixel_stats(cfg.dataset.mean, device), pixel_stats(cfg.dataset.std, device)
     palette = data.palette(cfg)

@@ -42,7 +42,10 @@ def evaluate_checkpoint(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         model.to(memory_format=torch.channels_last)
 
     dataset = data.build_dataset(train_cfg, "val", normalize=False)
-    loader = build_val_loader(dataset, int(ev.batch_size), int(cfg.num_workers), pin_memory=device.type == "cuda")
+    loader = build_val_loader(
+        dataset, int(ev.batch_size), int(cfg.num_workers), pin_memory=device.type == "cuda",
+        ignore_index=data.ignore_index(train_cfg),
+    )  # fmt: skip
     tic = time.perf_counter()
     cm, _ = evaluate(
         model, loader, num_classes=int(train_cfg.dataset.num_classes), ignore_index=data.ignore_index(train_cfg),

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from deeplab.data import collate_eval
-from deeplab.sampling import ResumableSampler, SeededDataset
+from deeplab.sampling import ResumableSampler
 
 
 def build_train_loader(
@@ -24,7 +26,7 @@ def build_train_loader(
         len(dataset), seed=seed, rank=rank, world_size=world_size, start=start_iteration * batch_size
     )
     return DataLoader(
-        SeededDataset(dataset),
+        dataset,
         batch_size=batch_size,
         sampler=sampler,
         num_workers=num_workers,
@@ -44,6 +46,7 @@ def build_val_loader(
     rank: int = 0,
     world_size: int = 1,
     pin_memory: bool = False,
+    ignore_index: int = 255,
 ) -> DataLoader:
     """Whole-image loader over this rank's share: every image exactly once across ranks.
 
@@ -56,7 +59,7 @@ def build_val_loader(
         shuffle=False,
         num_workers=num_workers,
         pin_memory=pin_memory,
-        collate_fn=collate_eval,
+        collate_fn=functools.partial(collate_eval, ignore_index=ignore_index),
         persistent_workers=num_workers > 0,
         generator=torch.Generator().manual_seed(0),
     )

@@ -1,9 +1,9 @@
 """Resumable, rank-sharded training order with per-sample augmentation seeds.
 
 The order of epoch e is a permutation seeded by (seed, e), split across ranks like DistributedSampler, and
-every sample carries its own seed for the augmentation. A run resumed at iteration N therefore sees exactly
-the samples and crops an uninterrupted run would have seen, whatever the number of DataLoader workers
-(torch's DistributedSampler restarts the epoch, and forked workers share albumentations' random state).
+every sample carries its own seed for the augmentation (the dataset takes (index, seed) items). A run resumed
+at iteration N therefore sees exactly the samples and crops an uninterrupted run would have seen, whatever
+the number of DataLoader workers (torch's DistributedSampler restarts the epoch on resume).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Sampler
 
 
 def _mix(*values: int) -> int:
@@ -46,19 +46,3 @@ class ResumableSampler(Sampler[tuple[int, int]]):
                 yield int(order[p]), _mix(self.seed, epoch, p, self.rank)
             epoch, pos = epoch + 1, 0
 
-
-class SeededDataset(Dataset):
-    """Wraps a dataset so that item (index, seed) is augmented with a random state made from seed."""
-
-    def __init__(self, dataset: Dataset) -> None:
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)  # type: ignore[arg-type]
-
-    def __getitem__(self, item: tuple[int, int]):
-        index, seed = item
-        transform = getattr(self.dataset, "transform", None)
-        if transform is not None and hasattr(transform, "set_random_seed"):
-            transform.set_random_seed(seed % 2**32)
-        return self.dataset[index]

@@ -142,3 +142,15 @@ def test_folder_items_batch_with_default_collate(tmp_path: Path) -> None:
     ds = build_dataset(folder_cfg(tmp_path, "dataset.num_classes=3"), "train", normalize=False)
     images, labels = next(iter(torch.utils.data.DataLoader(ds, batch_size=4)))
     assert images.shape == (4, 3, 16, 16) and images.dtype == torch.uint8 and labels.dtype == torch.int64
+
+
+def test_folder_binary_one_class_masks_hold_0_and_1(tmp_path: Path) -> None:
+    masks = {"a": id_mask(1, 2, 255)}
+    make_split(tmp_path, "train", masks, "gray")
+    make_split(tmp_path, "val", masks, "gray")
+    _, mask = build_dataset(folder_cfg(tmp_path, "dataset.num_classes=1"), "val")[0]
+    assert set(mask.unique().tolist()) == {0, 1, 255}
+    masks["a"][5, 5] = 2
+    make_split(tmp_path, "val", masks, "gray")
+    with pytest.raises(DatasetError, match=r"values \{2\} outside 0..1"):
+        build_dataset(folder_cfg(tmp_path, "dataset.num_classes=1"), "val")[0]

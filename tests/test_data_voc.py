@@ -328,3 +328,7 @@ def test_voc_aug_missing_sbd_file_fails_at_build(voc_root: Path) -> None:
     (sbd / "cls" / "2008_000003.mat").unlink()
     with pytest.raises(DatasetError, match=r"2008_000003: mask .*2008_000003\.mat does not exist"):
         build_dataset(voc_cfg(voc_root, dataset="voc_aug"), "train")
+
+
+def test_null_split_name_means_the_default(voc_root: Path) -> None:
+    assert len(build_dataset(voc_cfg(voc_root, "dataset.val_split=null"), "val")) == 2

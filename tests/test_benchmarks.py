@@ -1,0 +1,142 @@
+"""The benchmarks (train step, data loader, evaluation) run end to end at tiny sizes, so they cannot rot."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import sys
+from collections import Counter
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import torch
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load(name: str, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    """Import benchmarks/<name>.py as its command line would (its folder on sys.path, for `common`)."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_train_step_prints_rates_flops_and_the_ratio(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    train_step = load("train_step", monkeypatch)
+    out = train_step.main(
+        ["--device", "cpu", "--batch", "2", "--crop", "33", "--iters", "1", "--warmup", "2", "--rounds", "2"]
+        + ["--models", "tvlike_r50", "--modes", "fp32", "--matmul-size", "128"]
+    )
+    text = capsys.readouterr().out
+    ours, peer = out["results"][("tvlike_r50", "fp32")], out["results"][("tv_r50", "fp32")]
+    assert len(ours["rates"]) == 2 and ours["images_per_s"] > 0 and peer["images_per_s"] > 0
+    # The ratio pairs the rounds: the median (here the mean) of the two per-round ratios.
+    per_round = [a / b for a, b in zip(ours["rates"], peer["rates"])]
+    assert out["ratios"]["tvlike_r50/tv_r50 fp32"] == pytest.approx(sum(per_round) / 2)
+    # The like-for-like config is torchvision's architecture: the same FLOPs, forward about a third of a step.
+    assert out["flops"]["tvlike_r50"] == pytest.approx(out["flops"]["tv_r50"])
+    forward, step = out["flops"]["tv_r50"]
+    assert 2.5 < step / forward < 3.1
+    assert out["peak_tflops"] > 0
+    assert "ratio ours/torchvision like-for-like (tvlike_r50 vs tv_r50), fp32:" in text
+    assert "GFLOP/img" in text and "MFU" in text and "CPU" in text
+
+
+def test_train_step_flops_match_the_published_count(monkeypatch: pytest.MonkeyPatch) -> None:
+    # torchvision's deeplabv3_resnet50 meta "_ops": 178.72 GMACs at 520x520, including its aux head, whose
+    # 3x3 conv (1024 -> 256) and 1x1 conv (256 -> 21) run on the 65x65 stride-8 features.
+    train_step = load("train_step", monkeypatch)
+    forward, _ = train_step.step_flops("tv_r50", 2, 520)
+    aux_macs = (1024 * 256 * 9 + 256 * 21) * 65 * 65
+    assert forward / 2 == pytest.approx(178.72e9 - aux_macs, rel=1e-4)
+
+
+def test_train_step_model_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    train_step = load("train_step", monkeypatch)
+    assert train_step.expand_models("v3p_r101_os16,tvlike_r50", peers=True) == [
+        "v3p_r101_os16",
+        "tvlike_r50",
+        "tv_r101",
+        "tv_r50",
+    ]
+    assert len(train_step.expand_models("all", peers=False)) == 10
+    with pytest.raises(SystemExit, match="unknown model"):
+        train_step.expand_models("v4_r50_os16", peers=True)
+    mode = train_step.parse_mode("bf16+cl+compile")
+    assert (mode.amp, mode.channels_last, mode.compile) == (torch.bfloat16, True, True)
+    with pytest.raises(SystemExit, match="unknown mode"):
+        train_step.parse_mode("fp16")
+
+
+def test_data_loader_reports_both_pipelines(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, tmp_path: Path
+) -> None:
+    data_loader = load("data_loader", monkeypatch)
+    results = data_loader.main(
+        ["--workers", "0,1", "--num-images", "4", "--size", "64x48", "--crop", "33", "--batch", "2"]
+        + ["--rounds", "1", "--device", "cpu", "--data-dir", str(tmp_path / "voc")]
+    )
+    text = capsys.readouterr().out
+    for pipeline in ("train", "eval"):
+        assert set(results[pipeline]) == {0, 1}
+        assert all(rate > 0 and math.isfinite(rate) for rate in results[pipeline].values())
+        assert f"{pipeline}: " in text and "images/s per worker" in text
+    assert "the GPU would wait" in text or "keeps up" in text
+    # The images stay in --data-dir in the VOC layout and are reused by the next run.
+    voc = tmp_path / "voc" / "VOC2012"
+    assert len(list((voc / "JPEGImages").glob("*.jpg"))) == 8
+    assert (voc / "ImageSets" / "Segmentation" / "val.txt").read_text().split() == [
+        f"val_0000{i}" for i in range(4)
+    ]
+
+
+def test_evaluate_reports_time_and_confusion_share(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    evaluate = load("evaluate", monkeypatch)
+    out = evaluate.main(
+        [
+            "--device",
+            "cpu",
+            "--num-images",
+            "4",
+            "--size",
+            "64x48",
+            "--model",
+            "v3_r50_os16",
+            "--workers",
+            "0",
+        ]
+    )
+    text = capsys.readouterr().out
+    assert len(out["pass_s"]) == 2 and out["eval_s"] == out["pass_s"][-1] > 0 and out["cm_s"] > 0
+    assert out["cm_share"] == pytest.approx(out["cm_s"] / out["eval_s"])
+    assert "evaluate:" in text and "% of the evaluation" in text
+
+
+def test_evaluate_counts_updates_as_evaluate_makes_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    evaluate = load("evaluate", monkeypatch)
+    # Batches of equal sizes are one update; a batch of mixed sizes is one update per image.
+    sizes = [(2, 3), (2, 3), (4, 5), (2, 3), (2, 3)]
+    assert evaluate.update_shapes(sizes, 2) == Counter({(2, 2, 3): 1, (1, 4, 5): 1, (1, 2, 3): 2})
+    assert evaluate.update_shapes(sizes, 1) == Counter({(1, 2, 3): 4, (1, 4, 5): 1})
+
+
+def test_generated_voc_images_have_the_asked_sizes(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    load("evaluate", monkeypatch)
+    common = sys.modules["common"]
+    from PIL import Image
+
+    root = common.write_voc_images(tmp_path, 1, 3, [(40, 30), (30, 40)])
+    jpgs = sorted((root / "VOC2012" / "JPEGImages").glob("val_*.jpg"))
+    assert [Image.open(p).size for p in jpgs] == [(40, 30), (30, 40), (40, 30)]
+    mask = Image.open(root / "VOC2012" / "SegmentationClass" / "val_00001.png")
+    assert mask.mode == "P" and mask.size == (30, 40)
+    stamp = (root / common.DATA_STAMP).stat().st_mtime_ns
+    assert common.write_voc_images(tmp_path, 1, 3, [(40, 30), (30, 40)]) == root
+    assert (root / common.DATA_STAMP).stat().st_mtime_ns == stamp  # reused, not rewritten
