@@ -89,11 +89,19 @@ def main(argv: list[str] | None = None) -> dict:
     )
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="CPU threads for torch (0: its default); 1 is steadier on a busy host",
+    )
+    parser.add_argument(
         "--data-dir", default=None, help="keep the generated images here (default: a temp dir)"
     )
     args = parser.parse_args(argv)
 
     device = resolve_device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     cuda = device.type == "cuda"
     amp = resolve_amp(args.amp, device, "--amp")
     channels_last = resolve_flag(flag_arg(args.channels_last), device, "--channels-last")

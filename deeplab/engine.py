@@ -6,6 +6,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 import random
 import signal
 import time
@@ -31,7 +32,7 @@ from deeplab.checkpoint import (
 )
 from deeplab.errors import ConfigError, DivergenceError
 from deeplab.inference import predict_probs
-from deeplab.loaders import build_train_loader, build_val_loader
+from deeplab.loaders import batches, build_train_loader, build_val_loader
 from deeplab.losses import SegmentationLoss
 from deeplab.metrics import ConfusionMatrix
 from deeplab.models import build_model
@@ -140,7 +141,8 @@ def evaluate(
     mean_t, std_t = pixel_stats(mean, device), pixel_stats(std, device)
     cm = ConfusionMatrix(max(num_classes, 2), ignore_index=ignore_index, device=device)
     examples: list[Example] = []
-    for images, masks, sizes in tqdm(loader, desc="eval", disable=not progress, leave=False, dynamic_ncols=True):
+    bar = tqdm(batches(loader), total=len(loader), desc="eval", disable=not progress, leave=False)
+    for images, masks, sizes in bar:
         images = images.to(device, non_blocking=True)
         masks = masks.to(device, non_blocking=True)
         full = tuple(images.shape[-2:])
@@ -197,6 +199,22 @@ class StopRequest:
         return signal.Signals(self.signum).name if self.signum is not None else ""
 
 
+class TrainingInterrupted(Exception):
+    """Training stopped on a signal after writing last.pt; the run continues with trainer.resume=auto."""
+
+    def __init__(self, signum: int, iteration: int, checkpoint: Path) -> None:
+        self.signum, self.iteration, self.checkpoint = signum, iteration, checkpoint
+        super().__init__(
+            f"{signal.Signals(signum).name} received: wrote {checkpoint} at iteration {iteration}; "
+            "continue with trainer.resume=auto"
+        )
+
+    @property
+    def exit_code(self) -> int:
+        """128 + the signal number, the shell's code for "ended by that signal": the run is not finished."""
+        return 128 + self.signum
+
+
 def _check_trainer(cfg: DictConfig, world_size: int) -> None:
     t = cfg.trainer
     for key in ("max_iters", "batch_size", "crop_size", "eval_interval", "ckpt_interval", "log_interval"):
@@ -237,6 +255,8 @@ def _train(cfg: DictConfig, cfg_dict: dict[str, Any], run_dir: Path, dist_info: 
     # Every rank works in rank 0's run dir, so resume=auto finds the same last.pt everywhere.
     run_dir = Path(distributed.broadcast_object(str(run_dir)))
     ckpt_dir = run_dir / "checkpoints"
+    if main:
+        check_writable(ckpt_dir)
 
     seed_everything(int(t.seed) + dist_info.rank)
     if t.deterministic:
@@ -365,20 +385,22 @@ def _train(cfg: DictConfig, cfg_dict: dict[str, Any], run_dir: Path, dist_info: 
             "metrics": metrics,
             "config": cfg_dict,
         }
+        if writer is not None:
+            writer.flush()  # the curves up to this checkpoint survive a crash that keeps it
         save_checkpoint(path, state)
 
     # --- the loop
     max_iters = int(t.max_iters)
     it = start_iter
     loss_sum = torch.zeros(3, device=device)  # total, main, aux summed since the last log (no per-step sync)
-    since_log, skipped = 0, 0
+    since_log, skipped, bad_samples = 0, 0, 0
     max_skips = int(t.get("max_nonfinite_skips", 0))
     tic = time.perf_counter()
     raw_model.train()
     pbar = tqdm(total=max_iters, initial=start_iter, desc="train", disable=not main, dynamic_ncols=True)
-    data_iter = iter(train_loader)
-    stopped_by = ""
-    with StopRequest() as stop:
+    data_iter = batches(train_loader)
+    stop_signum = 0
+    with StopRequest() as stop, pbar:  # the bar is closed before any error is printed
         while it < max_iters:
             images, masks = next(data_iter)
             images = images.to(device, non_blocking=True)
@@ -387,7 +409,8 @@ def _train(cfg: DictConfig, cfg_dict: dict[str, Any], run_dir: Path, dist_info: 
             with autocast(device, amp_dtype):
                 outputs = model_for_step(x)
                 loss, parts = criterion(outputs, masks)
-            if max_skips and not torch.isfinite(loss):  # a sync per step, only when skipping is enabled
+            # A sync per step, only when skipping is enabled; under DDP all ranks skip together.
+            if max_skips and distributed.all_reduce_sum((~torch.isfinite(loss)).float()).item() > 0:
                 skipped += 1
                 if skipped > max_skips:
                     raise DivergenceError(_divergence_message(it + 1, optimizer, parts, f"after skipping {max_skips} steps"))
@@ -406,24 +429,42 @@ def _train(cfg: DictConfig, cfg_dict: dict[str, Any], run_dir: Path, dist_info: 
             pbar.update(1)
 
             is_last = it == max_iters
-            due_ckpt = it % int(t.ckpt_interval) == 0 or is_last or stop.signum is not None
+            due_ckpt = it % int(t.ckpt_interval) == 0 or is_last
             due_eval = it % int(t.eval_interval) == 0 or is_last
-            if it % int(t.log_interval) == 0 or due_ckpt or due_eval:
-                sums = loss_sum.tolist()  # the one host sync, at log boundaries only
-                if not all(math.isfinite(v) for v in sums):
-                    raise DivergenceError(_divergence_message(it, optimizer, {"main": sums[1], "aux": sums[2]}, f"in iterations {it - since_log + 1}..{it}"))
+            # One process stops at the next iteration; DDP ranks agree on stopping at a log boundary.
+            stopping = False
+            local_stop = stop.signum is not None and not dist_info.enabled
+            if it % int(t.log_interval) == 0 or due_ckpt or due_eval or local_stop:
+                # The one host sync, at log boundaries only: the loss sums, skipped samples and stop requests
+                # of all ranks, so that every rank takes the same decisions.
+                skips = getattr(train_set, "skipped", 0) + getattr(val_set, "skipped", 0)
+                stats = torch.cat([loss_sum, torch.tensor([skips, float(stop.signum or 0)], device=device)])
+                sums = distributed.all_reduce_sum(stats[:4].clone()).tolist()
+                stop_signum = int(_all_reduce_max(stats[4:]).item())
+                if not all(math.isfinite(v) for v in sums[:3]):
+                    where = f"in iterations {it - since_log + 1}..{it}"
+                    losses = {"main": sums[1], "aux": sums[2]}
+                    raise DivergenceError(_divergence_message(it, optimizer, losses, where))
+                stopping = stop_signum > 0
+                due_ckpt = due_ckpt or stopping
+                if main and sums[3] > bad_samples:
+                    bad_samples = int(sums[3])
+                    log.warning("%d bad samples skipped so far (dataset.skip_bad)", bad_samples)
+                    if writer is not None:
+                        writer.add_scalar("train/skipped_samples", bad_samples, it)
                 if main and since_log:
                     elapsed = time.perf_counter() - tic
                     ips = since_log * int(t.batch_size) / max(elapsed, 1e-9)
-                    mean_loss = sums[0] / since_log
+                    n = since_log * dist_info.world_size  # losses summed over steps and ranks
+                    mean_loss = sums[0] / n
                     pbar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", img_s=f"{ips:.1f}")
                     if writer is not None:
                         writer.add_scalar("train/loss", mean_loss, it)
                         writer.add_scalar("train/lr", lr, it)
                         writer.add_scalar("train/images_per_sec", ips, it)
                         if "aux" in parts:
-                            writer.add_scalar("train/loss_main", sums[1] / since_log, it)
-                            writer.add_scalar("train/loss_aux", sums[2] / since_log, it)
+                            writer.add_scalar("train/loss_main", sums[1] / n, it)
+                            writer.add_scalar("train/loss_aux", sums[2] / n, it)
                 loss_sum.zero_()
                 since_log = 0
                 tic = time.perf_counter()
@@ -436,28 +477,51 @@ def _train(cfg: DictConfig, cfg_dict: dict[str, Any], run_dir: Path, dist_info: 
                 tic = time.perf_counter()
             if due_ckpt and main:
                 checkpoint(ckpt_dir / "last.pt", it, last_metrics)
-            if stop.signum is not None:
-                stopped_by = stop.name
+            if stopping:
                 break
         distributed.barrier()
-    pbar.close()
 
+    if stop_signum and it < max_iters:  # a signal during the last iteration changes nothing
+        interrupted = TrainingInterrupted(stop_signum, it, ckpt_dir / "last.pt")
+        if main:
+            if writer is not None:
+                writer.close()
+            log.warning("%s", interrupted)
+        raise interrupted
     if last_metrics is None:  # max_iters reached before this process trained (e.g. resumed at the end)
         last_metrics = validate(it)
     if main:
         if writer is not None:
             tblog.log_hparams(writer, tblog.flat_hparams(cfg_dict), last_metrics)
             writer.close()
-        if stopped_by:
-            log.warning("%s received: wrote %s at iteration %d; continue with trainer.resume=auto", stopped_by, ckpt_dir / "last.pt", it)
-        else:
-            from deeplab.metrics import format_table
+        from deeplab.metrics import format_table
 
-            print(format_table(last_metrics, names if num_classes > 1 else ["background", "foreground"]))
-            print(f"checkpoints: {ckpt_dir}")
+        print(format_table(last_metrics, names if num_classes > 1 else ["background", "foreground"]))
+        print(f"checkpoints: {ckpt_dir}")
         if writer is not None:
             print(f"tensorboard --logdir {run_dir / 'tensorboard'}")
     return last_metrics
+
+
+def _all_reduce_max(t: torch.Tensor) -> torch.Tensor:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+    return t
+
+
+def check_writable(directory: Path) -> None:
+    """Create directory and write a file in it: fail at the start, not at the first checkpoint hours later."""
+    probe = directory / f".write_test.{os.getpid()}"
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        where = f": {e.filename}" if e.filename else ""
+        raise ConfigError(
+            f"cannot write the run's checkpoints in {directory} ({e.strerror or e}{where}); "
+            "set hydra.run.dir to a writable directory"
+        ) from None
 
 
 def _resume_path(setting: Any, ckpt_dir: Path) -> Path | None:

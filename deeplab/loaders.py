@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from deeplab.data import collate_eval
+from deeplab.errors import UserError
 from deeplab.sampling import ResumableSampler
 
 
@@ -63,3 +66,24 @@ def build_val_loader(
         persistent_workers=num_workers > 0,
         generator=torch.Generator().manual_seed(0),
     )
+
+
+def batches(loader: Iterable[Any]) -> Iterator[Any]:
+    """Iterate loader; a UserError raised in a DataLoader worker is re-raised with its own one-line message."""
+    try:
+        yield from loader
+    except UserError as e:
+        raise type(e)(worker_error_message(e)) from None
+
+
+def worker_error_message(e: BaseException) -> str:
+    """The original message of an exception that a DataLoader worker raised.
+
+    The DataLoader re-raises a worker's exception with a new message: "Caught DatasetError in DataLoader worker
+    process 0." and the worker's traceback, which ends with "deeplab.errors.DatasetError: <original message>".
+    """
+    text = str(e)
+    if not (text.startswith("Caught ") and "DataLoader worker" in text.split("\n", 1)[0]):
+        return text
+    marker = f"\n{type(e).__module__}.{type(e).__qualname__}: "
+    return text[text.rindex(marker) + len(marker) :].strip() if marker in text else text

@@ -15,11 +15,20 @@ import torch
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
+@pytest.fixture(autouse=True)
+def keep_torch_threads():
+    """The scripts' --threads sets torch's process-wide thread count: give it back after each test."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
 def load(name: str, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
     """Import benchmarks/<name>.py as its command line would (its folder on sys.path, for `common`)."""
     monkeypatch.syspath_prepend(str(BENCHMARKS))
     spec = importlib.util.spec_from_file_location(f"benchmark_{name}", BENCHMARKS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, module)  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
@@ -29,8 +38,8 @@ def test_train_step_prints_rates_flops_and_the_ratio(
 ) -> None:
     train_step = load("train_step", monkeypatch)
     out = train_step.main(
-        ["--device", "cpu", "--batch", "2", "--crop", "33", "--iters", "1", "--warmup", "2", "--rounds", "2"]
-        + ["--models", "tvlike_r50", "--modes", "fp32", "--matmul-size", "128"]
+        ["--device", "cpu", "--batch", "2", "--crop", "33", "--iters", "1", "--warmup", "1", "--rounds", "2"]
+        + ["--models", "tvlike_r50", "--modes", "fp32", "--matmul-size", "128", "--threads", "1"]
     )
     text = capsys.readouterr().out
     ours, peer = out["results"][("tvlike_r50", "fp32")], out["results"][("tv_r50", "fp32")]
@@ -45,6 +54,20 @@ def test_train_step_prints_rates_flops_and_the_ratio(
     assert out["peak_tflops"] > 0
     assert "ratio ours/torchvision like-for-like (tvlike_r50 vs tv_r50), fp32:" in text
     assert "GFLOP/img" in text and "MFU" in text and "CPU" in text
+
+
+@pytest.mark.slow
+def test_train_step_runs_every_mode(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    # bf16 autocast, channels_last and torch.compile (minutes on a CPU: the compile of forward and backward).
+    train_step = load("train_step", monkeypatch)
+    modes = "fp32,bf16,bf16+cl,bf16+cl+compile"
+    out = train_step.main(
+        ["--device", "cpu", "--batch", "2", "--crop", "33", "--iters", "1", "--warmup", "1", "--rounds", "1"]
+        + ["--models", "tvlike_r50", "--no-peer", "--modes", modes, "--matmul-size", "128"]
+    )
+    for mode in modes.split(","):
+        assert out["results"][("tvlike_r50", mode)]["images_per_s"] > 0
+    assert "best mode of tvlike_r50 vs torchvision eager fp32" not in capsys.readouterr().out  # no peer run
 
 
 def test_train_step_flops_match_the_published_count(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -111,6 +134,10 @@ def test_evaluate_reports_time_and_confusion_share(
             "v3_r50_os16",
             "--workers",
             "0",
+            "--passes",
+            "2",
+            "--threads",
+            "1",
         ]
     )
     text = capsys.readouterr().out

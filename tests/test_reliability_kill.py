@@ -1,0 +1,171 @@
+"""Crash safety of train.py: killed at any moment (SIGKILL, also during a checkpoint write) or stopped by
+SIGTERM / SIGUSR1 / SIGINT, a run resumed with trainer.resume=auto loses at most the work since its last
+checkpoint and ends with the weights of an uninterrupted run."""
+
+from __future__ import annotations
+
+import random
+import signal
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from reliability_helpers import TrainProcess, one_thread, tiny_overrides
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from deeplab.checkpoint import load_checkpoint
+from deeplab.engine import train
+
+ITERS = 8
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """The uninterrupted run's final weights (in this process, on one thread as the train.py processes)."""
+    from conftest import compose_config
+
+    tmp = tmp_path_factory.mktemp("kill")
+    with one_thread():
+        train(compose_config(tiny_overrides(tmp / "data", **{"trainer.max_iters": ITERS})), tmp / "reference")
+    return tmp / "data", load_checkpoint(tmp / "reference" / "checkpoints" / "last.pt")
+
+
+def start(data_dir: Path, run_dir: Path, name: str, **extra: object) -> TrainProcess:
+    args = tiny_overrides(data_dir, **{"trainer.max_iters": ITERS, "trainer.resume": "auto", **extra})
+    return TrainProcess([*args, f"hydra.run.dir={run_dir}"], run_dir.parent / f"{name}.log")
+
+
+def saved_iteration(run_dir: Path) -> int:
+    """Iteration of last.pt, which must always load (0 when no checkpoint was written yet)."""
+    path = run_dir / "checkpoints" / "last.pt"
+    return int(load_checkpoint(path)["iteration"]) if path.exists() else 0
+
+
+def temp_files(run_dir: Path, pid: int | None = None) -> list[Path]:
+    ckpt_dir = run_dir / "checkpoints"
+    prefix = ".last.pt." if pid is None else f".last.pt.{pid}."
+    return sorted(ckpt_dir.glob(f"{prefix}*.tmp")) if ckpt_dir.is_dir() else []
+
+
+def assert_same_weights(reference: dict, final: dict) -> None:
+    assert final["iteration"] == reference["iteration"] == ITERS
+    for key, value in reference["model"].items():
+        assert torch.equal(value, final["model"][key]), key
+
+
+def assert_resumed_at(proc: TrainProcess, iteration: int) -> None:
+    """The run continued from the checkpoint's iteration (or started afresh when there was none)."""
+    if iteration:
+        assert f"at iteration {iteration}\n" in proc.log(), proc.log()[-2000:]
+    else:
+        assert "resumed from" not in proc.log()
+
+
+def assert_loss_curve_once(run_dir: Path) -> None:
+    """TensorBoard's curve has each step once: events after the checkpoint that a run resumed from are purged."""
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("train/loss")] == list(range(1, ITERS + 1))
+
+
+def test_sigkill_anywhere_and_sigterm_lose_at_most_the_last_interval(reference, tmp_path):
+    """SIGKILL at a random moment of training, SIGKILL during a checkpoint write, then SIGTERM: each resume
+    starts at last.pt's iteration, and the final weights equal the uninterrupted run's."""
+    data_dir, ref = reference
+    run_dir = tmp_path / "run"
+    rng = random.Random(time.time_ns())
+    redone = []
+
+    # 1. SIGKILL at a random moment after iteration 2 (last.pt at 2 exists, the next write is due at 4).
+    p = start(data_dir, run_dir, "kill1")
+    p.wait_until(lambda: p.progress() >= 2)
+    t2 = time.monotonic()
+    p.wait_until(lambda: p.progress() >= 3)
+    time.sleep(rng.uniform(0.0, 1.5 * (time.monotonic() - t2)))  # somewhere in the next iteration or two
+    shown = p.progress()
+    p.kill()
+    saved = saved_iteration(run_dir)
+    assert saved in (2, 4) and saved <= shown
+    redone.append(shown - saved)
+
+    # 2. SIGKILL while the resumed run writes its next last.pt: its temporary file exists, last.pt is untouched.
+    p = start(data_dir, run_dir, "kill2")
+    p.wait_until(lambda: bool(temp_files(run_dir, p.pid)), poll=0.002)
+    p.kill()
+    assert_resumed_at(p, saved)
+    assert temp_files(run_dir, p.pid), "the write finished before the kill; the test did not hit it"
+    assert saved_iteration(run_dir) == saved
+    redone.append(p.progress() - saved)
+
+    # 3. SIGTERM at a random moment: a checkpoint at the next iteration boundary, exit code 128 + 15.
+    p = start(data_dir, run_dir, "term")
+    p.wait_until(lambda: p.progress() >= saved + 1)
+    time.sleep(rng.uniform(0.0, 0.5))
+    p.send(signal.SIGTERM)
+    assert p.wait() == 128 + signal.SIGTERM, p.log()[-3000:]
+    assert_resumed_at(p, saved)
+    stopped = saved_iteration(run_dir)
+    assert stopped > saved
+    assert f"SIGTERM received: wrote {run_dir / 'checkpoints' / 'last.pt'} at iteration {stopped}" in p.log()
+    assert "Traceback" not in p.log()
+    redone.append(p.progress() - stopped)
+
+    # 4. Resume to the end.
+    p = start(data_dir, run_dir, "final")
+    assert p.wait() == 0, p.log()[-3000:]
+    assert_resumed_at(p, stopped)
+    assert_same_weights(ref, load_checkpoint(run_dir / "checkpoints" / "last.pt"))
+    assert not temp_files(run_dir), "the killed writer's temporary file was not cleaned up"
+    assert_loss_curve_once(run_dir)
+    assert redone[2] == 0
+    print(f"iterations redone after SIGKILL, SIGKILL in a write, SIGTERM: {redone}")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGUSR1, signal.SIGINT], ids=lambda s: s.name)
+def test_sigusr1_and_sigint_checkpoint_and_exit(sig, reference, tmp_path):
+    """train.py's exit code for the other signals (the engine's handling of each is tested in
+    test_reliability.py in-process): last.pt holds every finished iteration."""
+    data_dir, _ = reference
+    run_dir = tmp_path / "run"
+    p = start(data_dir, run_dir, sig.name, **{"trainer.max_iters": 1000, "trainer.ckpt_interval": 1000})
+    p.wait_until(lambda: p.progress() >= 1)
+    p.send(sig)
+    assert p.wait() == 128 + sig, p.log()[-3000:]
+    stopped = saved_iteration(run_dir)
+    assert stopped >= 1 and p.progress() == stopped
+    assert (
+        f"{sig.name} received: wrote {run_dir / 'checkpoints' / 'last.pt'} at iteration {stopped}" in p.log()
+    )
+    assert "Traceback" not in p.log()
+
+
+@pytest.mark.slow
+def test_many_random_sigkills(reference, tmp_path):
+    """SIGKILL at uniformly random times (start-up, resume, training, checkpoint writes) until the run ends."""
+    data_dir, ref = reference
+    run_dir = tmp_path / "run"
+    rng = random.Random(time.time_ns())
+    kills, runs, lost = 0, 0, []
+    while True:
+        before = saved_iteration(run_dir)
+        p = start(data_dir, run_dir, f"run{runs}")
+        runs += 1
+        if kills < 8:
+            time.sleep(rng.uniform(0.5, 12.0))  # start-up takes about 5-8 s of that
+        if p.proc.poll() is None and kills < 8:
+            p.kill()
+            kills += 1
+            after = saved_iteration(run_dir)  # loads, whatever the moment of the kill
+            assert after >= before
+            lost.append(max(p.progress() - after, 0))
+            if after > before or p.progress() > before:
+                assert_resumed_at(p, before)
+            continue
+        assert p.wait() == 0, p.log()[-3000:]
+        break
+    assert_same_weights(ref, load_checkpoint(run_dir / "checkpoints" / "last.pt"))
+    assert not temp_files(run_dir)
+    assert_loss_curve_once(run_dir)
+    print(f"{kills} kills; iterations lost by each: {lost}")
