@@ -30,7 +30,7 @@ from deeplab.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from deeplab.errors import ConfigError, DivergenceError
+from deeplab.errors import CheckpointError, ConfigError, DivergenceError
 from deeplab.inference import predict_probs
 from deeplab.loaders import batches, build_train_loader, build_val_loader
 from deeplab.losses import SegmentationLoss
@@ -90,7 +90,9 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.Abst
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def normalize(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, channels_last: bool) -> torch.Tensor:
+def normalize(
+    images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, channels_last: bool
+) -> torch.Tensor:
     """(B, 3, H, W) uint8 on the device -> normalised float32; mean and std are (1, 3, 1, 1) in pixel units."""
     x = (images.float() - mean) / std
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
@@ -138,6 +140,9 @@ def evaluate(
     """
     was_training = model.training
     model.eval()
+    # Whole images come in many sizes: cudnn autotuning would search again for every new shape.
+    cudnn_benchmark = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = False
     mean_t, std_t = pixel_stats(mean, device), pixel_stats(std, device)
     cm = ConfusionMatrix(max(num_classes, 2), ignore_index=ignore_index, device=device)
     examples: list[Example] = []
@@ -149,11 +154,16 @@ def evaluate(
         if all(tuple(s) == full for s in sizes.tolist()):
             parts = [(images, masks)]
         else:
-            parts = [(images[i : i + 1, :, :h, :w], masks[i : i + 1, :h, :w]) for i, (h, w) in enumerate(sizes.tolist())]
+            parts = [
+                (images[i : i + 1, :, :h, :w], masks[i : i + 1, :h, :w])
+                for i, (h, w) in enumerate(sizes.tolist())
+            ]
         for imgs, truth in parts:
             x = normalize(imgs, mean_t, std_t, channels_last)
             with autocast(device, amp_dtype):
-                probs = predict_probs(model, x, scales=scales, flip=flip, mode=mode, window=window, overlap=overlap)
+                probs = predict_probs(
+                    model, x, scales=scales, flip=flip, mode=mode, window=window, overlap=overlap
+                )
             pred = probs.argmax(1)  # (B, H, W)
             cm.update(pred, truth)
             for i in range(min(num_examples - len(examples), imgs.shape[0])):
@@ -162,6 +172,7 @@ def evaluate(
                 )
     cm.all_reduce()
     model.train(was_training)
+    torch.backends.cudnn.benchmark = cudnn_benchmark
     return cm, examples
 
 
@@ -245,7 +256,9 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         distributed.cleanup()
 
 
-def _train(cfg: DictConfig, cfg_dict: dict[str, Any], run_dir: Path, dist_info: distributed.DistInfo) -> dict[str, Any]:
+def _train(
+    cfg: DictConfig, cfg_dict: dict[str, Any], run_dir: Path, dist_info: distributed.DistInfo
+) -> dict[str, Any]:
     t = cfg.trainer
     _check_trainer(cfg, dist_info.world_size)
     device = resolve_device(str(t.device), dist_info.local_rank)
@@ -306,6 +319,11 @@ def _train(cfg: DictConfig, cfg_dict: dict[str, Any], run_dir: Path, dist_info: 
     if resume_path is not None:
         ckpt = load_checkpoint(resume_path)
         check_compatible(ckpt["config"], cfg_dict, resume_path)
+        if "optimizer" not in ckpt:
+            raise CheckpointError(
+                f"trainer.resume: {resume_path} holds weights only (best.pt is written for evaluation); "
+                "resume from the run's checkpoints/last.pt"
+            )
         load_model_state(raw_model, ckpt["model"], resume_path)
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
@@ -340,12 +358,22 @@ def _train(cfg: DictConfig, cfg_dict: dict[str, Any], run_dir: Path, dist_info: 
         pin_memory=pin,
     )
     val_loader = build_val_loader(
-        val_set, int(cfg.eval.batch_size), int(t.num_workers), dist_info.rank, dist_info.world_size, pin, ignore
+        val_set,
+        int(cfg.eval.batch_size),
+        int(t.num_workers),
+        dist_info.rank,
+        dist_info.world_size,
+        pin,
+        ignore,
     )
     mean_t, std_t = pixel_stats(cfg.dataset.mean, device), pixel_stats(cfg.dataset.std, device)
     palette = data.palette(cfg)
 
-    writer = tblog.open_writer(run_dir, purge_step=start_iter + 1 if start_iter else None) if main and cfg.logger.tensorboard else None
+    writer = (
+        tblog.open_writer(run_dir, purge_step=start_iter + 1 if start_iter else None)
+        if main and cfg.logger.tensorboard
+        else None
+    )
     if main:
         n_params = sum(p.numel() for p in raw_model.parameters())
         log.info(
@@ -373,18 +401,23 @@ def _train(cfg: DictConfig, cfg_dict: dict[str, Any], run_dir: Path, dist_info: 
             )  # fmt: skip
         return metrics
 
-    def checkpoint(path: Path, iteration: int, metrics: dict[str, Any] | None) -> None:
+    def checkpoint(
+        path: Path, iteration: int, metrics: dict[str, Any] | None, resumable: bool = True
+    ) -> None:
         state = {
             "model": raw_model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict(),
             "iteration": iteration,
-            "rng": rng_state(),
             "best_miou": best_miou,
             "metrics": metrics,
             "config": cfg_dict,
         }
+        if resumable:  # best.pt is for evaluation: weights only, a third of last.pt's size with SGD momentum
+            state |= {
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict(),
+                "rng": rng_state(),
+            }
         if writer is not None:
             writer.flush()  # the curves up to this checkpoint survive a crash that keeps it
         save_checkpoint(path, state)
@@ -413,7 +446,9 @@ def _train(cfg: DictConfig, cfg_dict: dict[str, Any], run_dir: Path, dist_info: 
             if max_skips and distributed.all_reduce_sum((~torch.isfinite(loss)).float()).item() > 0:
                 skipped += 1
                 if skipped > max_skips:
-                    raise DivergenceError(_divergence_message(it + 1, optimizer, parts, f"after skipping {max_skips} steps"))
+                    raise DivergenceError(
+                        _divergence_message(it + 1, optimizer, parts, f"after skipping {max_skips} steps")
+                    )
                 log.warning("iter %d: non-finite loss, step skipped (%d/%d)", it + 1, skipped, max_skips)
                 optimizer.zero_grad(set_to_none=True)
                 continue
@@ -425,7 +460,9 @@ def _train(cfg: DictConfig, cfg_dict: dict[str, Any], run_dir: Path, dist_info: 
             scheduler.step()
             it += 1
             since_log += 1
-            loss_sum += torch.stack([loss.detach().float(), parts["main"].float(), parts.get("aux", loss.new_zeros(())).float()])
+            loss_sum += torch.stack(
+                [loss.detach().float(), parts["main"].float(), parts.get("aux", loss.new_zeros(())).float()]
+            )
             pbar.update(1)
 
             is_last = it == max_iters
@@ -472,7 +509,7 @@ def _train(cfg: DictConfig, cfg_dict: dict[str, Any], run_dir: Path, dist_info: 
                 last_metrics = validate(it)
                 if main and last_metrics["miou"] > best_miou:
                     best_miou = last_metrics["miou"]
-                    checkpoint(ckpt_dir / "best.pt", it, last_metrics)
+                    checkpoint(ckpt_dir / "best.pt", it, last_metrics, resumable=False)
                 raw_model.train()
                 tic = time.perf_counter()
             if due_ckpt and main:
@@ -536,7 +573,9 @@ def _resume_path(setting: Any, ckpt_dir: Path) -> Path | None:
     return path
 
 
-def _divergence_message(iteration: int, optimizer: torch.optim.Optimizer, parts: dict[str, Any], where: str) -> str:
+def _divergence_message(
+    iteration: int, optimizer: torch.optim.Optimizer, parts: dict[str, Any], where: str
+) -> str:
     lr = optimizer.param_groups[0]["lr"]
     bad = [k for k, v in parts.items() if not math.isfinite(float(v))] or ["total"]
     return (

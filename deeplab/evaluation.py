@@ -55,7 +55,11 @@ def evaluate_checkpoint(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     )  # fmt: skip
     metrics = cm.compute()
     seconds = time.perf_counter() - tic
-    names = data.class_names(train_cfg) if int(train_cfg.dataset.num_classes) > 1 else ["background", "foreground"]
+    names = (
+        data.class_names(train_cfg)
+        if int(train_cfg.dataset.num_classes) > 1
+        else ["background", "foreground"]
+    )
     print(format_table(metrics, names))
     print(
         f"{len(dataset)} images in {seconds:.1f} s | output stride {model.output_stride} | scales {scales} | "
@@ -67,4 +71,3 @@ def evaluate_checkpoint(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     write_json(path, metrics_out)
     print(f"metrics written to {path}")
     return metrics
-

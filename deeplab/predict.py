@@ -62,7 +62,11 @@ def predict(cfg: DictConfig, output: Path) -> list[Path]:
     palette = data.palette(train_cfg)
     if len(palette) < 2:  # one-logit binary models predict {0, 1}
         palette = np.array([[0, 0, 0], [255, 255, 255]], dtype=np.uint8)
-    names = data.class_names(train_cfg) if int(train_cfg.dataset.num_classes) > 1 else ["background", "foreground"]
+    names = (
+        data.class_names(train_cfg)
+        if int(train_cfg.dataset.num_classes) > 1
+        else ["background", "foreground"]
+    )
     mean_t = pixel_stats(train_cfg.dataset.mean, device)
     std_t = pixel_stats(train_cfg.dataset.std, device)
     output.mkdir(parents=True, exist_ok=True)
@@ -84,7 +88,9 @@ def predict(cfg: DictConfig, output: Path) -> list[Path]:
         ids.save(ids_path)
         color = draw_segmentation_map(pred, palette)
         Image.fromarray(color).save(output / f"{path.stem}_color.png")
-        Image.fromarray(image_overlay(rgb, color, float(cfg.alpha))).save(output / f"{path.stem}_overlay.jpg", quality=92)
+        Image.fromarray(image_overlay(rgb, color, float(cfg.alpha))).save(
+            output / f"{path.stem}_overlay.jpg", quality=92
+        )
         present = [names[c] if c < len(names) else str(c) for c in np.unique(pred).tolist()]
         print(f"{path.name}: {', '.join(present)}")
         written.append(ids_path)
@@ -94,7 +100,9 @@ def predict(cfg: DictConfig, output: Path) -> list[Path]:
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="predict")
 def main(cfg: DictConfig) -> None:
-    output = Path(str(cfg.output)) if cfg.output else Path(HydraConfig.get().runtime.output_dir) / "predictions"
+    output = (
+        Path(str(cfg.output)) if cfg.output else Path(HydraConfig.get().runtime.output_dir) / "predictions"
+    )
     try:
         predict(cfg, output)
     except UserError as e:

@@ -45,4 +45,3 @@ class ResumableSampler(Sampler[tuple[int, int]]):
             for p in range(pos, self.per_rank):
                 yield int(order[p]), _mix(self.seed, epoch, p, self.rank)
             epoch, pos = epoch + 1, 0
-

@@ -51,7 +51,12 @@ def write_summary(sweep_dir: Path) -> list[dict[str, Any]]:
     lines = [
         "| run | overrides | mIoU | pixel acc | mean acc | FWIoU | iteration |",
         "|---|---|---|---|---|---|---|",
-        *(f"| {r['run']} | `{r['overrides']}` | " + " | ".join(cell(r[k]) for k in (*METRICS, "iteration")) + " |" for r in rows),
+        *(
+            f"| {r['run']} | `{r['overrides']}` | "
+            + " | ".join(cell(r[k]) for k in (*METRICS, "iteration"))
+            + " |"
+            for r in rows
+        ),
     ]
     (sweep_dir / "sweep_summary.md").write_text("\n".join(lines) + "\n")
     return rows

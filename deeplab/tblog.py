@@ -13,7 +13,12 @@ from torch.utils.tensorboard import SummaryWriter
 from deeplab.visualize import draw_segmentation_map
 
 # metrics.json key -> TensorBoard tag
-METRIC_TAGS = {"pixel_acc": "val/pixel_acc", "mean_acc": "val/mean_acc", "miou": "val/mIoU", "fwiou": "val/FWIoU"}
+METRIC_TAGS = {
+    "pixel_acc": "val/pixel_acc",
+    "mean_acc": "val/mean_acc",
+    "miou": "val/mIoU",
+    "fwiou": "val/FWIoU",
+}
 
 
 def open_writer(run_dir: Path, purge_step: int | None = None) -> SummaryWriter:
@@ -21,7 +26,9 @@ def open_writer(run_dir: Path, purge_step: int | None = None) -> SummaryWriter:
     return SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=purge_step)
 
 
-def log_val_metrics(writer: SummaryWriter, metrics: Mapping[str, Any], class_names: Sequence[str], step: int) -> None:
+def log_val_metrics(
+    writer: SummaryWriter, metrics: Mapping[str, Any], class_names: Sequence[str], step: int
+) -> None:
     for key, tag in METRIC_TAGS.items():
         writer.add_scalar(tag, metrics[key], step)
     for name, iou in zip(class_names, metrics["iou_per_class"]):
@@ -29,10 +36,16 @@ def log_val_metrics(writer: SummaryWriter, metrics: Mapping[str, Any], class_nam
             writer.add_scalar(f"val/IoU/{name}", iou, step)
 
 
-def example_strip(image: np.ndarray, truth: np.ndarray, pred: np.ndarray, palette: np.ndarray, ignore_index: int) -> np.ndarray:
+def example_strip(
+    image: np.ndarray, truth: np.ndarray, pred: np.ndarray, palette: np.ndarray, ignore_index: int
+) -> np.ndarray:
     """(H, W, 3) photo, (H, W) truth and prediction -> (H, 3W, 3) uint8 strip: input | truth | prediction."""
     return np.concatenate(
-        [image, draw_segmentation_map(truth, palette, ignore_index), draw_segmentation_map(pred, palette, ignore_index)],
+        [
+            image,
+            draw_segmentation_map(truth, palette, ignore_index),
+            draw_segmentation_map(pred, palette, ignore_index),
+        ],
         axis=1,
     )
 
@@ -45,10 +58,18 @@ def log_examples(
     step: int,
 ) -> None:
     for i, (image, truth, pred) in enumerate(examples):
-        writer.add_image(f"val/example_{i}", example_strip(image, truth, pred, palette, ignore_index), step, dataformats="HWC")
+        writer.add_image(
+            f"val/example_{i}",
+            example_strip(image, truth, pred, palette, ignore_index),
+            step,
+            dataformats="HWC",
+        )
 
 
-def flat_hparams(cfg: Mapping[str, Any], sections: Sequence[str] = ("model", "backbone", "optim", "schedule", "trainer", "loss")) -> dict[str, Any]:
+def flat_hparams(
+    cfg: Mapping[str, Any],
+    sections: Sequence[str] = ("model", "backbone", "optim", "schedule", "trainer", "loss"),
+) -> dict[str, Any]:
     """Dotted scalar hyperparameters of the run (lists become strings), plus the dataset name."""
     out: dict[str, Any] = {}
 

@@ -130,6 +130,9 @@ def test_two_process_ddp_evaluation_equals_one_process(setup, tmp_path):
     single = run_eval(cfg, model, dataset, 2)
     out = tmp_path / "cm.pt"
     mp.spawn(
-        _ddp_worker, args=(2, str(tmp_path / "init"), str(out), OmegaConf.to_yaml(cfg, resolve=True)), nprocs=2, join=True
+        _ddp_worker,
+        args=(2, str(tmp_path / "init"), str(out), OmegaConf.to_yaml(cfg, resolve=True)),
+        nprocs=2,
+        join=True,
     )
     assert torch.equal(torch.load(out, weights_only=True), single)

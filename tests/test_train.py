@@ -72,7 +72,15 @@ def test_training_writes_checkpoints_metrics_and_tensorboard(trained_run):
     events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"images": 0, "scalars": 0})
     events.Reload()
     scalars = set(events.Tags()["scalars"])
-    expected = {"train/loss", "train/lr", "train/images_per_sec", "val/pixel_acc", "val/mean_acc", "val/mIoU", "val/FWIoU"}
+    expected = {
+        "train/loss",
+        "train/lr",
+        "train/images_per_sec",
+        "val/pixel_acc",
+        "val/mean_acc",
+        "val/mIoU",
+        "val/FWIoU",
+    }
     assert expected <= scalars
     assert any(tag.startswith("val/IoU/") for tag in scalars)
     assert [e.step for e in events.Scalars("train/loss")] == [1, 2, 3, 4]
@@ -111,7 +119,10 @@ def test_resume_after_interruption_gives_the_same_weights(tmp_path, monkeypatch)
     monkeypatch.setattr(engine, "save_checkpoint", real_save)
     assert load_checkpoint(part_dir / "checkpoints" / "last.pt")["iteration"] == 2
 
-    train(compose_config(tiny_overrides(data_dir, **{"trainer.eval_interval": 4, "trainer.resume": "auto"})), part_dir)
+    train(
+        compose_config(tiny_overrides(data_dir, **{"trainer.eval_interval": 4, "trainer.resume": "auto"})),
+        part_dir,
+    )
     full = load_checkpoint(full_dir / "checkpoints" / "last.pt")
     part = load_checkpoint(part_dir / "checkpoints" / "last.pt")
     assert part["iteration"] == 4
@@ -130,7 +141,9 @@ def test_resume_with_another_architecture_names_the_keys(trained_run, tmp_path):
 
     run_dir, _, data_dir = trained_run
     cfg = compose_config(
-        tiny_overrides(data_dir, **{"trainer.resume": str(run_dir / "checkpoints" / "last.pt"), "model": "deeplabv3"})
+        tiny_overrides(
+            data_dir, **{"trainer.resume": str(run_dir / "checkpoints" / "last.pt"), "model": "deeplabv3"}
+        )
     )
     with pytest.raises(CheckpointError, match="decoder.enabled"):
         train(cfg, tmp_path / "other")
@@ -199,7 +212,11 @@ def test_predict_writes_ids_colour_and_overlay(trained_run, tmp_path):
 
 def test_multirun_writes_two_runs_and_a_summary(tmp_path):
     sweep = tmp_path / "sweep"
-    args = [a for a in tiny_overrides(tmp_path / "data", **{"trainer.max_iters": 2}) if not a.startswith("optim.lr")]
+    args = [
+        a
+        for a in tiny_overrides(tmp_path / "data", **{"trainer.max_iters": 2})
+        if not a.startswith("optim.lr")
+    ]
     proc = run_cli("train.py", "-m", *args, "optim.lr=0.01,0.02", f"hydra.sweep.dir={sweep}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     for job in ("0", "1"):
@@ -209,5 +226,22 @@ def test_multirun_writes_two_runs_and_a_summary(tmp_path):
     summary = (sweep / "sweep_summary.csv").read_text().splitlines()
     assert summary[0].startswith("run,overrides,miou")
     assert len(summary) == 3
-    assert any("optim.lr=0.01" in line for line in summary) and any("optim.lr=0.02" in line for line in summary)
+    assert any("optim.lr=0.01" in line for line in summary) and any(
+        "optim.lr=0.02" in line for line in summary
+    )
     assert (sweep / "sweep_summary.md").is_file()
+
+
+def test_best_checkpoint_holds_weights_only_and_resume_points_to_last(trained_run, tmp_path):
+    from conftest import compose_config
+
+    from deeplab.errors import CheckpointError
+
+    run_dir, _, data_dir = trained_run
+    best = load_checkpoint(run_dir / "checkpoints" / "best.pt")
+    assert {"model", "config", "iteration", "metrics"} <= set(best) and "optimizer" not in best
+    cfg = compose_config(
+        tiny_overrides(data_dir, **{"trainer.resume": str(run_dir / "checkpoints" / "best.pt")})
+    )
+    with pytest.raises(CheckpointError, match="last.pt"):
+        train(cfg, tmp_path / "from_best")
