@@ -383,6 +383,7 @@ def _train(
         )  # fmt: skip
 
     def validate(iteration: int) -> dict[str, Any]:
+        distributed.broadcast_buffers(raw_model)  # every shard evaluated with the model rank 0 saves
         cm, examples = evaluate(
             raw_model, val_loader, num_classes=num_classes, ignore_index=ignore, device=device,
             mean=cfg.dataset.mean, std=cfg.dataset.std, amp_dtype=amp_dtype, channels_last=channels_last,

@@ -245,3 +245,27 @@ def test_best_checkpoint_holds_weights_only_and_resume_points_to_last(trained_ru
     )
     with pytest.raises(CheckpointError, match="last.pt"):
         train(cfg, tmp_path / "from_best")
+
+
+def test_torchrun_two_processes_train_and_agree(tmp_path):
+    """`torchrun --nproc_per_node=2 train.py ...` on CPU (gloo): rank 0 writes one run dir, metrics span both shards."""
+    run_dir = tmp_path / "ddp"
+    args = tiny_overrides(tmp_path / "data", **{"trainer.max_iters": 2, "trainer.batch_size": 4})
+    proc = run_cli(
+        "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533", "train.py", *args,
+        f"hydra.run.dir={run_dir}",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ckpt = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    assert ckpt["iteration"] == 2
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    # the all-reduced validation of the two shards equals one process evaluating every image
+    from conftest import compose_config
+
+    from deeplab.evaluation import evaluate_checkpoint
+
+    cfg = compose_config([f"checkpoint={run_dir / 'checkpoints' / 'last.pt'}", "num_workers=0"], "evaluate")
+    (tmp_path / "eval").mkdir()
+    single = evaluate_checkpoint(cfg, tmp_path / "eval")
+    assert metrics["pixel_acc"] == pytest.approx(single["pixel_acc"], abs=1e-9)
+    assert metrics["miou"] == pytest.approx(single["miou"], abs=1e-9)
