@@ -110,3 +110,15 @@ def test_unset_and_absent_keys_are_named() -> None:
     del cfg.backbone.dilation_style
     with pytest.raises(ConfigError, match=r"backbone\.dilation_style is missing"):
         build_model(cfg)
+
+
+def test_optuna_search_example_maximises_what_train_py_returns() -> None:
+    """hparams_search/voc_optuna.yaml (needs the optional Optuna sweeper) searches keys that exist."""
+    from omegaconf import OmegaConf
+
+    search = OmegaConf.load(Path(CONFIG_DIR) / "hparams_search" / "voc_optuna.yaml")
+    assert search.hydra.sweeper.direction == "maximize"
+    assert search.optimized_metric == "miou"  # a key of metrics.json, which train.py returns
+    cfg = compose_config(["experiment=voc_aug_deeplabv3plus_r50_os16"])
+    for key in search.hydra.sweeper.params:
+        assert OmegaConf.select(cfg, key, default="missing") != "missing", key
