@@ -1,0 +1,130 @@
+"""Scan a whole dataset and report every problem at once, with pixel counts per class.
+
+    python -m deeplab.data.check dataset=voc_aug dataset.root=/data [--split train|val|all] [--workers N]
+
+Arguments with `=` are Hydra overrides of configs/train.yaml. Exit status 1 if any problem was found.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.errors import HydraException
+from omegaconf import DictConfig
+from tqdm import tqdm
+
+from deeplab.data import class_names, ignore_index, load_split, num_classes
+from deeplab.data.dataset import SegmentationDataset, missing_files
+from deeplab.errors import DatasetError, UserError
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+
+
+def _first(item):  # batch_size=None: items pass through unbatched
+    return item
+
+
+class _Inspect(torch.utils.data.Dataset):
+    """Reads each sample of a dataset and returns (index, problem or None, pixel counts per value)."""
+
+    def __init__(self, dataset: SegmentationDataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple[int, str | None, np.ndarray | None]:
+        try:
+            _, _, counts = self.dataset.load(index)
+        except DatasetError as e:
+            return index, str(e), None
+        return index, None, counts
+
+
+def scan(dataset: SegmentationDataset, workers: int = 0, desc: str = "") -> tuple[list[str], np.ndarray, int]:
+    """Problems (one line each), pixel counts per label value, and the number of images read fine."""
+    problems = missing_files(dataset.samples)
+    keep = [i for i, s in enumerate(dataset.samples) if s.image.is_file() and s.mask.is_file()]
+    subset = torch.utils.data.Subset(_Inspect(dataset), keep)
+    loader = torch.utils.data.DataLoader(subset, batch_size=None, num_workers=workers, collate_fn=_first)
+    totals = np.zeros(max(dataset.num_labels, dataset.ignore_index + 1), dtype=np.int64)
+    good = 0
+    for _, problem, counts in tqdm(loader, total=len(keep), desc=desc or dataset.name, unit=" images"):
+        if problem is not None:
+            problems.append(problem)
+            continue
+        good += 1
+        if len(counts) > len(totals):
+            totals = np.pad(totals, (0, len(counts) - len(totals)))
+        totals[: len(counts)] += counts
+    return problems, totals, good
+
+
+def print_counts(totals: np.ndarray, names: list[str], ignore: int) -> None:
+    total = max(int(totals.sum()), 1)
+    width = max(len(n) for n in names + ["ignore"])
+    print(f"  {'id':>4}  {'class':<{width}}  {'pixels':>14}  {'share':>7}")
+    for i, name in enumerate(names):
+        if i == ignore:
+            continue
+        print(f"  {i:>4}  {name:<{width}}  {int(totals[i]):>14,}  {100 * totals[i] / total:>6.2f}%")
+    if ignore < len(totals):
+        print(
+            f"  {ignore:>4}  {'ignore':<{width}}  {int(totals[ignore]):>14,}  {100 * totals[ignore] / total:>6.2f}%"
+        )
+    absent = [names[i] for i in range(len(names)) if i != ignore and totals[i] == 0]
+    if absent:
+        print(f"  classes with no pixels: {', '.join(absent)}")
+
+
+def check(cfg: DictConfig, splits: list[str], workers: int = 0) -> int:
+    """Scan the splits; print problems and class pixel counts; return the number of problems."""
+    names, ignore = class_names(cfg), ignore_index(cfg)
+    if num_classes(cfg) == 1:  # binary: one logit, masks hold 0 (background) and 1 (the class)
+        names = ["background", names[0]]
+    n_problems = 0
+    for split in splits:
+        dataset = load_split(cfg, split, augment=False, check_files=False)
+        problems, totals, good = scan(dataset, workers, desc=f"checking {split}")
+        print(
+            f"{cfg.dataset.name} {split}: {len(dataset):,} listed, {good:,} read fine, {len(problems):,} problems"
+        )
+        for p in problems:
+            print(f"  problem: {p}")
+        print_counts(totals[: max(len(names), ignore + 1)], names, ignore)
+        n_problems += len(problems)
+    return n_problems
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m deeplab.data.check", description=__doc__.split("\n")[0])
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. dataset=voc dataset.root=/data")
+    parser.add_argument("--split", choices=("train", "val", "all"), default="all")
+    parser.add_argument("--workers", type=int, default=0, help="reader processes (0: in this process)")
+    args = parser.parse_args(argv)
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            cfg = compose(config_name="train", overrides=args.overrides)
+    except HydraException as e:
+        print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
+        return 2
+    splits = ["train", "val"] if args.split == "all" else [args.split]
+    try:
+        n_problems = check(cfg, splits, args.workers)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    if n_problems:
+        print(f"{n_problems} problem(s) found", file=sys.stderr)
+        return 1
+    print("no problems found")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,33 @@
+"""Batching whole images of different sizes for evaluation."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+# uint8 images are padded with the ImageNet mean colour, which normalises to about 0 like float padding.
+UINT8_PAD = (124, 116, 104)
+
+
+def collate_eval(
+    batch: Sequence[tuple[torch.Tensor, torch.Tensor]], ignore_index: int = 255
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Pad to the largest image: images (B, 3, Hmax, Wmax), masks (B, Hmax, Wmax) padded with ignore_index,
+    sizes (B, 2) int64 (h, w) of each image. Float images pad with 0, uint8 images with the mean colour.
+
+    For a dataset whose ignore index is not 255, pass it: functools.partial(collate_eval, ignore_index=i).
+    """
+    images, masks = zip(*batch)
+    sizes = torch.tensor([tuple(m.shape[-2:]) for m in masks], dtype=torch.int64)  # (B, 2)
+    height, width = (int(v) for v in sizes.max(dim=0).values)
+    first = images[0]
+    out_images = first.new_zeros((len(images), first.shape[0], height, width))
+    if first.dtype == torch.uint8:
+        out_images += torch.tensor(UINT8_PAD, dtype=torch.uint8).view(1, 3, 1, 1)
+    out_masks = torch.full((len(masks), height, width), ignore_index, dtype=masks[0].dtype)
+    for i, (image, mask) in enumerate(zip(images, masks)):
+        h, w = mask.shape[-2:]
+        out_images[i, :, :h, :w] = image
+        out_masks[i, :h, :w] = mask
+    return out_images, out_masks, sizes

@@ -1,0 +1,168 @@
+"""A segmentation dataset over a list of (image file, mask file) pairs: read, check, augment, to tensors."""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from deeplab.data.reading import check_mask_values, class_pixel_counts, read_image, read_mask
+from deeplab.errors import DatasetError
+
+if TYPE_CHECKING:
+    import albumentations as A
+
+log = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+MAX_WORKERS = 64  # DataLoader workers whose skipped samples are counted apart (more share the slots)
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One example: an image file and its mask file (.png of ids, colour-coded .png, or SBD .mat)."""
+
+    id: str
+    image: Path
+    mask: Path
+
+
+def missing_files(samples: Sequence[Sample]) -> list[str]:
+    """Messages for samples whose image or mask file does not exist (cheap existence checks)."""
+    problems = []
+    for s in samples:
+        for kind, path in (("image", s.image), ("mask", s.mask)):
+            if not path.is_file():
+                problems.append(f"{s.id}: {kind} {path} does not exist")
+    return problems
+
+
+def raise_if_missing(samples: Sequence[Sample], where: str) -> None:
+    """One-line DatasetError summarising missing files of a split list (first ones named, then a count)."""
+    problems = missing_files(samples)
+    if problems:
+        more = f" (and {len(problems) - 2} more)" if len(problems) > 2 else ""
+        raise DatasetError(
+            f"{where}: {'; '.join(problems[:2])}{more}; re-extract or re-prepare the dataset "
+            "(`python -m deeplab.data.check` lists every problem)"
+        )
+
+
+class SegmentationDataset(Dataset):
+    """Items (image, mask): image (3, H, W) float normalised, mask (H, W) int64 ids with the ignore index kept.
+
+    With normalize=False (the training engine's input, converted on the device) both are uint8 where the
+    labels fit: a uint8 mask is 8x less to pass from the DataLoader workers and to copy to the GPU.
+    """
+
+    def __init__(
+        self,
+        samples: Sequence[Sample],
+        num_classes: int,
+        ignore_index: int = 255,
+        transform: A.Compose | None = None,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        normalize: bool = True,
+        colors: np.ndarray | None = None,
+        color_ids: np.ndarray | None = None,
+        skip_bad: bool = False,
+        name: str = "dataset",
+        check_files: bool = True,
+    ) -> None:
+        self.samples = list(samples)
+        self.num_classes = int(num_classes)
+        # one class means a binary task (one logit): its masks hold 0 (background) and 1
+        self.num_labels = max(self.num_classes, 2)
+        self.ignore_index = int(ignore_index)
+        self.transform = transform
+        self.normalize = normalize
+        self.mean = tuple(float(m) for m in mean)
+        self.std = tuple(float(s) for s in std)
+        self._scale = [1.0 / (255.0 * s) for s in self.std]
+        self._shift = [-m / s for m, s in zip(self.mean, self.std)]
+        self.colors = colors  # (K, 3) colours of colour-coded masks, with their ids in color_ids (K,)
+        self.color_ids = color_ids
+        self.skip_bad = skip_bad
+        self.name = name
+        # Samples skipped per process (slot 0: the main process, 1 + id: DataLoader worker id), in shared
+        # memory with skip_bad so that the main process sees what its workers skipped.
+        self._skips = torch.zeros(MAX_WORKERS + 1, dtype=torch.int64)
+        if skip_bad:
+            self._skips.share_memory_()
+        if check_files:
+            raise_if_missing(self.samples, name)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    @property
+    def skipped(self) -> int:
+        """Bad samples skipped so far (dataset.skip_bad), in this process and its DataLoader workers."""
+        return int(self._skips.sum())
+
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Read and check one example: image (H, W, 3) uint8, mask (H, W) ids, pixel counts per id value."""
+        sample = self.samples[index]
+        image = read_image(sample.image)
+        mask = read_mask(sample.mask, self.colors, self.color_ids)
+        if image.shape[:2] != mask.shape:
+            raise DatasetError(
+                f"image {sample.image} is {image.shape[1]}x{image.shape[0]} but its mask {sample.mask} is "
+                f"{mask.shape[1]}x{mask.shape[0]} (width x height); they must be the same size"
+            )
+        counts = class_pixel_counts(mask, self.num_labels, self.ignore_index)
+        check_mask_values(counts, self.num_labels, self.ignore_index, sample.mask)
+        return image, mask, counts
+
+    def _reseed(self, seed: int | None) -> None:
+        # Albumentations keeps its own RNG, which forked DataLoader workers would all copy. The training
+        # sampler hands each item its own seed (so a resumed run repeats the same crops); without one, draw
+        # it from torch's RNG, which the DataLoader seeds per worker (and trainer.seed makes reproducible).
+        if seed is None:
+            seed = int(torch.randint(0, 2**62, (1,)).item())
+        self.transform.set_random_state(np.random.default_rng(seed), random.Random(seed))
+
+    def _item(self, index: int, seed: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        image, mask, _ = self.load(index)
+        if self.transform is not None:
+            self._reseed(seed)
+            out = self.transform(image=image, mask=mask)
+            image, mask = out["image"], out["mask"]
+        channels = cv2.split(np.ascontiguousarray(image))
+        if self.normalize:
+            # (x / 255 - mean) / std as one scale and shift per channel, written in place: several times
+            # faster than the same in torch on one core (a DataLoader worker's share)
+            chw = np.empty((3, *image.shape[:2]), np.float32)
+            for c, ch in enumerate(channels):
+                cv2.addWeighted(ch, self._scale[c], ch, 0.0, self._shift[c], dst=chw[c], dtype=cv2.CV_32F)
+        else:
+            chw = np.stack(channels)
+        image_t = torch.from_numpy(chw)  # (3, H, W) float32, or uint8
+        compact = not self.normalize and 0 <= self.ignore_index <= 255 and self.num_labels <= 256
+        mask_t = torch.from_numpy(mask.astype(np.uint8 if compact else np.int64))  # (H, W)
+        return image_t, mask_t
+
+    def __getitem__(self, item: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """item: an index, or (index, augmentation seed) as deeplab.sampling.ResumableSampler yields."""
+        index, seed = item if isinstance(item, tuple) else (item, None)
+        if not self.skip_bad:
+            return self._item(index, seed)
+        tries = min(len(self), 16)
+        for attempt in range(tries):
+            try:
+                return self._item((index + attempt) % len(self), seed)
+            except DatasetError as e:
+                worker = torch.utils.data.get_worker_info()
+                self._skips[0 if worker is None else 1 + worker.id % MAX_WORKERS] += 1
+                log.warning("skipped a bad sample (%d so far): %s", self.skipped, e)
+        raise DatasetError(f"{self.name}: {tries} bad samples in a row from index {index}; check the dataset")

@@ -1,0 +1,75 @@
+"""Custom data: an images folder and a masks folder per split, matched by file stem."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from deeplab.data.dataset import Sample
+from deeplab.errors import ConfigError, DatasetError
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm"}
+MASK_SUFFIXES = {".png", ".bmp", ".tif", ".tiff", ".pgm", ".ppm"}
+
+
+def _by_stem(folder: Path, suffixes: set[str], key: str) -> dict[str, Path]:
+    if not folder.is_dir():
+        what = "does not exist" if not folder.exists() else "is not a folder"
+        raise DatasetError(f"{key} {folder} {what}; point {key} at the folder of files")
+    files: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        if path.suffix.lower() not in suffixes or path.name.startswith("."):
+            continue
+        if path.stem in files:
+            raise DatasetError(
+                f"{key} {folder} holds two files with the stem {path.stem!r} ({files[path.stem].name}, {path.name}); "
+                "images and masks are matched by stem, so stems must be unique"
+            )
+        files[path.stem] = path
+    return files
+
+
+def folder_samples(images: str | Path, masks: str | Path, split: str) -> list[Sample]:
+    """Pairs of image and mask with the same stem; an image without a mask is an error, naming it."""
+    images_dir, masks_dir = Path(images).expanduser(), Path(masks).expanduser()
+    image_files = _by_stem(images_dir, IMAGE_SUFFIXES, f"dataset.{split}.images")
+    mask_files = _by_stem(masks_dir, MASK_SUFFIXES, f"dataset.{split}.masks")
+    if not image_files:
+        raise DatasetError(
+            f"dataset.{split}.images {images_dir} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})"
+        )
+    unmatched = [image_files[s].name for s in image_files if s not in mask_files]
+    if unmatched:
+        shown = ", ".join(unmatched[:3]) + (f" and {len(unmatched) - 3} more" if len(unmatched) > 3 else "")
+        raise DatasetError(
+            f"{len(unmatched)} image(s) in {images_dir} have no mask with the same stem in {masks_dir}: {shown}"
+        )
+    orphans = len(set(mask_files) - set(image_files))
+    if orphans:
+        log.warning("%d mask(s) in %s have no image in %s and are not used", orphans, masks_dir, images_dir)
+    return [Sample(s, image_files[s], mask_files[s]) for s in image_files]
+
+
+def color_lookup(
+    palette: Sequence[Sequence[int]] | None, ignore_color: Sequence[int] | None, ignore_index: int
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Colours (K, 3) and their ids (K,) for colour-coded masks: palette row i is class i; ignore_color -> ignore."""
+    if palette is None:
+        return None, None
+    colors = [tuple(int(v) for v in c) for c in palette]
+    if any(len(c) != 3 or not all(0 <= v <= 255 for v in c) for c in colors):
+        raise ConfigError("dataset.palette must be a list of [r, g, b] colours with values in 0..255")
+    ids = list(range(len(colors)))
+    if ignore_color is not None:
+        colors.append(tuple(int(v) for v in ignore_color))
+        ids.append(ignore_index)
+    if len(set(colors)) != len(colors):
+        raise ConfigError(
+            "dataset.palette (with dataset.ignore_color) lists a colour twice; colours must be unique"
+        )
+    return np.asarray(colors, dtype=np.uint8), np.asarray(ids, dtype=np.int64)

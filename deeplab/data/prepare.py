@@ -1,0 +1,308 @@
+"""Download (or take already-downloaded) official archives, unpack them, write the trainaug list, verify.
+
+    python -m deeplab.data.prepare voc|sbd|voc_aug --root DIR [--archives DIR] [--no-verify]
+
+voc:     VOCtrainval_11-May-2012.tar -> DIR/VOCdevkit/VOC2012 (train 1,464 / val 1,449)
+sbd:     benchmark.tgz               -> DIR/benchmark_RELEASE/dataset (train 8,498 / val 2,857)
+voc_aug: both, plus VOC2012/ImageSets/Segmentation/train_aug.txt (10,582 ids = VOC train + SBD - VOC val)
+Then train with dataset=voc|sbd|voc_aug dataset.root=DIR.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import shutil
+import sys
+import tarfile
+import time
+import urllib.request
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+
+from deeplab.data.dataset import missing_files
+from deeplab.data.sbd import SBD_COUNTS, find_sbd_dir, is_sbd_dir, sbd_sample, sbd_split_ids
+from deeplab.data.voc import VOC_COUNTS, find_voc_dir, is_voc_dir, voc_list_path, voc_sample, voc_split_ids
+from deeplab.data.voc_aug import TRAINAUG_COUNT, TRAINAUG_SPLIT, trainaug_ids
+from deeplab.errors import DatasetError, UserError
+
+
+@dataclass(frozen=True)
+class Archive:
+    filename: str
+    url: str
+    md5: str
+    top: str  # the folder the archive unpacks to
+
+
+ARCHIVES = {
+    "voc": Archive(
+        "VOCtrainval_11-May-2012.tar",
+        "http://host.robots.ox.ac.uk/pascal/VOC/voc2012/VOCtrainval_11-May-2012.tar",
+        "6cd6e144f989b92b3379bac3b3de84fd",
+        "VOCdevkit",
+    ),
+    "sbd": Archive(
+        "benchmark.tgz",
+        "https://www2.eecs.berkeley.edu/Research/Projects/CS/vision/grouping/semantic_contours/benchmark.tgz",
+        "82b4d87ceb2ed10f6038a1cba92111cb",
+        "benchmark_RELEASE",
+    ),
+}
+
+# Expected split sizes of the official data (checked unless --no-verify).
+EXPECTED = {
+    "voc": dict(VOC_COUNTS),
+    "sbd": dict(SBD_COUNTS),
+    "voc_aug": {TRAINAUG_SPLIT: TRAINAUG_COUNT, "val": VOC_COUNTS["val"]},
+}
+
+
+def warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def md5sum(path: Path) -> str:
+    digest = hashlib.md5()
+    with (
+        open(path, "rb") as f,
+        tqdm(total=path.stat().st_size, unit="B", unit_scale=True, desc=f"md5 {path.name}") as bar,
+    ):
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+            bar.update(len(chunk))
+    return digest.hexdigest()
+
+
+def download(url: str, dest: Path) -> None:
+    """Download url to dest with a progress bar; written to dest.part and renamed when complete."""
+    part = dest.with_name(dest.name + ".part")
+    print(f"downloading {url}")
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response, open(part, "wb") as out:
+            total = int(response.headers.get("Content-Length") or 0) or None
+            with tqdm(total=total, unit="B", unit_scale=True, desc=dest.name) as bar:
+                while chunk := response.read(1 << 20):
+                    out.write(chunk)
+                    bar.update(len(chunk))
+    except OSError as e:
+        part.unlink(missing_ok=True)
+        raise DatasetError(
+            f"cannot download {url}: {e}; download it by other means and pass its folder with --archives DIR"
+        ) from None
+    os.replace(part, dest)
+
+
+def check_md5(path: Path, expected: str, verify: bool) -> None:
+    actual = md5sum(path)
+    if actual == expected:
+        print(f"checksum ok: {path}")
+        return
+    message = (
+        f"checksum of {path} is {actual}, expected {expected}: the file is incomplete or not the official "
+        "archive; delete it and run again"
+    )
+    if verify:
+        raise DatasetError(message + " (or pass --no-verify to use it anyway)")
+    warn(message)
+
+
+def fetch(archive: Archive, root: Path, archives: Path | None, verify: bool) -> Path:
+    """The archive file: from --archives, already in root, or downloaded into root; its checksum checked."""
+    if archives is not None:
+        path = archives / archive.filename
+        if not path.is_file():
+            raise DatasetError(
+                f"{path} not found; put {archive.filename} there (downloaded from {archive.url})"
+            )
+    else:
+        path = root / archive.filename
+        if not path.is_file():
+            download(archive.url, path)
+    check_md5(path, archive.md5, verify)
+    return path
+
+
+def _safe_members(tar: tarfile.TarFile):
+    """Members to extract; without tarfile's data filter (old Pythons), refuse paths leaving the folder."""
+    for member in tar:
+        name = Path(member.name)
+        if not hasattr(tarfile, "data_filter") and (
+            name.is_absolute() or ".." in name.parts or not (member.isfile() or member.isdir())
+        ):
+            warn(f"skipping unsafe archive member {member.name}")
+            continue
+        yield member
+
+
+def unpack(path: Path, dest: Path) -> None:
+    """Extract a tar/tgz into dest (files that would land outside it are refused)."""
+    print(f"unpacking {path} into {dest}")
+    try:
+        with tarfile.open(path) as tar:
+            for member in tqdm(_safe_members(tar), unit=" files", desc=path.name):
+                if hasattr(tarfile, "data_filter"):
+                    tar.extract(member, dest, filter="data")
+                else:
+                    tar.extract(member, dest)
+    except (tarfile.TarError, EOFError, OSError) as e:
+        raise DatasetError(
+            f"cannot unpack {path}: {e}; the archive is damaged, delete it and run again"
+        ) from None
+
+
+def install(archive: Archive, path: Path, root: Path, inner: str) -> None:
+    """Unpack into a temporary folder in root, then move top/inner into place (so a crash leaves no half copy)."""
+    tmp = root / f".unpack-{uuid.uuid4().hex[:8]}"
+    try:
+        unpack(path, tmp)
+        source = tmp / archive.top / inner
+        if not source.is_dir():
+            raise DatasetError(f"{path} does not hold {archive.top}/{inner}; is it the right archive?")
+        target = root / archive.top / inner
+        if target.exists():
+            aside = target.with_name(f"{target.name}.incomplete-{time.strftime('%Y%m%d-%H%M%S')}")
+            warn(f"{target} exists but is incomplete; moved it to {aside}")
+            os.rename(target, aside)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(source, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _voc_ready(root: Path) -> bool:
+    voc = root / "VOCdevkit" / "VOC2012"
+    return is_voc_dir(voc) and all(voc_list_path(voc, s).is_file() for s in ("train", "val"))
+
+
+def _sbd_ready(root: Path) -> bool:
+    sbd = root / "benchmark_RELEASE" / "dataset"
+    return is_sbd_dir(sbd) and (sbd / "train.txt").is_file() and (sbd / "val.txt").is_file()
+
+
+def prepare_voc(root: Path, archives: Path | None, verify: bool) -> Path:
+    if _voc_ready(root):
+        print(f"found {root / 'VOCdevkit' / 'VOC2012'}; not unpacking again")
+    else:
+        archive = ARCHIVES["voc"]
+        install(archive, fetch(archive, root, archives, verify), root, "VOC2012")
+    return find_voc_dir(root)
+
+
+def prepare_sbd(root: Path, archives: Path | None, verify: bool) -> Path:
+    if _sbd_ready(root):
+        print(f"found {root / 'benchmark_RELEASE' / 'dataset'}; not unpacking again")
+    else:
+        archive = ARCHIVES["sbd"]
+        install(archive, fetch(archive, root, archives, verify), root, "dataset")
+    return find_sbd_dir(root)
+
+
+def report(what: str, counts: dict[str, int], missing: list[str], verify: bool) -> None:
+    """Print the split sizes found; a mismatch with the official sizes or a missing file fails (or warns)."""
+    print(f"{what}: " + ", ".join(f"{split} {n:,}" for split, n in counts.items()))
+    problems = [
+        f"{split} has {n:,} ids, expected {EXPECTED[what][split]:,}"
+        for split, n in counts.items()
+        if split in EXPECTED[what] and n != EXPECTED[what][split]
+    ]
+    if missing:
+        more = f" (and {len(missing) - 3} more)" if len(missing) > 3 else ""
+        problems.append(f"{len(missing)} files missing: {'; '.join(missing[:3])}{more}")
+    if problems and verify:
+        raise DatasetError(f"{what}: " + "; ".join(problems) + " (pass --no-verify to accept other data)")
+    for p in problems:
+        warn(f"{what}: {p}")
+
+
+def verify_voc(voc_dir: Path, verify: bool) -> None:
+    counts, missing = {}, []
+    for split in ("train", "val"):
+        ids = voc_split_ids(voc_dir, split)
+        counts[split] = len(ids)
+        missing += missing_files([voc_sample(voc_dir, i) for i in ids])
+    report("voc", counts, missing, verify)
+
+
+def verify_sbd(sbd_dir: Path, verify: bool) -> None:
+    counts, missing = {}, []
+    for split in ("train", "val"):
+        ids = sbd_split_ids(sbd_dir, split)
+        counts[split] = len(ids)
+        missing += missing_files([sbd_sample(sbd_dir, i) for i in ids])
+    report("sbd", counts, missing, verify)
+
+
+def write_trainaug(voc_dir: Path, sbd_dir: Path, verify: bool) -> Path:
+    """Write VOC2012/ImageSets/Segmentation/train_aug.txt and check its size."""
+    voc_val = voc_split_ids(voc_dir, "val")
+    ids = trainaug_ids(
+        voc_split_ids(voc_dir, "train"),
+        voc_val,
+        sbd_split_ids(sbd_dir, "train") + sbd_split_ids(sbd_dir, "val"),
+    )
+    path = voc_list_path(voc_dir, TRAINAUG_SPLIT)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(f"{i}\n" for i in ids))
+    os.replace(tmp, path)
+    print(f"wrote {path}")
+    report("voc_aug", {TRAINAUG_SPLIT: len(ids), "val": len(voc_val)}, [], verify)
+    return path
+
+
+def run(what: str, root: Path, archives: Path | None, verify: bool) -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    if what in ("voc", "voc_aug"):
+        voc_dir = prepare_voc(root, archives, verify)
+        verify_voc(voc_dir, verify)
+    if what in ("sbd", "voc_aug"):
+        sbd_dir = prepare_sbd(root, archives, verify)
+        verify_sbd(sbd_dir, verify)
+    if what == "voc_aug":
+        write_trainaug(voc_dir, sbd_dir, verify)
+    print(f"ready: train with dataset={what} dataset.root={root}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m deeplab.data.prepare", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("dataset", choices=("voc", "sbd", "voc_aug"))
+    parser.add_argument(
+        "--root",
+        type=Path,
+        default=Path(os.environ.get("DEEPLAB_DATA", "data")),
+        help="where to unpack (default: $DEEPLAB_DATA or data)",
+    )
+    parser.add_argument(
+        "--archives", type=Path, default=None, help="folder holding already-downloaded archives"
+    )
+    parser.add_argument(
+        "--no-verify",
+        dest="verify",
+        action="store_false",
+        help="warn instead of failing on a checksum or split-size mismatch (for other copies of the data)",
+    )
+    args = parser.parse_args(argv)
+    try:
+        run(
+            args.dataset,
+            args.root.expanduser(),
+            args.archives.expanduser() if args.archives else None,
+            args.verify,
+        )
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

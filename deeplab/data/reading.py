@@ -1,0 +1,154 @@
+"""Reading images and label masks from disk, with one-line errors that name the file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import scipy.io
+from PIL import Image
+
+from deeplab.errors import DatasetError
+
+# Mask modes that hold class ids directly: palette indices, grayscale, 1-bit, 16/32-bit integers.
+_ID_MODES = {"P", "L", "1", "I", "I;16", "I;16B", "I;16L"}
+_RGB_MODES = {"RGB", "RGBA", "RGBX", "CMYK", "YCbCr"}
+
+
+def _reason(error: BaseException) -> str:
+    """The first line of an exception's message (messages must stay on one line)."""
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__
+
+
+def read_image(path: Path) -> np.ndarray:
+    """Decode an image file to an (H, W, 3) uint8 RGB array; a missing, corrupt or truncated file is a DatasetError."""
+    try:
+        with Image.open(path) as im:
+            im.load()  # decode now, so a truncated file fails here and not later
+            if im.mode != "RGB":
+                im = im.convert("RGB")
+            return np.array(im)
+    except FileNotFoundError:
+        raise DatasetError(f"image {path} does not exist") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise DatasetError(
+            f"cannot read image {path}: {_reason(e)} (the file is corrupt or truncated: replace it, or "
+            "re-extract the dataset)"
+        ) from None
+
+
+def read_sbd_label(path: Path) -> np.ndarray:
+    """SBD class label: scipy.io.loadmat(path)["GTcls"][0]["Segmentation"][0], an (H, W) uint8 array of ids."""
+    try:
+        mat = scipy.io.loadmat(str(path))
+    except FileNotFoundError:
+        raise DatasetError(f"SBD label {path} does not exist") from None
+    except (OSError, ValueError, TypeError, NotImplementedError) as e:
+        raise DatasetError(
+            f"cannot read SBD label {path}: {_reason(e)} (the file is corrupt: re-extract benchmark.tgz)"
+        ) from None
+    try:
+        label = mat["GTcls"][0]["Segmentation"][0]
+    except (KeyError, IndexError, ValueError, TypeError):
+        raise DatasetError(
+            f"SBD label {path} has no GTcls.Segmentation field: it is not a class label of the SBD "
+            "benchmark_RELEASE/dataset/cls folder"
+        ) from None
+    label = np.asarray(label)
+    if label.ndim != 2 or label.dtype.kind not in "iub":
+        raise DatasetError(
+            f"SBD label {path} holds a {label.dtype} array of shape {label.shape}, not a 2-D id map"
+        )
+    return np.ascontiguousarray(label, dtype=np.uint8)
+
+
+def colors_to_ids(rgb: np.ndarray, colors: np.ndarray, ids: np.ndarray, path: Path) -> np.ndarray:
+    """Map an (H, W, 3) colour-coded mask to (H, W) ids; colors (K, 3) and ids (K,) give the table."""
+    keys = (rgb[..., 0].astype(np.int32) << 16) | (rgb[..., 1].astype(np.int32) << 8) | rgb[..., 2]
+    table_keys = (colors[:, 0].astype(np.int32) << 16) | (colors[:, 1].astype(np.int32) << 8) | colors[:, 2]
+    present, inverse = np.unique(keys, return_inverse=True)
+    order = np.argsort(table_keys, kind="stable")
+    sorted_keys = table_keys[order]
+    pos = np.minimum(np.searchsorted(sorted_keys, present), len(sorted_keys) - 1)
+    known = sorted_keys[pos] == present
+    if not known.all():
+        unknown = present[~known]
+        shown = ", ".join(f"({k >> 16}, {(k >> 8) & 255}, {k & 255})" for k in unknown[:4])
+        more = f" and {len(unknown) - 4} more" if len(unknown) > 4 else ""
+        raise DatasetError(
+            f"mask {path} has colours {shown}{more} that are not in dataset.palette; add them to the palette "
+            "(or dataset.ignore_color for ignored pixels)"
+        )
+    dtype = np.uint8 if ids.max(initial=0) < 256 else np.uint16
+    return ids[order][pos].astype(dtype)[inverse].reshape(keys.shape)
+
+
+def read_mask(
+    path: Path, colors: np.ndarray | None = None, color_ids: np.ndarray | None = None
+) -> np.ndarray:
+    """Read an (H, W) id mask (uint8, or uint16 beyond 255): palette/grayscale PNG, SBD .mat, or RGB via colors."""
+    if path.suffix.lower() == ".mat":
+        return read_sbd_label(path)
+    try:
+        with Image.open(path) as im:
+            im.load()
+            mode = im.mode
+            if mode in _ID_MODES:
+                # Palette images give their indices here: the class ids, never the colours.
+                ids = np.array(im)
+            elif mode in _RGB_MODES:
+                rgb = np.array(im.convert("RGB"))
+            else:
+                raise DatasetError(
+                    f"mask {path} has image mode {mode}; masks must be palette, grayscale or 16-bit PNGs of "
+                    "class ids (or RGB with dataset.palette for dataset=folder)"
+                )
+    except FileNotFoundError:
+        raise DatasetError(f"mask {path} does not exist") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise DatasetError(
+            f"cannot read mask {path}: {_reason(e)} (the file is corrupt or truncated: replace it)"
+        ) from None
+    if mode in _RGB_MODES:
+        if colors is None or color_ids is None:
+            raise DatasetError(
+                f"mask {path} is an RGB image but class-id masks are expected (palette or grayscale PNG "
+                "whose pixel values are the class ids); convert it to ids, or for dataset=folder give "
+                "dataset.palette to map its colours to ids"
+            )
+        return colors_to_ids(rgb, colors, color_ids, path)
+    if ids.dtype == bool:
+        return ids.astype(np.uint8)
+    if ids.dtype != np.uint8:
+        if ids.min(initial=0) < 0 or ids.max(initial=0) > 65535:
+            raise DatasetError(f"mask {path} has values outside 0..65535; class ids must be small integers")
+        ids = ids.astype(np.uint16) if ids.max(initial=0) > 255 else ids.astype(np.uint8)
+    return ids
+
+
+def class_pixel_counts(mask: np.ndarray, num_classes: int, ignore_index: int) -> np.ndarray:
+    """Pixels per value of an id mask: (max(num_classes, ignore_index + 1, max + 1),) int64 counts."""
+    length = max(num_classes, ignore_index + 1)
+    if mask.dtype == np.uint8 and mask.size < 1 << 24:
+        # OpenCV's histogram is about 3x faster than np.bincount here (exact: float32 counts below 2**24)
+        counts = (
+            cv2.calcHist([np.ascontiguousarray(mask)], [0], None, [256], [0, 256]).ravel().astype(np.int64)
+        )
+        return np.pad(counts, (0, max(0, length - 256)))
+    return np.bincount(mask.ravel(), minlength=length)
+
+
+def check_mask_values(counts: np.ndarray, num_classes: int, ignore_index: int, path: Path) -> None:
+    """Raise if a mask (given by its class_pixel_counts) holds ids outside [0, num_classes) other than ignore."""
+    extra = counts[num_classes:].copy()
+    if 0 <= ignore_index - num_classes < len(extra):
+        extra[ignore_index - num_classes] = 0
+    if extra.any():
+        bad = (np.flatnonzero(extra) + num_classes).tolist()
+        shown = ", ".join(map(str, bad[:6])) + (", ..." if len(bad) > 6 else "")
+        raise DatasetError(
+            f"mask {path} has values {{{shown}}} outside 0..{num_classes - 1} that are not the ignore index "
+            f"{ignore_index}; fix the mask, or set dataset.num_classes / dataset.ignore_index to match it"
+        )

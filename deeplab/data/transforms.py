@@ -1,0 +1,79 @@
+"""Albumentations pipelines on (H, W, 3) uint8 images and (H, W) id masks.
+
+Train: random scale (image bilinear, mask nearest), pad to the crop with the image mean and the mask ignore
+index, random crop, horizontal flip, optional colour jitter. Eval: the whole image, untouched.
+Normalisation and conversion to tensors happen in the dataset (or on the device), not here.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+# albumentations asks PyPI for a newer version at import (a 2 s timeout on machines without internet).
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+import albumentations as A  # noqa: E402
+import cv2  # noqa: E402
+
+# Masks use INTER_NEAREST_EXACT: OpenCV's INTER_NEAREST samples at x * scale instead of the pixel centre
+# (x + 0.5) * scale - 0.5, which shifts masks by up to half a pixel against the bilinear-resized image.
+MASK_INTERPOLATION = cv2.INTER_NEAREST_EXACT
+
+
+class RandomScale(A.RandomScale):
+    """albumentations' RandomScale, but a side never shrinks below one pixel.
+
+    Albumentations truncates the scaled size (int(1 * 0.5) == 0), and OpenCV cannot resize to zero pixels.
+    """
+
+    def get_params_dependent_on_data(self, params: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+        smallest = min(params["shape"][:2])
+        return {"scale": max(params["scale"], (1.0 + 1e-6) / smallest)}
+
+
+def train_transform(
+    crop_size: int,
+    scale: Sequence[float] = (0.5, 2.0),
+    hflip: bool = True,
+    color_jitter: float = 0.0,
+    mean: Sequence[float] = (0.485, 0.456, 0.406),
+    ignore_index: int = 255,
+) -> A.Compose:
+    """Random scale in [scale[0], scale[1]], pad to crop_size (mean / ignore_index), random crop, flip, jitter."""
+    lo, hi = float(scale[0]), float(scale[1])
+    if not 0 < lo <= hi:
+        raise ValueError(f"scale range must satisfy 0 < lo <= hi, got [{lo}, {hi}]")
+    steps: list[A.BasicTransform] = []
+    if (lo, hi) != (1.0, 1.0):
+        steps.append(
+            RandomScale(
+                scale_limit=(lo - 1.0, hi - 1.0),  # albumentations samples 1 + U(limit)
+                interpolation=cv2.INTER_LINEAR,
+                mask_interpolation=MASK_INTERPOLATION,
+                p=1.0,
+            )
+        )
+    steps += [
+        A.PadIfNeeded(
+            min_height=crop_size,
+            min_width=crop_size,
+            position="random",
+            border_mode=cv2.BORDER_CONSTANT,
+            fill=tuple(float(m) * 255.0 for m in mean),  # the mean colour, in pixel values
+            fill_mask=ignore_index,
+        ),
+        A.RandomCrop(height=crop_size, width=crop_size),
+    ]
+    if hflip:
+        steps.append(A.HorizontalFlip(p=0.5))
+    if color_jitter > 0:
+        j = float(color_jitter)
+        steps.append(A.ColorJitter(brightness=j, contrast=j, saturation=j, hue=0.0, p=1.0))
+    return A.Compose(steps)
+
+
+def eval_transform() -> None:
+    """Evaluation sees the whole image: no crop, no resize (batches are padded by collate_eval)."""
+    return None
