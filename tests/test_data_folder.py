@@ -141,7 +141,16 @@ def test_folder_items_batch_with_default_collate(tmp_path: Path) -> None:
     make_split(tmp_path, "val", masks, "palette")
     ds = build_dataset(folder_cfg(tmp_path, "dataset.num_classes=3"), "train", normalize=False)
     images, labels = next(iter(torch.utils.data.DataLoader(ds, batch_size=4)))
-    assert images.shape == (4, 3, 16, 16) and images.dtype == torch.uint8 and labels.dtype == torch.int64
+    # the engine's raw path: uint8 images and, since the labels fit, uint8 masks (8x less to pass around)
+    assert images.shape == (4, 3, 16, 16) and images.dtype == torch.uint8 and labels.dtype == torch.uint8
+    _, normalised_labels = next(
+        iter(
+            torch.utils.data.DataLoader(
+                build_dataset(folder_cfg(tmp_path, "dataset.num_classes=3"), "train"), batch_size=4
+            )
+        )
+    )
+    assert normalised_labels.dtype == torch.int64
 
 
 def test_folder_binary_one_class_masks_hold_0_and_1(tmp_path: Path) -> None:

@@ -67,7 +67,8 @@ def test_voc_labels_read_back_exactly(voc_root: Path) -> None:
     for k, image_id in enumerate(VOC_VAL):
         image, mask = ds[k]
         assert image.dtype == torch.uint8 and image.shape == (3, 13, 17)
-        assert mask.dtype == torch.int64 and mask.shape == (13, 17)
+        assert mask.dtype == torch.uint8 and mask.shape == (13, 17)  # raw path: labels fit in uint8
+        assert torch.equal(build_dataset(voc_cfg(voc_root), "val")[k][1], mask.long())  # the int64 interface
         # Palette indices come back as ids (never colours), 255 kept.
         expected = fake_mask(image_id, "voc")
         assert (mask.numpy() == expected).all()
