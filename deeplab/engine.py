@@ -34,7 +34,7 @@ from deeplab.errors import CheckpointError, ConfigError, DivergenceError
 from deeplab.inference import predict_probs
 from deeplab.loaders import batches, build_train_loader, build_val_loader
 from deeplab.losses import SegmentationLoss
-from deeplab.metrics import ConfusionMatrix
+from deeplab.metrics import ConfusionMatrix, format_table, json_safe
 from deeplab.models import build_model
 from deeplab.optim import build_optimizer, build_scheduler
 
@@ -532,8 +532,6 @@ def _train(
         if writer is not None:
             tblog.log_hparams(writer, tblog.flat_hparams(cfg_dict), last_metrics)
             writer.close()
-        from deeplab.metrics import format_table
-
         print(format_table(last_metrics, names if num_classes > 1 else ["background", "foreground"]))
         print(f"checkpoints: {ckpt_dir}")
         if writer is not None:
@@ -589,15 +587,5 @@ def _divergence_message(
 def write_json(path: Path, obj: dict[str, Any]) -> None:
     """Write obj as JSON atomically; NaN (a class absent everywhere) becomes null."""
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(_json_safe(obj), indent=2) + "\n")
+    tmp.write_text(json.dumps(json_safe(obj), indent=2) + "\n")
     tmp.replace(path)
-
-
-def _json_safe(obj: Any) -> Any:
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_json_safe(v) for v in obj]
-    return obj
