@@ -4,7 +4,8 @@ matrix's share of it.
 Generates N images in the VOC layout (the Pascal VOC val split has 1,449), builds the model (random
 weights: the time does not depend on them) and the project's val loader, and times evaluate() as training
 calls it: whole images, uint8 batches normalised on the device, autocast and channels_last as the engine
-resolves them (bf16 and channels_last on CUDA), cudnn.benchmark as in training. The confusion matrix's
+resolves them (bf16 and channels_last on CUDA; evaluate() turns cudnn autotuning off, since image sizes
+vary). The confusion matrix's
 share is measured apart: ConfusionMatrix.update on label tensors of the same sizes, as many times as
 evaluate() calls it, synchronised on CUDA.
 
@@ -82,9 +83,6 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--amp", default="auto", help="auto (bf16 on CUDA) | bf16 | off")
     parser.add_argument("--channels-last", default="auto", help="auto (on with CUDA) | true | false")
     parser.add_argument(
-        "--cudnn-benchmark", default="auto", help="auto (on with CUDA, as in training) | false"
-    )
-    parser.add_argument(
         "--passes", type=int, default=None, help="evaluations in a row (default: 2 on CUDA, 1 on the CPU)"
     )
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
@@ -106,9 +104,6 @@ def main(argv: list[str] | None = None) -> dict:
     amp = resolve_amp(args.amp, device, "--amp")
     channels_last = resolve_flag(flag_arg(args.channels_last), device, "--channels-last")
     if cuda:
-        torch.backends.cudnn.benchmark = resolve_flag(
-            flag_arg(args.cudnn_benchmark), device, "--cudnn-benchmark"
-        )
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     workers = args.workers if args.workers is not None else min(8, usable_cores())
@@ -132,8 +127,7 @@ def main(argv: list[str] | None = None) -> dict:
             "amp_dtype": amp,
             "channels_last": channels_last,
         }
-        # Warm-up on one image of each size: library start-up and, with cudnn.benchmark, the kernel
-        # search for each input shape (done once per shape in a training run's first evaluation).
+        # Warm-up on one image of each size: library start-up and per-shape kernel set-up.
         warm = Subset(val_set, list(range(min(len(sizes), len(val_set)))))
         start = time.perf_counter()
         for _ in range(2):  # the CPU's oneDNN also needs a second call per shape to reach its speed
@@ -163,7 +157,6 @@ def main(argv: list[str] | None = None) -> dict:
     print(
         f"{args.model}, {args.num_images} images ({size_text}, {pixels / 1e6:.1f} Mpixel), batch {args.batch}, "
         f"{workers} workers, amp {amp}, channels_last {channels_last}"
-        + (f", cudnn.benchmark {torch.backends.cudnn.benchmark}" if cuda else "")
     )
     print(f"warm-up ({len(warm)} images, one per size, untimed): {warmup_s:.2f} s")
     if len(pass_s) > 1:
