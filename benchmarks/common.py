@@ -17,14 +17,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 from PIL import Image
 
 from deeplab.data.classes import voc_colormap
 from deeplab.data.synthetic import SHAPES, SyntheticSpec, render
-
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+from deeplab.engine import resolve_device as engine_resolve_device
+from deeplab.errors import UserError
+from deeplab.restore import compose_train_config
 
 # Typical Pascal VOC image sizes (width x height): the long side is 500, the short side varies.
 VOC_SIZES = ((500, 375), (375, 500), (500, 333), (500, 500), (333, 500), (500, 281))
@@ -35,8 +35,7 @@ VOC_SIZES = ((500, 375), (375, 500), (500, 333), (500, 500), (333, 500), (500, 2
 
 def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
     """The project's train config (configs/train.yaml) with overrides, as train.py composes it."""
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return compose(config_name="train", overrides=list(overrides))
+    return compose_train_config(list(overrides))
 
 
 HEADS = {"v3": "deeplabv3", "v3p": "deeplabv3plus"}
@@ -78,13 +77,11 @@ def model_overrides(name: str) -> list[str]:
 
 
 def resolve_device(name: str) -> torch.device:
-    """`auto` is CUDA when visible, else the CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit(f"--device {name}: no CUDA device is visible; use --device cpu")
-    return device
+    """`auto` is CUDA when visible, else the CPU (the engine's rule); a bad name ends the script in one line."""
+    try:
+        return engine_resolve_device(name, key="--device")
+    except UserError as e:
+        raise SystemExit(f"error: {e}") from None
 
 
 def int_list(text: str) -> list[int]:

@@ -14,18 +14,15 @@ as in its meta. The DeepLabv3+ paper's ResNet-101 is TF-slim's resnet_v1_101 wit
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_dir
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 from torchvision.models import ResNet50_Weights, resnet50
 from torchvision.models.segmentation import DeepLabV3_ResNet50_Weights, deeplabv3_resnet50
 
 from deeplab.models import build_model
-
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+from deeplab.restore import compose_train_config
 
 # DeepLabv3+ paper (arXiv 1802.02611) Table 3, ResNet-101 at 513x513, eval output stride 16.
 PAPER_GMACS = {("deeplabv3", "resnet101", 16): 81.02, ("deeplabv3plus", "resnet101", 16): 101.28}
@@ -43,8 +40,7 @@ def measure(model: nn.Module, size: int, train: bool = False) -> tuple[float, fl
 
 
 def ours(overrides: list[str]) -> nn.Module:
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=["backbone.pretrained=false", *overrides])
+    cfg = compose_train_config(["backbone.pretrained=false", *overrides])
     with torch.device("meta"):
         return build_model(cfg)
 
