@@ -9,26 +9,25 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from deeplab.errors import UserError
-
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
 def main(cfg: DictConfig) -> float:
-    from deeplab.engine import TrainingInterrupted, train  # after Hydra has set up logging
+    # Imported after Hydra has set up logging.
+    from deeplab.cli import exit_on_user_error
+    from deeplab.config import train_config
+    from deeplab.engine import TrainingInterrupted, train
 
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
-    try:
-        metrics = train(cfg, run_dir)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except TrainingInterrupted as e:
-        # SIGTERM / SIGUSR1 / Ctrl-C: last.pt is written and the engine has said so. Exit 128 + the signal
-        # number (143, 138, 130), as if the signal had ended the process, so that job scripts and schedulers
-        # see an unfinished run (and may requeue it with trainer.resume=auto).
-        sys.exit(e.exit_code)
+    with exit_on_user_error():
+        config = train_config(cfg)  # before any data is listed or model built
+        try:
+            metrics = train(config, Path(HydraConfig.get().runtime.output_dir))
+        except TrainingInterrupted as e:
+            # SIGTERM / SIGUSR1 / Ctrl-C: last.pt is written and the engine has said so. Exit 128 + the signal
+            # number (143, 138, 130), as if the signal had ended the process, so that job scripts and
+            # schedulers see an unfinished run (and may requeue it with trainer.resume=auto).
+            sys.exit(e.exit_code)
     # Hydra sweepers (e.g. Optuna) maximise what main returns.
-    return float(metrics[cfg.get("optimized_metric", "miou")])
+    return float(metrics[config.optimized_metric])
 
 
 if __name__ == "__main__":

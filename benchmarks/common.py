@@ -22,9 +22,9 @@ from PIL import Image
 
 from deeplab.data.classes import voc_colormap
 from deeplab.data.synthetic import SHAPES, SyntheticSpec, render
-from deeplab.engine import resolve_device as engine_resolve_device
 from deeplab.errors import UserError
 from deeplab.restore import compose_train_config
+from deeplab.runtime import resolve_device as engine_resolve_device
 
 # Typical Pascal VOC image sizes (width x height): the long side is 500, the short side varies.
 VOC_SIZES = ((500, 375), (375, 500), (500, 333), (500, 500), (333, 500), (500, 281))
@@ -90,7 +90,7 @@ def int_list(text: str) -> list[int]:
 
 
 def flag_arg(text: str) -> str | bool:
-    """auto | true/on/yes/1 | false/off/no/0, as the engine's resolve_flag takes it."""
+    """auto | true/on/yes/1 | false/off/no/0, as deeplab.runtime.resolve_flag takes it."""
     value = text.lower()
     if value == "auto":
         return "auto"

@@ -93,8 +93,8 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         root = write_voc_images(args.data_dir or tmp, args.num_images, args.num_images, sizes)
         cfg = compose_config(["dataset=voc", f"dataset.root={root}", f"trainer.crop_size={args.crop}"])
-        train_set = build_dataset(cfg, "train", normalize=False)
-        val_set = build_dataset(cfg, "val", normalize=False)
+        train_set = build_dataset(cfg, "train")
+        val_set = build_dataset(cfg, "val")
         size_text = (
             "x".join(map(str, sizes[0]))
             if len(sizes) == 1

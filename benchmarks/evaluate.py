@@ -38,10 +38,11 @@ from common import (
 from torch.utils.data import Subset
 
 from deeplab.data import build_dataset
-from deeplab.engine import evaluate, resolve_amp, resolve_flag
+from deeplab.evaluation import evaluate
 from deeplab.loaders import build_val_loader
 from deeplab.metrics import ConfusionMatrix
 from deeplab.models import build_model
+from deeplab.runtime import Runtime, resolve_amp, resolve_flag
 
 
 def update_shapes(sizes: list[tuple[int, int]], batch: int) -> Counter:
@@ -102,7 +103,8 @@ def main(argv: list[str] | None = None) -> dict:
         torch.set_num_threads(args.threads)
     cuda = device.type == "cuda"
     amp = resolve_amp(args.amp, device, "--amp")
-    channels_last = resolve_flag(flag_arg(args.channels_last), device, "--channels-last")
+    channels_last = resolve_flag(flag_arg(args.channels_last), device)
+    rt = Runtime(device, amp, channels_last)
     if cuda:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
@@ -113,25 +115,18 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         root = write_voc_images(args.data_dir or tmp, 0, args.num_images, sizes)
         cfg = compose_config([*model_overrides(args.model), "dataset=voc", f"dataset.root={root}"])
-        val_set = build_dataset(cfg, "val", normalize=False)
+        val_set = build_dataset(cfg, "val")
         num_classes = int(cfg.dataset.num_classes)
         model = build_model(cfg).to(device).eval()
         if channels_last:
             model.to(memory_format=torch.channels_last)
-        kwargs = {
-            "num_classes": num_classes,
-            "ignore_index": 255,
-            "device": device,
-            "mean": cfg.dataset.mean,
-            "std": cfg.dataset.std,
-            "amp_dtype": amp,
-            "channels_last": channels_last,
-        }
+        kwargs = {"num_classes": num_classes, "ignore_index": 255}
+        normalize = rt.normalizer(cfg.dataset.mean, cfg.dataset.std)
         # Warm-up on one image of each size: library start-up and per-shape kernel set-up.
         warm = Subset(val_set, list(range(min(len(sizes), len(val_set)))))
         start = time.perf_counter()
         for _ in range(2):  # the CPU's oneDNN also needs a second call per shape to reach its speed
-            evaluate(model, build_val_loader(warm, args.batch, 0), **kwargs)
+            evaluate(model, build_val_loader(warm, args.batch, 0), rt, normalize, **kwargs)
         synchronize(device)
         warmup_s = time.perf_counter() - start
 
@@ -142,7 +137,7 @@ def main(argv: list[str] | None = None) -> dict:
         for _ in range(args.passes or (2 if cuda else 1)):
             synchronize(device)
             start = time.perf_counter()
-            cm, _ = evaluate(model, loader, **kwargs)
+            cm, _ = evaluate(model, loader, rt, normalize, **kwargs)
             metrics = cm.compute()  # reads the matrix back: the end of the device's work
             synchronize(device)
             pass_s.append(time.perf_counter() - start)

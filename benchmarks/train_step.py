@@ -49,10 +49,11 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 from torchvision.models.segmentation import deeplabv3_resnet50, deeplabv3_resnet101
 
-from deeplab.engine import autocast, normalize, pixel_stats
+from deeplab.config import train_config
 from deeplab.losses import SegmentationLoss
 from deeplab.models import build_model
 from deeplab.optim import build_optimizer, build_scheduler
+from deeplab.runtime import Normalizer, autocast
 
 NUM_CLASSES = 21
 IGNORE = 255
@@ -171,20 +172,21 @@ class Runner:
 def make_runner(
     name: str, mode: Mode, images: torch.Tensor, masks: torch.Tensor, device: torch.device
 ) -> Runner:
-    """The engine's training step (deeplab/engine.py `_train`) for one model, with the batch on the device."""
+    """The engine's training step (deeplab/engine.py `_loop`) for one model, with the batch on the device."""
     model, cfg = build(name)
     model.to(device).train()
     if mode.channels_last:
         model.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(cfg, model)  # after .to(device): fused SGD on CUDA
-    scheduler = build_scheduler(cfg, optimizer)
-    criterion = SegmentationLoss(NUM_CLASSES, ignore_index=IGNORE, aux_weight=float(cfg.loss.aux_weight))
+    cfg = train_config(cfg)
+    optimizer = build_optimizer(cfg.optim, model)  # after .to(device): fused SGD on CUDA
+    scheduler = build_scheduler(cfg.schedule, cfg.trainer.max_iters, optimizer)
+    criterion = SegmentationLoss(NUM_CLASSES, ignore_index=IGNORE, aux_weight=cfg.loss.aux_weight)
     forward = torch.compile(model) if mode.compile else model
-    mean_t, std_t = pixel_stats(MEAN, device), pixel_stats(STD, device)
+    normalize = Normalizer(MEAN, STD, device, mode.channels_last)
     loss_sum = torch.zeros(3, device=device)
 
     def step() -> None:
-        x = normalize(images, mean_t, std_t, mode.channels_last)
+        x = normalize(images)
         with autocast(device, mode.amp):
             outputs = forward(x)
             loss, parts = criterion(outputs, masks)

@@ -1,4 +1,4 @@
-"""Checkpoints: atomic writes, weights_only loading, resume, architecture checks."""
+"""Checkpoints: atomic writes, weights_only loading, the state a run resumes from, architecture checks."""
 
 from __future__ import annotations
 
@@ -9,40 +9,33 @@ import pickle
 import random
 import re
 import uuid
+import zipfile
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
+from pydantic import BaseModel
 from torch import nn
+from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
-from deeplab.errors import CheckpointError
+from deeplab.config import flatten
+from deeplab.errors import CheckpointError, ConfigError, first_line
 
 # Config subtrees that decide the model's parameters, and leaves under them that do not (weights to
 # start from), so they are not reported as differences.
 ARCH_KEYS = ("model", "backbone", "dataset.num_classes")
 NOT_ARCH_KEYS = ("model.pretrained", "backbone.pretrained", "backbone.weights")
 
-_ZIP_MAGIC = b"PK\x03\x04"  # torch.save writes a zip archive
-
-
-def _first_line(e: BaseException) -> str:
-    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-    return lines[0] if lines else type(e).__name__
-
 
 def _looks_truncated(path: Path) -> bool:
-    """True for an empty file or a zip archive whose end (the central directory) is missing."""
+    """True for an empty file or a zip archive (what torch.save writes) whose end is missing."""
     with open(path, "rb") as f:
         head = f.read(4)
-        if not head:
-            return True
-        if head != _ZIP_MAGIC:
-            return False
-        f.seek(-min(path.stat().st_size, 65557), os.SEEK_END)  # end record + longest zip comment
-        return b"PK\x05\x06" not in f.read()
+    return not head or (head == b"PK\x03\x04" and not zipfile.is_zipfile(path))
 
 
 def load_file(path: str | Path, what: str = "checkpoint") -> Any:
@@ -54,10 +47,11 @@ def load_file(path: str | Path, what: str = "checkpoint") -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         # A damaged file fails in many ways (zip, EOF, OS, key and decoding errors), none a bug here.
-        raise CheckpointError(_why_unreadable(path, what, e)) from None
+        raise CheckpointError(why_unreadable(path, what, e)) from None
 
 
-def _why_unreadable(path: Path, what: str, e: Exception) -> str:
+def why_unreadable(path: Path, what: str, e: Exception) -> str:
+    """Why a torch file could not be loaded, in one line: refused pickle, truncated, not torch.save, corrupt."""
     # weights_only refuses any global outside tensors, numbers, strings and containers.
     refused = re.search(r"unsupported global[^\n]*", str(e), re.IGNORECASE)
     if isinstance(e, pickle.UnpicklingError) and refused:
@@ -80,7 +74,7 @@ def _why_unreadable(path: Path, what: str, e: Exception) -> str:
         reason = re.search(r"WeightsUnpickler error:\s*([^\n]+)", str(e))
         detail = f" ({reason.group(1).strip()})" if reason else ""
         return f"{what} file {path} is not a file written by torch.save, or is corrupt{detail}"
-    return f"{what} file {path} is corrupt and cannot be read ({type(e).__name__}: {_first_line(e)})"
+    return f"{what} file {path} is corrupt and cannot be read ({type(e).__name__}: {first_line(e)})"
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -129,7 +123,7 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
         if not any(s in str(e) for s in ("write", "inline_container", "unexpected pos")):
             raise
         raise CheckpointError(
-            f"could not write checkpoint {path}: {_first_line(e)}; check free disk space and that the "
+            f"could not write checkpoint {path}: {first_line(e)}; check free disk space and that the "
             f"directory is writable (any previous {path.name} was left intact)"
         ) from e
     _fsync_dir(path.parent)
@@ -176,51 +170,37 @@ class _Missing:
 _MISSING = _Missing()
 
 
-def _select(cfg: Mapping | DictConfig, dotted: str) -> Any:
-    """The plain value at a dotted key; DictConfig subtrees are resolved (only that subtree)."""
+def _plain(cfg: Mapping | DictConfig | BaseModel) -> dict[str, Any]:
+    if isinstance(cfg, BaseModel):
+        return cfg.model_dump()
     if isinstance(cfg, DictConfig):
-        node = OmegaConf.select(cfg, dotted, default=_MISSING)
-        return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
-    node: Any = cfg
-    for part in dotted.split("."):
-        if not isinstance(node, Mapping) or part not in node:
-            return _MISSING
-        node = node[part]
-    return node
-
-
-def _leaves(node: Any, prefix: str) -> dict[str, Any]:
-    if isinstance(node, Mapping):
-        out: dict[str, Any] = {}
-        for k, v in node.items():
-            out.update(_leaves(v, f"{prefix}.{k}"))
-        return out
-    return {prefix: node}
+        return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+    return dict(cfg)
 
 
 def config_diff(
-    saved: Mapping | DictConfig,
-    current: Mapping | DictConfig,
+    saved: Mapping | DictConfig | BaseModel,
+    current: Mapping | DictConfig | BaseModel,
     keys: Sequence[str] = ARCH_KEYS,
     ignore: Sequence[str] = NOT_ARCH_KEYS,
 ) -> list[str]:
     """Differing leaf values under the dotted keys, e.g. "backbone.output_stride: checkpoint 16, config 8"."""
+    old, new = flatten(_plain(saved)), flatten(_plain(current))
     diffs = []
-    for key in keys:
-        old = _leaves(_select(saved, key), key)
-        new = _leaves(_select(current, key), key)
-        for leaf in sorted(set(old) | set(new)):
-            if any(leaf == i or leaf.startswith(i + ".") for i in ignore):
-                continue
-            a, b = old.get(leaf, _MISSING), new.get(leaf, _MISSING)
-            if a != b:
-                diffs.append(f"{leaf}: checkpoint {a}, config {b}")
+    for leaf in sorted(set(old) | set(new)):
+        if not any(leaf == k or leaf.startswith(k + ".") for k in keys):
+            continue
+        if any(leaf == i or leaf.startswith(i + ".") for i in ignore):
+            continue
+        a, b = old.get(leaf, _MISSING), new.get(leaf, _MISSING)
+        if a != b:
+            diffs.append(f"{leaf}: checkpoint {a}, config {b}")
     return diffs
 
 
 def check_compatible(
-    saved_cfg: Mapping | DictConfig,
-    cfg: Mapping | DictConfig,
+    saved_cfg: Mapping | DictConfig | BaseModel,
+    cfg: Mapping | DictConfig | BaseModel,
     path: str | Path,
     keys: Sequence[str] = ARCH_KEYS,
 ) -> None:
@@ -237,8 +217,8 @@ def load_model_state(
     model: nn.Module,
     state_dict: Mapping[str, torch.Tensor],
     path: str | Path,
-    saved_cfg: Mapping | DictConfig | None = None,
-    cfg: Mapping | DictConfig | None = None,
+    saved_cfg: Mapping | DictConfig | BaseModel | None = None,
+    cfg: Mapping | DictConfig | BaseModel | None = None,
 ) -> None:
     """load_state_dict(strict=True); a mismatch names the differing config keys, else the parameters."""
     state_dict = _strip_wrapper_prefix(state_dict)
@@ -269,15 +249,15 @@ def load_model_state(
     try:
         model.load_state_dict(state_dict, strict=True)
     except RuntimeError as e:
-        raise CheckpointError(f"checkpoint {path} does not fit this model ({_first_line(e)})") from None
+        raise CheckpointError(f"checkpoint {path} does not fit this model ({first_line(e)})") from None
 
 
-def _strip_wrapper_prefix(state_dict: Mapping[str, torch.Tensor]) -> Mapping[str, torch.Tensor]:
+def _strip_wrapper_prefix(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Accept state dicts saved from a DDP ("module.") or torch.compile ("_orig_mod.") wrapper."""
+    state = dict(state_dict)
     for prefix in ("module.", "_orig_mod."):
-        if state_dict and all(k.startswith(prefix) for k in state_dict):
-            state_dict = {k[len(prefix) :]: v for k, v in state_dict.items()}
-    return state_dict
+        consume_prefix_in_state_dict_if_present(state, prefix)
+    return state
 
 
 def rng_state() -> dict[str, Any]:
@@ -317,3 +297,97 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
         # A run resumed on fewer or more GPUs restores the devices both runs have.
         for device, cuda_state in enumerate(cuda_states[: torch.cuda.device_count()]):
             torch.cuda.set_rng_state(cuda_state, device)
+
+
+# ----------------------------------------------------------------------------- the training state
+
+
+def check_writable(directory: Path) -> None:
+    """Create directory and write a file in it: fail at the start, not at the first checkpoint hours later."""
+    probe = directory / f".write_test.{os.getpid()}"
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        where = f": {e.filename}" if e.filename else ""
+        raise ConfigError(
+            f"cannot write the run's checkpoints in {directory} ({e.strerror or e}{where}); "
+            "set hydra.run.dir to a writable directory"
+        ) from None
+
+
+def resume_path(setting: str | None, ckpt_dir: Path) -> Path | None:
+    """The last.pt that trainer.resume names: auto (the run dir's, if any), a path, or None."""
+    if setting is None:
+        return None
+    if setting == "auto":
+        last = ckpt_dir / "last.pt"
+        return last if last.is_file() else None
+    path = Path(setting)
+    if not path.is_file():
+        raise ConfigError(f"trainer.resume: no checkpoint at {path}; give a last.pt path, auto, or null")
+    return path
+
+
+@dataclass
+class Resumed:
+    """Where a run continues: the last finished iteration, the best validation mIoU, the last metrics."""
+
+    iteration: int = 0
+    best_miou: float = -1.0
+    metrics: dict[str, Any] | None = None
+
+
+def training_state(
+    model: nn.Module,
+    config: dict[str, Any],
+    progress: Resumed,
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    scaler: torch.amp.GradScaler | None = None,
+) -> dict[str, Any]:
+    """The dict a checkpoint holds; without optimizer (best.pt) the weights only, a third of last.pt."""
+    state = {
+        "model": model.state_dict(),
+        "iteration": progress.iteration,
+        "best_miou": progress.best_miou,
+        "metrics": progress.metrics,
+        "config": config,
+    }
+    if optimizer is not None:
+        assert scheduler is not None and scaler is not None
+        state |= {
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict(),
+            "rng": rng_state(),
+        }
+    return state
+
+
+def restore_training(
+    path: Path,
+    config: dict[str, Any],
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    scaler: torch.amp.GradScaler,
+    restore_rng: bool = True,
+) -> Resumed:
+    """Load a last.pt into the training objects, after checking it was made for the same model."""
+    ckpt = load_checkpoint(path)
+    check_compatible(ckpt["config"], config, path)
+    if "optimizer" not in ckpt:
+        raise CheckpointError(
+            f"trainer.resume: {path} holds weights only (best.pt is written for evaluation); "
+            "resume from the run's checkpoints/last.pt"
+        )
+    load_model_state(model, ckpt["model"], path)
+    optimizer.load_state_dict(ckpt["optimizer"])
+    scheduler.load_state_dict(ckpt["scheduler"])
+    if ckpt.get("scaler"):
+        scaler.load_state_dict(ckpt["scaler"])
+    if restore_rng:
+        set_rng_state(ckpt["rng"])  # dropout continues its random stream
+    return Resumed(int(ckpt["iteration"]), float(ckpt.get("best_miou", -1.0)), ckpt.get("metrics"))

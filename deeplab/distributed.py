@@ -41,27 +41,46 @@ def init_distributed(device_type: str) -> DistInfo:
 
 
 def barrier() -> None:
-    if dist.is_available() and dist.is_initialized():
+    if _initialized():
         dist.barrier()
 
 
 def broadcast_object(obj: Any, src: int = 0) -> Any:
     """Rank `src`'s value of `obj` on every rank (identity without a process group)."""
-    if not (dist.is_available() and dist.is_initialized()):
+    if not _initialized():
         return obj
     box = [obj]
     dist.broadcast_object_list(box, src=src)
     return box[0]
 
 
+def _initialized() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
-    if dist.is_available() and dist.is_initialized():
+    if _initialized():
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t
 
 
+def sum_over_ranks(values: dict[str, torch.Tensor | float], device: torch.device) -> dict[str, float]:
+    """Each named value summed over all ranks, read back to the host in one transfer."""
+    names = list(values)
+    stacked = torch.stack([torch.as_tensor(values[n], dtype=torch.float32, device=device) for n in names])
+    return dict(zip(names, all_reduce_sum(stacked).tolist()))
+
+
+def max_over_ranks(value: int, device: torch.device) -> int:
+    """The largest of one integer over all ranks (e.g. a stop request any rank received)."""
+    t = torch.tensor([value], dtype=torch.int64, device=device)
+    if _initialized():
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t.item())
+
+
 def cleanup() -> None:
-    if dist.is_available() and dist.is_initialized():
+    if _initialized():
         dist.destroy_process_group()
 
 
@@ -71,6 +90,6 @@ def broadcast_buffers(module: torch.nn.Module, src: int = 0) -> None:
     Without SyncBatchNorm each rank updates its running statistics from its own batches, so before a
     sharded validation the ranks would evaluate slightly different models; rank 0's is the one saved.
     """
-    if dist.is_available() and dist.is_initialized():
+    if _initialized():
         for buffer in module.buffers():
             dist.broadcast(buffer, src=src)

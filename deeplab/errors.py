@@ -19,3 +19,11 @@ class CheckpointError(UserError):
 
 class DivergenceError(UserError):
     """Training produced a non-finite loss; the message gives the iteration, lr and which loss."""
+
+
+def first_line(error: BaseException | str) -> str:
+    """The first non-empty line of an exception's message (messages printed to users stay on one line)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if lines:
+        return lines[0]
+    return type(error).__name__ if isinstance(error, BaseException) else ""

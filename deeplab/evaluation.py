@@ -1,73 +1,81 @@
-"""`python evaluate.py checkpoint=PATH`: a checkpoint's metrics on its validation set."""
+"""The evaluation loop: one confusion matrix over whole images (validation in training, evaluate.py)."""
 
 from __future__ import annotations
 
-import logging
-import time
-from pathlib import Path
-from typing import Any
+from collections.abc import Sequence
 
+import numpy as np
 import torch
-from omegaconf import DictConfig
+from torch import nn
+from tqdm import tqdm
 
-from deeplab import data
-from deeplab.engine import evaluate, resolve_amp, resolve_device, resolve_flag, write_json
-from deeplab.errors import ConfigError
-from deeplab.loaders import build_val_loader
-from deeplab.metrics import format_table
-from deeplab.restore import apply_overrides, load_trained_model
+from deeplab.inference import predict_probs
+from deeplab.loaders import batches
+from deeplab.metrics import ConfusionMatrix
+from deeplab.runtime import Normalizer, Runtime
 
-log = logging.getLogger(__name__)
+Example = tuple[np.ndarray, np.ndarray, np.ndarray]  # photo (H, W, 3) uint8, truth (H, W), prediction (H, W)
 
 
-def evaluate_checkpoint(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
-    """Evaluate cfg.checkpoint with the options in cfg.eval; writes run_dir/metrics.json and returns it."""
-    device = resolve_device(str(cfg.device), key="device")
-    amp_dtype = resolve_amp(cfg.amp, device, key="amp")
-    channels_last = resolve_flag(cfg.channels_last, device, "channels_last")
-    model, train_cfg = load_trained_model(cfg.checkpoint)
-    apply_overrides(train_cfg, "dataset", cfg.get("dataset"))
-    ev = cfg.eval
-    if ev.output_stride is not None:
-        if int(ev.output_stride) not in (8, 16):
-            raise ConfigError(f"eval.output_stride must be 8 or 16, got {ev.output_stride}")
-        model.set_output_stride(int(ev.output_stride))
-    scales = [float(s) for s in ev.scales]
-    if not scales or any(s <= 0 for s in scales):
-        raise ConfigError(f"eval.scales must be a non-empty list of positive numbers, got {list(ev.scales)}")
-    if ev.mode not in ("whole", "slide"):
-        raise ConfigError(f"eval.mode must be whole or slide, got {ev.mode!r}")
-    model.to(device)
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    loader: torch.utils.data.DataLoader,
+    rt: Runtime,
+    normalize: Normalizer,
+    *,
+    num_classes: int,
+    ignore_index: int,
+    scales: Sequence[float] = (1.0,),
+    flip: bool = False,
+    mode: str = "whole",
+    window: int = 513,
+    overlap: float = 0.33,
+    num_examples: int = 0,
+    progress: bool = False,
+) -> tuple[ConfusionMatrix, list[Example]]:
+    """Confusion matrix of `model` over whole images (summed over DDP ranks), and a few examples.
 
-    dataset = data.build_dataset(train_cfg, "val", normalize=False)
-    loader = build_val_loader(
-        dataset, int(ev.batch_size), int(cfg.num_workers), pin_memory=device.type == "cuda",
-        ignore_index=data.ignore_index(train_cfg),
-    )  # fmt: skip
-    tic = time.perf_counter()
-    cm, _ = evaluate(
-        model, loader, num_classes=int(train_cfg.dataset.num_classes), ignore_index=data.ignore_index(train_cfg),
-        device=device, mean=train_cfg.dataset.mean, std=train_cfg.dataset.std, scales=scales, flip=bool(ev.flip),
-        mode=str(ev.mode), window=int(ev.window), overlap=float(ev.overlap), amp_dtype=amp_dtype,
-        channels_last=channels_last, progress=True,
-    )  # fmt: skip
-    metrics = cm.compute()
-    seconds = time.perf_counter() - tic
-    names = (
-        data.class_names(train_cfg)
-        if int(train_cfg.dataset.num_classes) > 1
-        else ["background", "foreground"]
-    )
-    print(format_table(metrics, names))
-    print(
-        f"{len(dataset)} images in {seconds:.1f} s | output stride {model.output_stride} | scales {scales} | "
-        f"flip {bool(ev.flip)} | mode {ev.mode}"
-    )
-    metrics_out = {**metrics, "checkpoint": str(cfg.checkpoint), "output_stride": model.output_stride,
-                   "scales": scales, "flip": bool(ev.flip), "mode": str(ev.mode), "num_images": len(dataset)}  # fmt: skip
-    path = run_dir / "metrics.json"
-    write_json(path, metrics_out)
-    print(f"metrics written to {path}")
-    return metrics
+    Batches of differently sized images are padded by the loader; each such image is then run alone on
+    its own pixels, so the result does not depend on the batch size.
+    """
+    was_training = model.training
+    model.eval()
+    # Whole images come in many sizes: cudnn autotuning would search again for every new shape.
+    cudnn_benchmark = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = False
+    cm = ConfusionMatrix(max(num_classes, 2), ignore_index=ignore_index, device=rt.device)
+    examples: list[Example] = []
+    bar = tqdm(batches(loader), total=len(loader), desc="eval", disable=not progress, leave=False)
+    for images, masks, sizes in bar:
+        images = images.to(rt.device, non_blocking=True)
+        masks = masks.to(rt.device, non_blocking=True)
+        full = tuple(images.shape[-2:])
+        if all(tuple(s) == full for s in sizes.tolist()):
+            parts = [(images, masks)]
+        else:
+            parts = [
+                (images[i : i + 1, :, :h, :w], masks[i : i + 1, :h, :w])
+                for i, (h, w) in enumerate(sizes.tolist())
+            ]
+        for imgs, truth in parts:
+            with rt.autocast():
+                probs = predict_probs(
+                    model,
+                    normalize(imgs),
+                    scales=scales,
+                    flip=flip,
+                    mode=mode,
+                    window=window,
+                    overlap=overlap,
+                )
+            pred = probs.argmax(1)  # (B, H, W)
+            cm.update(pred, truth)
+            for i in range(min(num_examples - len(examples), imgs.shape[0])):
+                examples.append(
+                    (imgs[i].permute(1, 2, 0).cpu().numpy(), truth[i].cpu().numpy(), pred[i].cpu().numpy())
+                )
+    cm.all_reduce()
+    model.train(was_training)
+    torch.backends.cudnn.benchmark = cudnn_benchmark
+    return cm, examples

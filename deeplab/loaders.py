@@ -69,11 +69,34 @@ def build_val_loader(
 
 
 def batches(loader: Iterable[Any]) -> Iterator[Any]:
-    """Iterate loader; a UserError raised in a DataLoader worker is re-raised with its own one-line message."""
+    """Iterate loader; a UserError raised in a DataLoader worker is re-raised with its own one-line message.
+
+    When iteration stops early (an error, or the generator closed), the workers are shut down here: left to
+    the garbage collector, a loader whose worker raised takes 5 s per worker to exit (its queues may be
+    finalised before its iterator, and the workers then wait for a stop message that never comes).
+    """
+    iterator = iter(loader)
     try:
-        yield from loader
+        yield from iterator
     except UserError as e:
+        _shut_down(loader, iterator)
         raise type(e)(worker_error_message(e)) from None
+    except BaseException:
+        _shut_down(loader, iterator)
+        raise
+
+
+def _shut_down(loader: Iterable[Any], iterator: Iterator[Any] | None) -> None:
+    shutdown = getattr(iterator, "_shutdown_workers", None)  # multi-process DataLoader iterators only
+    if shutdown is not None:
+        shutdown()
+        if getattr(loader, "_iterator", None) is iterator:
+            loader._iterator = None  # type: ignore[attr-defined]  # persistent workers: start afresh next time
+
+
+def shut_down_workers(loader: DataLoader) -> None:
+    """Stop a loader's persistent workers now (the end of a run), rather than whenever it is collected."""
+    _shut_down(loader, getattr(loader, "_iterator", None))
 
 
 def worker_error_message(e: BaseException) -> str:

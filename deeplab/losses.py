@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig
 from torch import Tensor, nn
 
 
@@ -48,19 +47,3 @@ class SegmentationLoss(nn.Module):
             # The same value as reduction="mean" (no class weights), which would be NaN for no valid pixel.
             total = F.cross_entropy(logits.float(), target, ignore_index=self.ignore_index, reduction="sum")
         return total / count
-
-
-def build_loss(cfg: DictConfig) -> SegmentationLoss:
-    """The loss for cfg.dataset's classes and ignore index, with cfg.loss.aux_weight."""
-    return SegmentationLoss(
-        num_classes=int(cfg.dataset.num_classes),
-        ignore_index=int(cfg.dataset.ignore_index),
-        aux_weight=float(cfg.loss.aux_weight),
-    )
-
-
-def predict_labels(logits: Tensor) -> Tensor:
-    """(B, C, H, W) logits -> (B, H, W) int64 labels: argmax, or logit > 0 for a single channel."""
-    if logits.shape[1] == 1:
-        return (logits[:, 0] > 0).long()
-    return logits.argmax(dim=1)

@@ -16,7 +16,9 @@ miou (its false positives are real errors).
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -49,7 +51,7 @@ class ConfusionMatrix:
         if pred.shape != target.shape:
             raise ValueError(f"pred and target shapes differ: {tuple(pred.shape)} vs {tuple(target.shape)}")
         if pred.is_floating_point() or target.is_floating_point():
-            raise TypeError("pred and target must be integer label tensors (use predict_labels on logits)")
+            raise TypeError("pred and target must be integer label tensors (argmax of the logits)")
         if not self._device_fixed:
             self.matrix = self.matrix.to(target.device)
             self._device_fixed = True
@@ -68,16 +70,6 @@ class ConfusionMatrix:
 
     def reset(self) -> None:
         self.matrix.zero_()
-
-    def merge(self, other: ConfusionMatrix) -> ConfusionMatrix:
-        """Add another matrix's counts (same number of classes) into this one."""
-        if other.num_classes != self.num_classes:
-            raise ValueError(f"cannot merge {other.num_classes}-class counts into {self.num_classes} classes")
-        self.matrix += other.matrix.to(self.device)
-        return self
-
-    def __iadd__(self, other: ConfusionMatrix) -> ConfusionMatrix:
-        return self.merge(other)
 
     def all_reduce(self) -> ConfusionMatrix:
         """Sum the matrix over all ranks when torch.distributed is initialised (call once per evaluation)."""
@@ -155,3 +147,10 @@ def format_table(metrics: dict[str, Any], class_names: list[str]) -> str:
     lines.append("-" * (width + 9))
     lines += [f"{labels[key].ljust(width)}  {pct(metrics[key])}" for key in METRIC_NAMES]
     return "\n".join(lines)
+
+
+def write_metrics_json(path: Path, metrics: dict[str, Any]) -> None:
+    """Write metrics as JSON atomically; NaN (a class absent everywhere) becomes null."""
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(json_safe(metrics), indent=2) + "\n")
+    tmp.replace(path)

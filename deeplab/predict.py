@@ -7,17 +7,16 @@ published deeplabv3_resnet50/101 weights file.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import hydra
 import numpy as np
 import torch
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 from PIL import Image, UnidentifiedImageError
 
-from deeplab.errors import ConfigError, DatasetError, UserError
+from deeplab.config import PredictConfig, predict_config
+from deeplab.errors import ConfigError, DatasetError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 
@@ -41,54 +40,44 @@ def read_rgb(path: Path) -> np.ndarray:
         raise DatasetError(f"cannot read image {path}: {e}") from None
 
 
-def predict(cfg: DictConfig, output: Path) -> list[Path]:
+def predict(cfg: PredictConfig | DictConfig, output: Path) -> list[Path]:
     """Segment every image of cfg.input into `output`; returns the class-id PNG paths."""
     from deeplab import data
-    from deeplab.engine import autocast, normalize, pixel_stats, resolve_amp, resolve_device, resolve_flag
     from deeplab.inference import predict_probs
     from deeplab.restore import load_trained_model
+    from deeplab.runtime import make_runtime
     from deeplab.visualize import draw_segmentation_map, image_overlay
 
-    device = resolve_device(str(cfg.device), key="device")
-    amp_dtype = resolve_amp(cfg.amp, device, key="amp")
-    channels_last = resolve_flag(cfg.channels_last, device, "channels_last")
-    images = list_images(Path(str(cfg.input)))
+    cfg = predict_config(cfg)
+    rt = make_runtime(cfg.device, cfg.amp, cfg.channels_last, key="")
+    images = list_images(Path(cfg.input))
     model, train_cfg = load_trained_model(cfg.checkpoint)
-    if cfg.eval.output_stride is not None:
-        model.set_output_stride(int(cfg.eval.output_stride))
-    model.to(device)
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
-    palette = data.palette(train_cfg)
-    if len(palette) < 2:  # one-logit binary models predict {0, 1}
-        palette = np.array([[0, 0, 0], [255, 255, 255]], dtype=np.uint8)
-    names = (
-        data.class_names(train_cfg)
-        if int(train_cfg.dataset.num_classes) > 1
-        else ["background", "foreground"]
-    )
-    mean_t = pixel_stats(train_cfg.dataset.mean, device)
-    std_t = pixel_stats(train_cfg.dataset.std, device)
+    ev, d = cfg.eval, train_cfg.dataset
+    if ev.output_stride is not None:
+        model.set_output_stride(ev.output_stride)
+    rt.place(model)
+    palette = data.palette(d)
+    names = d.label_names()
+    normalize = rt.normalizer(d.mean, d.std)
     output.mkdir(parents=True, exist_ok=True)
     written = []
-    flat_palette = palette.astype(np.uint8).reshape(-1).tolist()
+    flat_palette = palette[:256].reshape(-1).tolist()
     for path in images:
         rgb = read_rgb(path)
-        x = torch.from_numpy(rgb).permute(2, 0, 1).unsqueeze(0).to(device)  # (1, 3, H, W) uint8
-        with torch.no_grad(), autocast(device, amp_dtype):
+        x = torch.from_numpy(rgb).permute(2, 0, 1).unsqueeze(0).to(rt.device)  # (1, 3, H, W) uint8
+        with torch.no_grad(), rt.autocast():
             probs = predict_probs(
-                model, normalize(x, mean_t, std_t, channels_last), scales=[float(s) for s in cfg.eval.scales],
-                flip=bool(cfg.eval.flip), mode=str(cfg.eval.mode), window=int(cfg.eval.window),
-                overlap=float(cfg.eval.overlap),
+                model, normalize(x), scales=ev.scales, flip=ev.flip, mode=ev.mode, window=ev.window,
+                overlap=ev.overlap,
             )  # fmt: skip
         pred = probs.argmax(1)[0].to(torch.uint8).cpu().numpy()  # (H, W)
         ids = Image.frombytes("P", (pred.shape[1], pred.shape[0]), pred.tobytes())
-        ids.putpalette(flat_palette + [0] * (768 - len(flat_palette)))
+        ids.putpalette(flat_palette)
         ids_path = output / f"{path.stem}.png"
         ids.save(ids_path)
         color = draw_segmentation_map(pred, palette)
         Image.fromarray(color).save(output / f"{path.stem}_color.png")
-        Image.fromarray(image_overlay(rgb, color, float(cfg.alpha))).save(
+        Image.fromarray(image_overlay(rgb, color, cfg.alpha)).save(
             output / f"{path.stem}_overlay.jpg", quality=92
         )
         present = [names[c] if c < len(names) else str(c) for c in np.unique(pred).tolist()]
@@ -100,14 +89,11 @@ def predict(cfg: DictConfig, output: Path) -> list[Path]:
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="predict")
 def main(cfg: DictConfig) -> None:
-    output = (
-        Path(str(cfg.output)) if cfg.output else Path(HydraConfig.get().runtime.output_dir) / "predictions"
-    )
-    try:
-        predict(cfg, output)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    from deeplab.cli import exit_on_user_error
+
+    with exit_on_user_error():
+        config = predict_config(cfg)
+        predict(config, Path(config.output))
 
 
 if __name__ == "__main__":

@@ -6,19 +6,21 @@ from pathlib import Path
 from typing import Any
 
 from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig, OmegaConf
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import DictConfig
 from torch import nn
 
 from deeplab.checkpoint import load_file, load_model_state
-from deeplab.errors import CheckpointError
+from deeplab.config import EvalDatasetOverrides, TrainConfig, config_dir, flatten, train_config
+from deeplab.errors import CheckpointError, ConfigError
 from deeplab.models import build_model, convert_torchvision_state_dict
-
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 
 def compose_train_config(overrides: list[str]) -> DictConfig:
-    """The train config as `python train.py OVERRIDES` would compose it."""
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+    """The train config as `python train.py OVERRIDES` would compose it (also inside a Hydra app)."""
+    if GlobalHydra.instance().is_initialized():  # evaluate.py and predict run in Hydra apps on configs/
+        return compose(config_name="train", overrides=overrides)
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         return compose(config_name="train", overrides=overrides)
 
 
@@ -28,15 +30,20 @@ def _torchvision_depth(state: dict[str, Any]) -> int:
     return 101 if len(units) == 23 else 50
 
 
-def load_trained_model(path: str | Path) -> tuple[nn.Module, DictConfig]:
+def load_trained_model(path: str | Path) -> tuple[nn.Module, TrainConfig]:
     """(model with the file's weights, in eval mode, on CPU; the config that built it)."""
     obj = load_file(path, "checkpoint")
     if isinstance(obj, dict) and "model" in obj and "config" in obj:
-        cfg = OmegaConf.create(obj["config"])
+        try:
+            cfg = train_config(obj["config"])
+        except ConfigError as e:
+            raise CheckpointError(f"checkpoint {path} holds a config this version cannot use ({e})") from None
         state = obj["model"]
     elif isinstance(obj, dict) and any(k.startswith("classifier.0.convs") for k in obj):
         depth = _torchvision_depth(obj)
-        cfg = compose_train_config([f"experiment=torchvision_deeplabv3_r{depth}", "dataset=voc"])
+        cfg = train_config(
+            compose_train_config([f"experiment=torchvision_deeplabv3_r{depth}", "dataset=voc"])
+        )
         state = convert_torchvision_state_dict(obj)
     else:
         raise CheckpointError(
@@ -52,19 +59,15 @@ def load_trained_model(path: str | Path) -> tuple[nn.Module, DictConfig]:
     return model, cfg
 
 
-def apply_overrides(cfg: DictConfig, section: str, overrides: DictConfig | dict | None) -> None:
-    """Set every non-null leaf of `overrides` at `section.<key>` in cfg (nested keys with dots)."""
-    if overrides is None:
-        return
-    flat: dict[str, Any] = {}
-
-    def walk(prefix: str, node: Any) -> None:
-        if isinstance(node, dict):
-            for k, v in node.items():
-                walk(f"{prefix}.{k}" if prefix else str(k), v)
-        elif node is not None:
-            flat[prefix] = node
-
-    walk("", OmegaConf.to_container(overrides) if isinstance(overrides, DictConfig) else overrides)
-    for key, value in flat.items():
-        OmegaConf.update(cfg, f"{section}.{key}", value, force_add=True)
+def with_dataset_overrides(cfg: TrainConfig, overrides: EvalDatasetOverrides) -> TrainConfig:
+    """cfg with every non-null value of evaluate's `dataset` node put in its dataset node, validated."""
+    plain = cfg.model_dump()
+    for key, value in flatten(overrides.model_dump()).items():
+        if value is None:
+            continue
+        node = plain["dataset"]
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return train_config(plain)

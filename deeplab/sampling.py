@@ -10,17 +10,15 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import numpy as np
 import torch
 from torch.utils.data import Sampler
 
 
 def _mix(*values: int) -> int:
-    """A 63-bit seed from integers (splitmix64-style), so nearby inputs give unrelated seeds."""
-    x = 0x9E3779B97F4A7C15
-    for v in values:
-        x = (x ^ (v & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9 & 0xFFFFFFFFFFFFFFFF
-        x = (x ^ (x >> 31)) * 0x94D049BB133111EB & 0xFFFFFFFFFFFFFFFF
-    return x >> 1
+    """A 63-bit seed from integers; NumPy's SeedSequence hashes them, so nearby inputs give unrelated seeds."""
+    entropy = [v % 2**64 for v in values]  # SeedSequence takes non-negative integers
+    return int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0] >> np.uint64(1))
 
 
 class ResumableSampler(Sampler[tuple[int, int]]):

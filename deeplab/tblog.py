@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 from torch.utils.tensorboard import SummaryWriter
 
+from deeplab.config import flatten
 from deeplab.visualize import draw_segmentation_map
 
 # metrics.json key -> TensorBoard tag
@@ -70,23 +71,23 @@ def flat_hparams(
     cfg: Mapping[str, Any],
     sections: Sequence[str] = ("model", "backbone", "optim", "schedule", "trainer", "loss"),
 ) -> dict[str, Any]:
-    """Dotted scalar hyperparameters of the run (lists become strings), plus the dataset name."""
-    out: dict[str, Any] = {}
-
-    def walk(prefix: str, node: Any) -> None:
-        if isinstance(node, Mapping):
-            for k, v in node.items():
-                walk(f"{prefix}.{k}", v)
-        elif isinstance(node, bool | int | float | str):
-            out[prefix] = node
-        else:
-            out[prefix] = str(node)
-
-    for section in sections:
-        if section in cfg:
-            walk(section, cfg[section])
+    """Dotted scalar hyperparameters of the run (lists and null become strings), plus the dataset name."""
+    leaves = flatten({s: cfg[s] for s in sections if s in cfg})
+    out = {k: v if isinstance(v, bool | int | float | str) else str(v) for k, v in leaves.items()}
     out["dataset.name"] = str(cfg.get("dataset", {}).get("name", ""))
     return out
+
+
+def log_train(
+    writer: SummaryWriter, step: int, losses: Mapping[str, float], lr: float, images_per_sec: float
+) -> None:
+    """Mean losses of the last interval ("loss", and "main"/"aux" with an auxiliary head), lr, speed."""
+    writer.add_scalar("train/loss", losses["loss"], step)
+    writer.add_scalar("train/lr", lr, step)
+    writer.add_scalar("train/images_per_sec", images_per_sec, step)
+    if "aux" in losses:
+        writer.add_scalar("train/loss_main", losses["main"], step)
+        writer.add_scalar("train/loss_aux", losses["aux"], step)
 
 
 def log_hparams(writer: SummaryWriter, hparams: dict[str, Any], metrics: Mapping[str, Any]) -> None:

@@ -1,8 +1,13 @@
+"""Shared test helpers: the real config tree composed with overrides, the tiny experiment, one trained run."""
+
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
@@ -15,6 +20,51 @@ def compose_config(overrides: list[str] | None = None, config_name: str = "train
         return compose(config_name=config_name, overrides=list(overrides or []), return_hydra_config=False)
 
 
+def tiny_overrides(data_dir: Path, **extra: object) -> list[str]:
+    """configs/experiment/tiny.yaml (seconds on a CPU) with its data under data_dir, plus extra overrides."""
+    base: dict[str, object] = {"experiment": "tiny", "paths.data_dir": str(data_dir)}
+    base.update(extra)
+    return [f"{k}={v}" for k, v in base.items()]
+
+
+def tiny_config(data_dir: Path, **extra: object) -> DictConfig:
+    return compose_config(tiny_overrides(data_dir, **extra))
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """torch on one thread, as the train.py processes of the tests: same arithmetic, and no slow-down from
+    oversubscribed cores when other processes compete for them."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.fixture
 def cfg_factory():
     return compose_config
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    """The generated dataset of the tiny experiment, written once per session (tests copy it to change it)."""
+    from deeplab.data import build_dataset
+
+    path = tmp_path_factory.mktemp("tiny") / "data"
+    build_dataset(tiny_config(path), "val")
+    return path
+
+
+@pytest.fixture(scope="session")
+def trained_run(tiny_data, tmp_path_factory) -> tuple[Path, dict, Path]:
+    """One tiny training run (4 iterations, validation at 2 and 4) shared by the tests that only read it:
+    (run dir, returned metrics, data dir)."""
+    from deeplab.engine import train
+
+    run_dir = tmp_path_factory.mktemp("trained") / "run"
+    with one_thread():
+        metrics = train(tiny_config(tiny_data), run_dir)
+    return run_dir, metrics, tiny_data

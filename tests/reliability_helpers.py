@@ -1,68 +1,40 @@
-"""Helpers of the reliability tests: a seconds-long training config, and train.py run as a real process."""
+"""train.py (and the other entry points) run as real processes, as a user or a scheduler runs them."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-
-import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 PROGRESS = re.compile(r"\|\s*(\d+)/(\d+) \[")
 
 
-def tiny_overrides(data_dir: Path, **extra: object) -> list[str]:
-    """The quickstart shrunk to seconds: R50 DeepLabv3 (16-channel ASPP, so checkpoints stay small-ish) at 40x40."""
-    base = {
-        "experiment": "quickstart",
-        "model": "deeplabv3",
-        "model.aspp.channels": 16,
-        "paths.data_dir": str(data_dir),
-        "dataset.num_train": 8,
-        "dataset.num_val": 4,
-        "dataset.image_size": "[40,56]",
-        "trainer.max_iters": 6,
-        "trainer.batch_size": 2,
-        "trainer.crop_size": 40,
-        "trainer.eval_interval": 6,
-        "trainer.ckpt_interval": 2,
-        "trainer.log_interval": 1,
-        "trainer.num_workers": 0,
-        "trainer.deterministic": True,
-        "logger.num_images": 0,
-    }
-    base.update(extra)
-    return [f"{k}={v}" for k, v in base.items()]
-
-
-@contextlib.contextmanager
-def one_thread() -> Iterator[None]:
-    """torch on one thread, as the train.py processes below: same arithmetic, and no slow-down from
-    oversubscribed cores when other processes compete for them."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 class TrainProcess:
-    """`python train.py ARGS` in its own process; stdout and stderr go to one log file."""
+    """`python train.py ARGS` in its own process; stdout and stderr go to one log file.
 
-    def __init__(self, args: list[str], log_path: Path) -> None:
+    With `faults` (environment variables of tests/faults.py) it runs through that script, which injects
+    them. The process leads its own process group, as a job under a scheduler does.
+    """
+
+    def __init__(self, args: list[str], log_path: Path, faults: dict[str, str] | None = None) -> None:
         self.log_path = log_path
         env = {**os.environ, "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "0", "PYTHONUNBUFFERED": "1"}
+        env.update(faults or {})
+        script = str(ROOT / "tests" / "faults.py") if faults else "train.py"
         with open(log_path, "wb") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "train.py", *args], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env
+                [sys.executable, script, *args],
+                cwd=ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
             )
         self.started = time.monotonic()
 
@@ -107,7 +79,8 @@ class TrainProcess:
 
 
 def run_cli(script: str, *args: str, timeout: float = 300.0) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    """`python SCRIPT ARGS` (or `python -m MODULE ARGS` with script="-m") from the repository root."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "0"}
     return subprocess.run(
         [sys.executable, script, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env
     )

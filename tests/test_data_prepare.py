@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import http.server
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -74,11 +78,23 @@ def test_strict_run_passes_when_checksums_and_counts_match(
     assert prepare.main(["voc", "--root", str(tmp_path), "--archives", str(archives)]) == 1  # counts differ
 
 
+@pytest.fixture(scope="module")
+def server(archives: Path) -> Iterator[str]:
+    """An HTTP server on localhost serving the archives folder, as the datasets' sites serve them."""
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(archives))
+    handler.log_message = lambda *args: None  # type: ignore[attr-defined]
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+
+
 def test_download_with_checksum(
-    archives: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+    archives: Path, server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:
     sbd = prepare.ARCHIVES["sbd"]
-    url = (archives / sbd.filename).as_uri()
+    url = f"{server}/{sbd.filename}"
     monkeypatch.setitem(
         prepare.ARCHIVES, "sbd", prepare.Archive(sbd.filename, url, md5(archives / sbd.filename), sbd.top)
     )
@@ -90,11 +106,13 @@ def test_download_with_checksum(
     assert (root / "benchmark_RELEASE" / "dataset" / "train.txt").read_text().split() == SBD_TRAIN
 
 
-def test_missing_archive_and_failed_download(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+def test_missing_archive_and_failed_download(
+    server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
     assert prepare.main(["sbd", "--root", str(tmp_path / "r"), "--archives", str(tmp_path)]) == 1
     assert "benchmark.tgz not found" in capsys.readouterr().err
     sbd = prepare.ARCHIVES["sbd"]
-    missing = (tmp_path / "gone.tgz").as_uri()
+    missing = f"{server}/gone.tgz"  # 404
     monkeypatch.setitem(prepare.ARCHIVES, "sbd", prepare.Archive(sbd.filename, missing, sbd.md5, sbd.top))
     assert prepare.main(["sbd", "--root", str(tmp_path / "r")]) == 1
     assert "cannot download" in capsys.readouterr().err and not list((tmp_path / "r").glob("*.part"))

@@ -11,7 +11,8 @@ from conftest import compose_config
 from PIL import Image
 
 import deeplab.data.synthetic as synthetic
-from deeplab.data import build_dataset, class_names, palette
+from deeplab.config import train_config
+from deeplab.data import build_dataset, palette
 from deeplab.data.voc import VOCSegmentation
 from deeplab.errors import ConfigError, DatasetError
 
@@ -28,7 +29,7 @@ def files(root: Path) -> dict[str, bytes]:
 
 def test_generated_in_voc_layout_and_read_by_the_voc_reader(tmp_path: Path) -> None:
     cfg = syn_cfg(tmp_path / "syn")
-    train, val = build_dataset(cfg, "train"), build_dataset(cfg, "val", normalize=False)
+    train, val = build_dataset(cfg, "train"), build_dataset(cfg, "val")
     assert isinstance(train, VOCSegmentation) and isinstance(val, VOCSegmentation)
     assert len(train) == 6 and len(val) == 3
     voc = tmp_path / "syn" / "VOC2012"
@@ -40,13 +41,14 @@ def test_generated_in_voc_layout_and_read_by_the_voc_reader(tmp_path: Path) -> N
     image, mask = val[0]
     assert image.shape == (3, 32, 40) and mask.shape == (32, 40)
     assert train[0][0].shape == (3, 24, 24)
-    assert class_names(cfg) == ["background", "disc", "square", "triangle"]
-    assert palette(cfg)[1].tolist() == [128, 0, 0]
+    d = train_config(cfg).dataset
+    assert d.names() == ["background", "disc", "square", "triangle"]
+    assert palette(d)[1].tolist() == [128, 0, 0]
 
 
 def test_labels_hold_shapes_and_a_void_band(tmp_path: Path) -> None:
     cfg = syn_cfg(tmp_path / "syn", "dataset.num_train=20")
-    ds = build_dataset(cfg, "train", normalize=False)
+    ds = build_dataset(cfg, "train")
     seen = set()
     for k in range(len(ds)):
         _, mask, _ = ds.load(k)
@@ -59,7 +61,7 @@ def test_labels_hold_shapes_and_a_void_band(tmp_path: Path) -> None:
 
 
 def test_classes_have_distinct_colours(tmp_path: Path) -> None:
-    ds = build_dataset(syn_cfg(tmp_path / "syn", "dataset.num_train=24"), "train", normalize=False)
+    ds = build_dataset(syn_cfg(tmp_path / "syn", "dataset.num_train=24"), "train")
     hues: dict[int, list[float]] = {1: [], 2: [], 3: []}
     for k in range(len(ds)):
         image, mask, _ = ds.load(k)

@@ -12,10 +12,13 @@ import torch.multiprocessing as mp
 from PIL import Image
 
 from deeplab import data
-from deeplab.engine import evaluate
+from deeplab.evaluation import evaluate
 from deeplab.inference import predict_probs
 from deeplab.loaders import build_val_loader
 from deeplab.models import build_model
+from deeplab.runtime import Runtime
+
+CPU = Runtime(torch.device("cpu"), None, False)
 
 SIZES = [(33, 45), (40, 40), (29, 51), (40, 40), (37, 30)]
 
@@ -44,7 +47,8 @@ def setup(tmp_path_factory):
     make_folder_dataset(root)
     cfg = compose_config(
         [
-            "dataset=folder", "model=deeplabv3plus", "backbone=resnet50", "backbone.pretrained=false",
+            "dataset=folder", "model=deeplabv3plus", "backbone=resnet_tiny", "model.aspp.channels=16",
+            "model.decoder.channels=16", "model.decoder.low_level_channels=8",
             f"dataset.train.images={root}/train/images", f"dataset.train.masks={root}/train/masks",
             f"dataset.val.images={root}/val/images", f"dataset.val.masks={root}/val/masks",
             "dataset.num_classes=3", "trainer.crop_size=32",
@@ -52,16 +56,14 @@ def setup(tmp_path_factory):
     )  # fmt: skip
     torch.manual_seed(0)
     model = build_model(cfg).eval()
-    dataset = data.build_dataset(cfg, "val", normalize=False)
+    dataset = data.build_dataset(cfg, "val")
     return cfg, model, dataset
 
 
 def run_eval(cfg, model, dataset, batch_size: int, **kwargs) -> torch.Tensor:
     loader = build_val_loader(dataset, batch_size, num_workers=0)
-    cm, _ = evaluate(
-        model, loader, num_classes=3, ignore_index=255, device=torch.device("cpu"),
-        mean=cfg.dataset.mean, std=cfg.dataset.std, **kwargs,
-    )  # fmt: skip
+    normalize = CPU.normalizer(cfg.dataset.mean, cfg.dataset.std)
+    cm, _ = evaluate(model, loader, CPU, normalize, num_classes=3, ignore_index=255, **kwargs)
     return cm.matrix.clone()
 
 
@@ -112,12 +114,10 @@ def _ddp_worker(rank: int, world: int, init_file: str, out_file: str, cfg_yaml: 
     cfg = OmegaConf.create(cfg_yaml)
     torch.manual_seed(0)
     model = build_model(cfg).eval()
-    dataset = data.build_dataset(cfg, "val", normalize=False)
+    dataset = data.build_dataset(cfg, "val")
     loader = build_val_loader(dataset, 2, num_workers=0, rank=rank, world_size=world)
-    cm, _ = evaluate(
-        model, loader, num_classes=3, ignore_index=255, device=torch.device("cpu"),
-        mean=cfg.dataset.mean, std=cfg.dataset.std,
-    )  # fmt: skip
+    normalize = CPU.normalizer(cfg.dataset.mean, cfg.dataset.std)
+    cm, _ = evaluate(model, loader, CPU, normalize, num_classes=3, ignore_index=255)
     if rank == 0:
         torch.save(cm.matrix, out_file)
     dist.destroy_process_group()

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from deeplab.errors import ConfigError
+from deeplab.config import train_config
 from deeplab.optim import build_optimizer, build_scheduler
 
 
@@ -23,7 +23,12 @@ class Tiny(nn.Module):
 
 
 def make_cfg(cfg_factory, *overrides: str):
-    return cfg_factory(["trainer.max_iters=100", *overrides])
+    return train_config(cfg_factory(["trainer.max_iters=100", *overrides]))
+
+
+def optimizer_and_schedule(cfg, model):
+    optimizer = build_optimizer(cfg.optim, model)
+    return optimizer, build_scheduler(cfg.schedule, cfg.trainer.max_iters, optimizer)
 
 
 def lrs_of(optimizer) -> list[float]:
@@ -33,7 +38,7 @@ def lrs_of(optimizer) -> list[float]:
 def test_sgd_settings_and_head_multiplier(cfg_factory):
     cfg = make_cfg(cfg_factory, "optim.head_lr_mult=10", "optim.lr=0.01")
     model = Tiny()
-    opt = build_optimizer(cfg, model)
+    opt = build_optimizer(cfg.optim, model)
     assert isinstance(opt, torch.optim.SGD)
     backbone, head = opt.param_groups
     assert backbone["name"] == "backbone" and head["name"] == "head"
@@ -48,7 +53,7 @@ def test_sgd_settings_and_head_multiplier(cfg_factory):
 def test_no_decay_norm_and_frozen_parameters(cfg_factory):
     model = Tiny()
     model.backbone[0].weight.requires_grad_(False)
-    opt = build_optimizer(make_cfg(cfg_factory, "optim.no_decay_norm=true"), model)
+    opt = build_optimizer(make_cfg(cfg_factory, "optim.no_decay_norm=true").optim, model)
     by_name = {g["name"]: g for g in opt.param_groups}
     assert set(by_name) == {"backbone_no_decay", "head", "head_no_decay"}  # frozen conv is left out
     assert by_name["backbone_no_decay"]["weight_decay"] == 0.0  # BN weight and bias
@@ -56,34 +61,6 @@ def test_no_decay_norm_and_frozen_parameters(cfg_factory):
     assert by_name["head"]["params"] == [model.head.weight] and by_name["head"]["weight_decay"] == 1e-4
     n_trainable = sum(p.requires_grad for p in model.parameters())
     assert sum(len(g["params"]) for g in opt.param_groups) == n_trainable == 4
-
-
-@pytest.mark.parametrize(
-    ("override", "key"),
-    [
-        ("optim.lr=0", "optim.lr"),
-        ("optim.head_lr_mult=-1", "optim.head_lr_mult"),
-        ("optim.weight_decay=-0.1", "optim.weight_decay"),
-    ],
-)
-def test_optimizer_config_errors_name_the_key(cfg_factory, override, key):
-    with pytest.raises(ConfigError, match=key):
-        build_optimizer(make_cfg(cfg_factory, override), Tiny())
-
-
-@pytest.mark.parametrize(
-    ("overrides", "key"),
-    [
-        (["trainer.max_iters=0"], "trainer.max_iters"),
-        (["schedule.power=0"], "schedule.power"),
-        (["schedule.warmup_iters=100"], "schedule.warmup_iters"),
-        (["schedule.warmup_iters=5", "schedule.warmup_factor=0"], "schedule.warmup_factor"),
-    ],
-)
-def test_scheduler_config_errors_name_the_key(cfg_factory, overrides, key):
-    cfg = make_cfg(cfg_factory, *overrides)
-    with pytest.raises(ConfigError, match=key):
-        build_scheduler(cfg, build_optimizer(cfg, Tiny()))
 
 
 def run_lrs(opt, sched, steps: int) -> list[list[float]]:
@@ -98,8 +75,7 @@ def run_lrs(opt, sched, steps: int) -> list[list[float]]:
 
 def test_poly_lr_follows_the_formula(cfg_factory):
     cfg = make_cfg(cfg_factory, "optim.lr=0.007", "optim.head_lr_mult=10", "schedule.power=0.9")
-    opt = build_optimizer(cfg, Tiny())
-    seen = run_lrs(opt, build_scheduler(cfg, opt), 100)
+    seen = run_lrs(*optimizer_and_schedule(cfg, Tiny()), 100)
     for it in (0, 1, 37, 99):
         want = 0.007 * (1 - it / 100) ** 0.9
         assert seen[it][0] == pytest.approx(want, rel=1e-12)
@@ -115,8 +91,7 @@ def test_warmup_ramps_linearly_then_joins_the_poly_curve(cfg_factory):
         "schedule.warmup_factor=0.1",
         "schedule.power=2",
     )
-    opt = build_optimizer(cfg, Tiny())
-    seen = [lrs[0] for lrs in run_lrs(opt, build_scheduler(cfg, opt), 100)]
+    seen = [lrs[0] for lrs in run_lrs(*optimizer_and_schedule(cfg, Tiny()), 100)]
     poly = [0.01 * (1 - it / 100) ** 2 for it in range(100)]
     assert seen[0] == pytest.approx(0.1 * poly[0], rel=1e-12)
     assert seen[5] == pytest.approx((0.1 + 0.9 * 5 / 10) * poly[5], rel=1e-12)
@@ -131,11 +106,9 @@ def test_resumed_scheduler_continues_the_same_curve(cfg_factory):
     )
     torch.manual_seed(0)
     model = Tiny()
-    opt = build_optimizer(cfg, model)
-    uninterrupted = run_lrs(opt, build_scheduler(cfg, opt), 30)
+    uninterrupted = run_lrs(*optimizer_and_schedule(cfg, model), 30)
 
-    opt = build_optimizer(cfg, model)
-    sched = build_scheduler(cfg, opt)
+    opt, sched = optimizer_and_schedule(cfg, model)
     first = run_lrs(opt, sched, 12)
     buffer = io.BytesIO()
     torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict()}, buffer)
@@ -143,8 +116,7 @@ def test_resumed_scheduler_continues_the_same_curve(cfg_factory):
     state = torch.load(buffer, weights_only=True)  # as checkpoints are read
 
     # A fresh process: build both, then load both states.
-    opt2 = build_optimizer(cfg, model)
-    sched2 = build_scheduler(cfg, opt2)
+    opt2, sched2 = optimizer_and_schedule(cfg, model)
     opt2.load_state_dict(state["optimizer"])
     sched2.load_state_dict(state["scheduler"])
     rest = run_lrs(opt2, sched2, 18)

@@ -17,17 +17,20 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import compose_config, one_thread, tiny_config, tiny_overrides
 from omegaconf import OmegaConf
-from reliability_helpers import one_thread, run_cli, tiny_overrides
+from reliability_helpers import run_cli
 
 import deeplab.checkpoint as ckpt_module
 import deeplab.engine as engine
 from deeplab import data
 from deeplab.checkpoint import load_checkpoint, save_checkpoint
+from deeplab.config import train_config
 from deeplab.engine import TrainingInterrupted, train
 from deeplab.errors import CheckpointError, ConfigError, DatasetError, DivergenceError
-from deeplab.evaluation import evaluate_checkpoint
+from deeplab.evaluate import evaluate_checkpoint
 from deeplab.losses import SegmentationLoss
+from deeplab.metrics import ConfusionMatrix
 from deeplab.models import build_model
 
 # Characters a shell would act on: config values must reach the file system as plain paths.
@@ -35,14 +38,10 @@ ODD = 'odd dir; touch {marker} $(touch {marker}) `touch {marker}` "dq" & | > <'
 
 
 def compose(data_dir: Path, **extra: object):
-    from conftest import compose_config
-
-    return compose_config(tiny_overrides(data_dir, **extra))
+    return tiny_config(data_dir, **extra)
 
 
 def compose_eval(checkpoint: Path, *extra: str):
-    from conftest import compose_config
-
     return compose_config([f"checkpoint={checkpoint}", "num_workers=0", *extra], config_name="evaluate")
 
 
@@ -53,22 +52,18 @@ def _one_thread():
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> Path:
-    """The generated dataset of tiny_overrides, written once."""
-    path = tmp_path_factory.mktemp("reliability") / "data"
-    data.build_dataset(compose(path), "train")
-    return path
+def data_dir(tiny_data) -> Path:
+    """The generated dataset of the tiny experiment (copied by the tests that change it)."""
+    return tiny_data
 
 
 @pytest.fixture(scope="module")
 def model_file(data_dir, tmp_path_factory) -> Path:
-    """A checkpoint as train.py writes it, model and config (what loading needs), without training."""
-    cfg = compose(data_dir)
+    """A DeepLabv3 checkpoint as train.py writes it, model and config (what loading needs), without training."""
+    cfg = train_config(compose(data_dir, model="deeplabv3"))
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("ckpt") / "model.pt"
-    save_checkpoint(
-        path, {"model": build_model(cfg).state_dict(), "config": OmegaConf.to_container(cfg, resolve=True)}
-    )
+    save_checkpoint(path, {"model": build_model(cfg).state_dict(), "config": cfg.model_dump()})
     return path
 
 
@@ -229,10 +224,8 @@ def test_max_nonfinite_skips_skips_a_bounded_number_of_steps(data_dir, tmp_path,
 def test_best_pt_is_replaced_only_by_a_better_model(data_dir, tmp_path, monkeypatch):
     """Validation mIoUs 0.5, 0.3, NaN, 0.6: best.pt is written at iterations 1 and 4 only."""
     mious = iter([0.5, 0.3, float("nan"), 0.6])
-    real_compute = engine.ConfusionMatrix.compute
-    monkeypatch.setattr(
-        engine.ConfusionMatrix, "compute", lambda cm: {**real_compute(cm), "miou": next(mious)}
-    )
+    real_compute = ConfusionMatrix.compute
+    monkeypatch.setattr(ConfusionMatrix, "compute", lambda cm: {**real_compute(cm), "miou": next(mious)})
     saves = SaveRecorder(monkeypatch)
     cfg = compose(
         data_dir, **{"trainer.max_iters": 4, "trainer.eval_interval": 1, "trainer.ckpt_interval": 4}
@@ -282,6 +275,7 @@ def test_unwritable_run_dir_fails_at_the_start(data_dir, tmp_path, monkeypatch):
     assert str(run_dir / "checkpoints") in str(info.value) and "hydra.run.dir" in str(info.value)
 
 
+@pytest.mark.slow
 def test_run_dir_under_a_regular_file_is_reported_by_train_py(tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("")
@@ -388,6 +382,15 @@ def assert_refused(message: str, path: Path, marker: Path) -> None:
     assert not marker.exists()
 
 
+def test_evaluate_refuses_a_pickle_that_runs_code(tmp_path):
+    marker = tmp_path / "marker"
+    evil = evil_file(tmp_path / ODD.format(marker=marker) / "last.pt", marker)
+    with pytest.raises(CheckpointError) as info:
+        evaluate_checkpoint(compose_eval(f"'{evil}'"), tmp_path / "eval")
+    assert_refused(str(info.value), evil, marker)
+
+
+@pytest.mark.slow
 def test_evaluate_py_refuses_a_pickle_that_runs_code(tmp_path):
     marker = tmp_path / "marker"
     odd = ODD.format(marker=marker)
@@ -405,8 +408,10 @@ def test_evaluate_py_refuses_a_pickle_that_runs_code(tmp_path):
 def test_training_refuses_a_pickle_that_runs_code(key, data_dir, tmp_path):
     marker = tmp_path / "marker"
     evil = evil_file(tmp_path / "weights.pth", marker, state_dict=key != "trainer.resume")
+    # torchvision publishes DeepLabV3 weights for ResNet-50/101: model.pretrained needs one of them
+    backbone = {"backbone": "resnet50", "backbone.pretrained": False} if key == "model.pretrained" else {}
     with pytest.raises(CheckpointError) as info:
-        train(compose(data_dir, **{key: f"'{evil}'"}), tmp_path / "run")
+        train(compose(data_dir, **backbone, **{key: f"'{evil}'"}), tmp_path / "run")
     assert_refused(str(info.value), evil, marker)
 
 
@@ -418,15 +423,13 @@ def test_cached_torchvision_weights_that_run_code_are_refused(data_dir, tmp_path
     monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "hub"))
     evil_file(tmp_path / "hub" / "checkpoints" / url.rsplit("/", 1)[1], marker, state_dict=True)
     with pytest.raises((CheckpointError, ConfigError)) as info:
-        build_model(compose(data_dir, **{"backbone.pretrained": True}))
+        build_model(compose(data_dir, **{"backbone": "resnet50", "backbone.pretrained": True}))
     assert_one_line(str(info.value))
     assert not marker.exists()
 
 
 @pytest.mark.parametrize("name", ["voc", "folder"])
 def test_dataset_root_with_shell_characters_is_only_a_path(name, tmp_path):
-    from conftest import compose_config
-
     marker = tmp_path / "marker"
     root = tmp_path / ODD.format(marker=marker)
     keys = {"voc": ["dataset=voc", f"dataset.root='{root}'"],
@@ -455,7 +458,7 @@ def test_resume_with_another_class_count_names_the_key(data_dir, model_file, tmp
 def test_evaluate_with_weights_of_another_class_count_names_the_parameters(model_file, tmp_path):
     saved = load_checkpoint(model_file)
     saved["config"]["dataset"]["num_classes"] = 3
-    saved["config"]["dataset"]["class_names"] = ["a", "b", "c"]
+    saved["config"]["dataset"]["class_names"] = ["background", "disc", "square"]
     wrong = tmp_path / "wrong.pt"
     save_checkpoint(wrong, saved)
     with pytest.raises(CheckpointError) as info:
@@ -470,7 +473,9 @@ def test_evaluate_with_weights_of_another_class_count_names_the_parameters(model
 
 def test_evaluate_with_weights_of_another_architecture_names_the_parameters(model_file, tmp_path):
     saved = load_checkpoint(model_file)
-    saved["config"]["model"]["decoder"]["enabled"] = True  # the weights are DeepLabv3's: no decoder
+    # the weights are DeepLabv3's: no decoder, and a classifier on the 16 ASPP channels
+    saved["config"]["model"] |= {"name": "deeplabv3plus"}
+    saved["config"]["model"]["decoder"] |= {"enabled": True, "channels": 32}
     wrong = tmp_path / "wrong.pt"
     save_checkpoint(wrong, saved)
     with pytest.raises(CheckpointError) as info:

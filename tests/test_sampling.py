@@ -38,7 +38,7 @@ def test_loader_batches_do_not_depend_on_workers_or_resume(tmp_path):
         ["dataset=synthetic", f"paths.data_dir={tmp_path}", "dataset.num_train=6", "dataset.num_val=1",
          "dataset.image_size=[32,40]", "trainer.crop_size=24"]
     )  # fmt: skip
-    dataset = data.build_dataset(cfg, "train", normalize=False)
+    dataset = data.build_dataset(cfg, "train")
 
     def batches(workers: int, start: int, n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         loader = build_train_loader(dataset, 2, workers, seed=7, start_iteration=start)

@@ -2,27 +2,24 @@
 
     python -m deeplab.data.check dataset=voc_aug dataset.root=/data [--split train|val|all] [--workers N]
 
-Arguments with `=` are Hydra overrides of configs/train.yaml. Exit status 1 if any problem was found.
+Arguments with `=` are Hydra overrides of configs/train.yaml. Exit status 1 if any problem was found in the
+data, 2 for a mistake in the config.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 import numpy as np
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException
-from omegaconf import DictConfig
 from tqdm import tqdm
 
-from deeplab.data import class_names, ignore_index, load_split, num_classes
+from deeplab.config import TrainConfig, train_config
+from deeplab.data import load_split
 from deeplab.data.dataset import SegmentationDataset, missing_files
-from deeplab.errors import DatasetError, UserError
-
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+from deeplab.errors import ConfigError, DatasetError, UserError, first_line
 
 
 def _first(item):  # batch_size=None: items pass through unbatched
@@ -82,11 +79,10 @@ def print_counts(totals: np.ndarray, names: list[str], ignore: int) -> None:
         print(f"  classes with no pixels: {', '.join(absent)}")
 
 
-def check(cfg: DictConfig, splits: list[str], workers: int = 0) -> int:
+def check(cfg: TrainConfig, splits: list[str], workers: int = 0) -> int:
     """Scan the splits; print problems and class pixel counts; return the number of problems."""
-    names, ignore = class_names(cfg), ignore_index(cfg)
-    if num_classes(cfg) == 1:  # binary: one logit, masks hold 0 (background) and 1 (the class)
-        names = ["background", names[0]]
+    # binary (one class): masks hold 0 (background) and 1 (the class)
+    names, ignore = cfg.dataset.label_names(), cfg.dataset.ignore_index
     n_problems = 0
     for split in splits:
         dataset = load_split(cfg, split, augment=False, check_files=False)
@@ -102,16 +98,17 @@ def check(cfg: DictConfig, splits: list[str], workers: int = 0) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from deeplab.restore import compose_train_config
+
     parser = argparse.ArgumentParser(prog="python -m deeplab.data.check", description=__doc__.split("\n")[0])
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. dataset=voc dataset.root=/data")
     parser.add_argument("--split", choices=("train", "val", "all"), default="all")
     parser.add_argument("--workers", type=int, default=0, help="reader processes (0: in this process)")
     args = parser.parse_args(argv)
     try:
-        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-            cfg = compose(config_name="train", overrides=args.overrides)
-    except HydraException as e:
-        print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
+        cfg = train_config(compose_train_config(args.overrides))
+    except (HydraException, ConfigError) as e:
+        print(f"error: {first_line(e)}", file=sys.stderr)
         return 2
     splits = ["train", "val"] if args.split == "all" else [args.split]
     try:

@@ -22,8 +22,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 MAX_WORKERS = 64  # DataLoader workers whose skipped samples are counted apart (more share the slots)
 
 
@@ -58,10 +56,10 @@ def raise_if_missing(samples: Sequence[Sample], where: str) -> None:
 
 
 class SegmentationDataset(Dataset):
-    """Items (image, mask): image (3, H, W) float normalised, mask (H, W) int64 ids with the ignore index kept.
+    """Items (image, mask): image (3, H, W) uint8, mask (H, W) ids with the ignore index kept.
 
-    With normalize=False (the training engine's input, converted on the device) both are uint8 where the
-    labels fit: a uint8 mask is 8x less to pass from the DataLoader workers and to copy to the GPU.
+    Masks are uint8 where the labels fit (int64 otherwise): 8x less to pass from the DataLoader workers and
+    to copy to the GPU. Images are normalised on the device (deeplab.runtime.Normalizer).
     """
 
     def __init__(
@@ -70,9 +68,6 @@ class SegmentationDataset(Dataset):
         num_classes: int,
         ignore_index: int = 255,
         transform: A.Compose | None = None,
-        mean: Sequence[float] = IMAGENET_MEAN,
-        std: Sequence[float] = IMAGENET_STD,
-        normalize: bool = True,
         colors: np.ndarray | None = None,
         color_ids: np.ndarray | None = None,
         skip_bad: bool = False,
@@ -85,11 +80,7 @@ class SegmentationDataset(Dataset):
         self.num_labels = max(self.num_classes, 2)
         self.ignore_index = int(ignore_index)
         self.transform = transform
-        self.normalize = normalize
-        self.mean = tuple(float(m) for m in mean)
-        self.std = tuple(float(s) for s in std)
-        self._scale = [1.0 / (255.0 * s) for s in self.std]
-        self._shift = [-m / s for m, s in zip(self.mean, self.std)]
+        self.compact = 0 <= self.ignore_index <= 255 and self.num_labels <= 256
         self.colors = colors  # (K, 3) colours of colour-coded masks, with their ids in color_ids (K,)
         self.color_ids = color_ids
         self.skip_bad = skip_bad
@@ -138,18 +129,8 @@ class SegmentationDataset(Dataset):
             self._reseed(seed)
             out = self.transform(image=image, mask=mask)
             image, mask = out["image"], out["mask"]
-        channels = cv2.split(np.ascontiguousarray(image))
-        if self.normalize:
-            # (x / 255 - mean) / std as one scale and shift per channel, written in place: several times
-            # faster than the same in torch on one core (a DataLoader worker's share)
-            chw = np.empty((3, *image.shape[:2]), np.float32)
-            for c, ch in enumerate(channels):
-                cv2.addWeighted(ch, self._scale[c], ch, 0.0, self._shift[c], dst=chw[c], dtype=cv2.CV_32F)
-        else:
-            chw = np.stack(channels)
-        image_t = torch.from_numpy(chw)  # (3, H, W) float32, or uint8
-        compact = not self.normalize and 0 <= self.ignore_index <= 255 and self.num_labels <= 256
-        mask_t = torch.from_numpy(mask.astype(np.uint8 if compact else np.int64))  # (H, W)
+        image_t = torch.from_numpy(np.stack(cv2.split(np.ascontiguousarray(image))))  # (3, H, W) uint8
+        mask_t = torch.from_numpy(mask.astype(np.uint8 if self.compact else np.int64))  # (H, W)
         return image_t, mask_t
 
     def __getitem__(self, item: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:

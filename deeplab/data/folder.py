@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from deeplab.data.dataset import Sample
-from deeplab.errors import ConfigError, DatasetError
+from deeplab.errors import DatasetError
 
 log = logging.getLogger(__name__)
 
@@ -61,15 +61,9 @@ def color_lookup(
     """Colours (K, 3) and their ids (K,) for colour-coded masks: palette row i is class i; ignore_color -> ignore."""
     if palette is None:
         return None, None
-    colors = [tuple(int(v) for v in c) for c in palette]
-    if any(len(c) != 3 or not all(0 <= v <= 255 for v in c) for c in colors):
-        raise ConfigError("dataset.palette must be a list of [r, g, b] colours with values in 0..255")
+    colors = [tuple(c) for c in palette]  # validated by the config schema: unique [r, g, b] in 0..255
     ids = list(range(len(colors)))
     if ignore_color is not None:
-        colors.append(tuple(int(v) for v in ignore_color))
+        colors.append(tuple(ignore_color))
         ids.append(ignore_index)
-    if len(set(colors)) != len(colors):
-        raise ConfigError(
-            "dataset.palette (with dataset.ignore_color) lists a colour twice; colours must be unique"
-        )
     return np.asarray(colors, dtype=np.uint8), np.asarray(ids, dtype=np.int64)

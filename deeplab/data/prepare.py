@@ -11,24 +11,23 @@ Then train with dataset=voc|sbd|voc_aug dataset.root=DIR.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import shutil
 import sys
 import tarfile
 import time
-import urllib.request
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from torchvision.datasets.utils import calculate_md5, check_integrity, download_url
 from tqdm import tqdm
 
 from deeplab.data.dataset import missing_files
 from deeplab.data.sbd import SBD_COUNTS, find_sbd_dir, is_sbd_dir, sbd_sample, sbd_split_ids
 from deeplab.data.voc import VOC_COUNTS, find_voc_dir, is_voc_dir, voc_list_path, voc_sample, voc_split_ids
 from deeplab.data.voc_aug import TRAINAUG_COUNT, TRAINAUG_SPLIT, trainaug_ids
-from deeplab.errors import DatasetError, UserError
+from deeplab.errors import DatasetError, UserError, first_line
 
 
 @dataclass(frozen=True)
@@ -66,45 +65,29 @@ def warn(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr)
 
 
-def md5sum(path: Path) -> str:
-    digest = hashlib.md5()
-    with (
-        open(path, "rb") as f,
-        tqdm(total=path.stat().st_size, unit="B", unit_scale=True, desc=f"md5 {path.name}") as bar,
-    ):
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-            bar.update(len(chunk))
-    return digest.hexdigest()
-
-
 def download(url: str, dest: Path) -> None:
-    """Download url to dest with a progress bar; written to dest.part and renamed when complete."""
+    """Download url to dest (torchvision's downloader, with a progress bar), as dest.part renamed when whole."""
     part = dest.with_name(dest.name + ".part")
     print(f"downloading {url}")
     try:
-        with urllib.request.urlopen(url, timeout=60) as response, open(part, "wb") as out:
-            total = int(response.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, unit="B", unit_scale=True, desc=dest.name) as bar:
-                while chunk := response.read(1 << 20):
-                    out.write(chunk)
-                    bar.update(len(chunk))
-    except OSError as e:
+        download_url(url, str(dest.parent), part.name)
+    except (OSError, RuntimeError) as e:  # URLError is an OSError
         part.unlink(missing_ok=True)
         raise DatasetError(
-            f"cannot download {url}: {e}; download it by other means and pass its folder with --archives DIR"
+            f"cannot download {url}: {first_line(e)}; download it by other means and pass its folder with "
+            "--archives DIR"
         ) from None
     os.replace(part, dest)
 
 
 def check_md5(path: Path, expected: str, verify: bool) -> None:
-    actual = md5sum(path)
-    if actual == expected:
+    print(f"checking the md5 of {path}")
+    if check_integrity(str(path), expected):
         print(f"checksum ok: {path}")
         return
     message = (
-        f"checksum of {path} is {actual}, expected {expected}: the file is incomplete or not the official "
-        "archive; delete it and run again"
+        f"checksum of {path} is {calculate_md5(str(path))}, expected {expected}: the file is incomplete or not "
+        "the official archive; delete it and run again"
     )
     if verify:
         raise DatasetError(message + " (or pass --no-verify to use it anyway)")

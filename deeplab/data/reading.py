@@ -9,17 +9,11 @@ import numpy as np
 import scipy.io
 from PIL import Image
 
-from deeplab.errors import DatasetError
+from deeplab.errors import DatasetError, first_line
 
 # Mask modes that hold class ids directly: palette indices, grayscale, 1-bit, 16/32-bit integers.
 _ID_MODES = {"P", "L", "1", "I", "I;16", "I;16B", "I;16L"}
 _RGB_MODES = {"RGB", "RGBA", "RGBX", "CMYK", "YCbCr"}
-
-
-def _reason(error: BaseException) -> str:
-    """The first line of an exception's message (messages must stay on one line)."""
-    text = str(error).strip().splitlines()
-    return text[0] if text else type(error).__name__
 
 
 def read_image(path: Path) -> np.ndarray:
@@ -34,7 +28,7 @@ def read_image(path: Path) -> np.ndarray:
         raise DatasetError(f"image {path} does not exist") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise DatasetError(
-            f"cannot read image {path}: {_reason(e)} (the file is corrupt or truncated: replace it, or "
+            f"cannot read image {path}: {first_line(e)} (the file is corrupt or truncated: replace it, or "
             "re-extract the dataset)"
         ) from None
 
@@ -47,7 +41,7 @@ def read_sbd_label(path: Path) -> np.ndarray:
         raise DatasetError(f"SBD label {path} does not exist") from None
     except (OSError, ValueError, TypeError, NotImplementedError) as e:
         raise DatasetError(
-            f"cannot read SBD label {path}: {_reason(e)} (the file is corrupt: re-extract benchmark.tgz)"
+            f"cannot read SBD label {path}: {first_line(e)} (the file is corrupt: re-extract benchmark.tgz)"
         ) from None
     try:
         label = mat["GTcls"][0]["Segmentation"][0]
@@ -109,7 +103,7 @@ def read_mask(
         raise DatasetError(f"mask {path} does not exist") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise DatasetError(
-            f"cannot read mask {path}: {_reason(e)} (the file is corrupt or truncated: replace it)"
+            f"cannot read mask {path}: {first_line(e)} (the file is corrupt or truncated: replace it)"
         ) from None
     if mode in _RGB_MODES:
         if colors is None or color_ids is None:

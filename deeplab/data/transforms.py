@@ -72,8 +72,3 @@ def train_transform(
         j = float(color_jitter)
         steps.append(A.ColorJitter(brightness=j, contrast=j, saturation=j, hue=0.0, p=1.0))
     return A.Compose(steps)
-
-
-def eval_transform() -> None:
-    """Evaluation sees the whole image: no crop, no resize (batches are padded by collate_eval)."""
-    return None

@@ -85,6 +85,7 @@ class ASPP(nn.Module):
         if image_pooling:
             branches.append(ImagePooling(in_channels, out_channels))
         self.num_atrous = len(atrous_rates)
+        self.out_channels = out_channels
         self.convs = nn.ModuleList(branches)
         self.project = nn.Sequential(
             nn.Conv2d(len(branches) * out_channels, out_channels, 1, bias=False),

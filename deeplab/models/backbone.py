@@ -1,4 +1,4 @@
-"""torchvision ResNet-50/101 as a dilated feature extractor with a settable output stride."""
+"""torchvision ResNets as dilated feature extractors with a settable output stride."""
 
 from __future__ import annotations
 
@@ -7,13 +7,42 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 from torchvision.models import resnet50, resnet101
-from torchvision.models.resnet import Bottleneck, ResNet
+from torchvision.models.resnet import Bottleneck
 
-from deeplab.errors import ConfigError
-
-RESNETS = {"resnet50": resnet50, "resnet101": resnet101}
 OUTPUT_STRIDES = (8, 16)
 DILATION_STYLES = ("deeplab", "torchvision")
+
+
+def resnet_tiny() -> nn.Module:
+    """A narrow bottleneck ResNet with torchvision's module names: stem 8 channels, bottleneck widths
+    4/8/16/32 (outputs 16/32/64/128 channels), units (1, 1, 1, 3), so layer4 still takes a multi-grid.
+
+    For tests and smoke runs: every code path of ResNet-50 (dilation, multi-grid, low-level and aux
+    features) at about 0.1M parameters.
+    """
+    net = nn.Module()
+    net.conv1 = nn.Conv2d(3, 8, kernel_size=7, stride=2, padding=3, bias=False)
+    net.bn1 = nn.BatchNorm2d(8)
+    net.relu = nn.ReLU(inplace=True)
+    net.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+    channels = 8
+    for index, (width, units, stride) in enumerate(zip((4, 8, 16, 32), (1, 1, 1, 3), (1, 2, 2, 2))):
+        blocks = []
+        for unit in range(units):
+            s = stride if unit == 0 else 1
+            downsample = None
+            if s != 1 or channels != width * Bottleneck.expansion:
+                downsample = nn.Sequential(
+                    nn.Conv2d(channels, width * Bottleneck.expansion, 1, stride=s, bias=False),
+                    nn.BatchNorm2d(width * Bottleneck.expansion),
+                )
+            blocks.append(Bottleneck(channels, width, s, downsample))
+            channels = width * Bottleneck.expansion
+        setattr(net, f"layer{index + 1}", nn.Sequential(*blocks))
+    return net
+
+
+RESNETS = {"resnet_tiny": resnet_tiny, "resnet50": resnet50, "resnet101": resnet101}
 
 
 def unit_rates(
@@ -27,9 +56,9 @@ def unit_rates(
     the rate of the layer before it.
     """
     if output_stride not in OUTPUT_STRIDES:
-        raise ConfigError(f"output stride must be one of {OUTPUT_STRIDES}, got {output_stride}")
+        raise ValueError(f"output stride must be one of {OUTPUT_STRIDES}, got {output_stride}")
     if dilation_style not in DILATION_STYLES:
-        raise ConfigError(f"dilation style must be one of {DILATION_STYLES}, got {dilation_style!r}")
+        raise ValueError(f"dilation style must be one of {DILATION_STYLES}, got {dilation_style!r}")
     layer_rate = {"layer3": 2 if output_stride == 8 else 1, "layer4": 4 if output_stride == 8 else 2}
     previous = {"layer3": 1, "layer4": layer_rate["layer3"]}
     rates = {}
@@ -39,7 +68,7 @@ def unit_rates(
         )
         rates[name] = [first] + [layer_rate[name]] * (n - 1)
     if len(multi_grid) != len(rates["layer4"]):
-        raise ConfigError(
+        raise ValueError(
             f"multi-grid needs {len(rates['layer4'])} values (one per layer4 unit), got {multi_grid}"
         )
     rates["layer4"] = [r * g for r, g in zip(rates["layer4"], multi_grid)]
@@ -49,19 +78,20 @@ def unit_rates(
 class ResNetBackbone(nn.Module):
     """ResNet (He et al. 2016) without avgpool/fc, layer3/layer4 dilated for output stride 16 or 8 (arXiv 1706.05587).
 
-    Submodule names equal torchvision's, so a torchvision ResNet state dict (minus fc.*) loads 1:1.
+    Takes a torchvision ResNet (or resnet_tiny()); submodule names equal torchvision's, so a torchvision
+    ResNet state dict (minus fc.*) loads 1:1.
     """
 
     def __init__(
         self,
-        resnet: ResNet,
+        resnet: nn.Module,
         output_stride: int = 16,
         multi_grid: Sequence[int] = (1, 2, 4),
         dilation_style: str = "deeplab",
     ) -> None:
         super().__init__()
         if not all(isinstance(unit, Bottleneck) for unit in (*resnet.layer3, *resnet.layer4)):
-            raise TypeError("the backbone must be a bottleneck ResNet (resnet50 or resnet101)")
+            raise TypeError("the backbone must be a bottleneck ResNet (resnet50, resnet101 or resnet_tiny)")
         self.conv1, self.bn1, self.relu, self.maxpool = resnet.conv1, resnet.bn1, resnet.relu, resnet.maxpool
         self.layer1, self.layer2, self.layer3, self.layer4 = (
             resnet.layer1,
@@ -71,7 +101,7 @@ class ResNetBackbone(nn.Module):
         )
         self.multi_grid = tuple(int(g) for g in multi_grid)
         self.dilation_style = dilation_style
-        self.low_channels = self.layer1[-1].conv3.out_channels  # 256
+        self.low_channels = self.layer1[-1].conv3.out_channels  # 256 in ResNet-50/101
         self.aux_channels = self.layer3[-1].conv3.out_channels  # 1024
         self.out_channels = self.layer4[-1].conv3.out_channels  # 2048
         self.output_stride = output_stride
@@ -109,5 +139,6 @@ def build_backbone(
 ) -> ResNetBackbone:
     """A randomly initialised ResNet backbone (torchvision's initialisation); weights are loaded separately."""
     if name not in RESNETS:
-        raise ConfigError(f"unknown backbone {name!r}; choose one of {sorted(RESNETS)}")
-    return ResNetBackbone(RESNETS[name](weights=None), output_stride, multi_grid, dilation_style)
+        raise ValueError(f"unknown backbone {name!r}; choose one of {sorted(RESNETS)}")
+    resnet = RESNETS[name]() if name == "resnet_tiny" else RESNETS[name](weights=None)
+    return ResNetBackbone(resnet, output_stride, multi_grid, dilation_style)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -14,21 +12,12 @@ from deeplab.models.aspp import ASPP, ConvBNReLU, SeparableConvBNReLU
 class DeepLabV3Head(nn.Module):
     """DeepLabv3 head (arXiv 1706.05587 Sec. 3.3): ASPP, an optional 3x3 conv (torchvision's variant), 1x1 logits."""
 
-    def __init__(
-        self,
-        in_channels: int,
-        num_classes: int,
-        atrous_rates: Sequence[int],
-        aspp_channels: int = 256,
-        image_pooling: bool = True,
-        separable: bool = False,
-        dropout: float = 0.1,
-        head_conv: bool = False,
-    ) -> None:
+    def __init__(self, aspp: ASPP, num_classes: int, head_conv: bool = False) -> None:
         super().__init__()
-        self.aspp = ASPP(in_channels, atrous_rates, aspp_channels, image_pooling, separable, dropout)
-        self.conv = ConvBNReLU(aspp_channels, aspp_channels, 3) if head_conv else None
-        self.classifier = nn.Conv2d(aspp_channels, num_classes, 1)
+        self.aspp = aspp
+        channels = aspp.out_channels
+        self.conv = ConvBNReLU(channels, channels, 3) if head_conv else None
+        self.classifier = nn.Conv2d(channels, num_classes, 1)
 
     def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
         x = self.aspp(features["out"])  # (B, 256, H/OS, W/OS)
@@ -42,25 +31,20 @@ class DeepLabV3PlusDecoder(nn.Module):
 
     def __init__(
         self,
-        in_channels: int,
+        aspp: ASPP,
         low_channels: int,
         num_classes: int,
-        atrous_rates: Sequence[int],
-        aspp_channels: int = 256,
-        image_pooling: bool = True,
-        aspp_separable: bool = False,
-        dropout: float = 0.1,
         low_level_channels: int = 48,
         channels: int = 256,
         separable: bool = False,
     ) -> None:
         super().__init__()
-        self.aspp = ASPP(in_channels, atrous_rates, aspp_channels, image_pooling, aspp_separable, dropout)
+        self.aspp = aspp
         # Few low-level channels (48) so they do not outweigh the encoder's features (paper Table 1).
         self.reduce = ConvBNReLU(low_channels, low_level_channels, 1)
         conv = SeparableConvBNReLU if separable else ConvBNReLU
         self.fuse = nn.Sequential(
-            conv(aspp_channels + low_level_channels, channels, 3),
+            conv(aspp.out_channels + low_level_channels, channels, 3),
             conv(channels, channels, 3),
         )
         self.classifier = nn.Conv2d(channels, num_classes, 1)

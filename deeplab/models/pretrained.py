@@ -10,8 +10,11 @@ from urllib.parse import urlparse
 
 import torch
 from torch import nn
+from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
+from torchvision.models import WeightsEnum
 
-from deeplab.errors import CheckpointError, ConfigError
+from deeplab.checkpoint import why_unreadable
+from deeplab.errors import CheckpointError, ConfigError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -29,19 +32,21 @@ _TORCHVISION_PREFIXES = {
 _CLASSIFIER_PREFIXES = ("head.classifier.", "aux_head.4.")
 
 
-def download_state_dict(url: str, key: str) -> dict[str, Any]:
-    """Torchvision's weights file at `url`, from torch's hub cache or downloaded; failure names `key` and the fix."""
-    filename = Path(urlparse(url).path).name
+def download_weights(weights: WeightsEnum, key: str) -> dict[str, Any]:
+    """A torchvision weights file, from torch's hub cache or downloaded (hash checked), read weights-only.
+
+    Failure names `key` and how to pass the file offline.
+    """
+    filename = Path(urlparse(weights.url).path).name
     cached = Path(torch.hub.get_dir()) / "checkpoints" / filename
     try:
-        return torch.hub.load_state_dict_from_url(
-            url, map_location="cpu", progress=True, check_hash=True, weights_only=True
-        )
-    except (OSError, RuntimeError, pickle.UnpicklingError) as e:  # URLError and socket errors are OSErrors
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        return weights.get_state_dict(progress=True, check_hash=True, weights_only=True, map_location="cpu")
+    except pickle.UnpicklingError as e:  # the cached file holds objects weights_only refuses
+        raise CheckpointError(why_unreadable(cached, f"{key} (torch hub cache)", e)) from None
+    except (OSError, RuntimeError) as e:  # URLError and socket errors are OSErrors; a bad hash RuntimeError
         raise ConfigError(
-            f"{key}: could not download {url} ({reason}); on a machine without internet download that file "
-            f"elsewhere and pass {key}=/path/to/{filename} (or copy it to {cached})"
+            f"{key}: could not download {weights.url} ({first_line(e)}); on a machine without internet "
+            f"download that file elsewhere and pass {key}=/path/to/{filename} (or copy it to {cached})"
         ) from None
 
 
@@ -55,9 +60,9 @@ def unwrap_state_dict(obj: Any, source: str) -> dict[str, torch.Tensor]:
         raise CheckpointError(
             f"{source} does not hold a state dict (a dict of tensors, possibly under 'state_dict')"
         )
-    if all(k.startswith("module.") for k in obj):
-        obj = {k[len("module.") :]: v for k, v in obj.items()}
-    return dict(obj)
+    state = dict(obj)
+    consume_prefix_in_state_dict_if_present(state, "module.")  # saved from a DDP wrapper
+    return state
 
 
 def _examples(keys: list[str]) -> str:

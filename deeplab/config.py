@@ -1,0 +1,603 @@
+"""The config schema: every key of configs/ typed, documented and checked here, once.
+
+Hydra composes the YAML files of configs/ (they hold the default values); right after composition the
+entry points turn the DictConfig into these typed models with `train_config`, `evaluate_config` or
+`predict_config`. That happens before any data is listed or any model is built. A mistake (a wrong type, a
+value out of range, an unknown key, also one appended with `+`) raises ConfigError with one line naming the
+key; the code after validation reads typed values and casts nothing.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+
+from deeplab.errors import ConfigError, first_line
+
+PositiveInt = Annotated[int, Field(ge=1)]
+NonNegativeInt = Annotated[int, Field(ge=0)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+NonNegativeFloat = Annotated[float, Field(ge=0)]
+Label = Annotated[int, Field(ge=0, le=255)]
+Channel = Annotated[int, Field(ge=0, le=255)]
+Color = Annotated[list[Channel], Field(min_length=3, max_length=3)]
+MetricName = Literal["miou", "pixel_acc", "mean_acc", "fwiou"]
+
+OUTPUT_STRIDES = (8, 16)
+RESNETS = ("resnet_tiny", "resnet50", "resnet101")  # resnet_tiny: a narrow test network, no weights
+VOC_FAMILY = ("voc", "voc_aug", "sbd")
+
+
+class Section(BaseModel):
+    """A config node: strict types (no "5" for 5, no 1 for true), unknown keys refused."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, validate_assignment=True)
+
+
+def _flag_or_path(flags: tuple[Any, ...], words: str) -> BeforeValidator:
+    """A value that is one of `flags` (matched by identity for true/false/null) or a non-empty path."""
+
+    def check(value: Any) -> Any:
+        if any(value is f for f in flags if f is None or isinstance(f, bool)) or value in [
+            f for f in flags if isinstance(f, str)
+        ]:
+            return value
+        if isinstance(value, str) and value:
+            return value
+        raise ValueError(f"must be {words} or a path to a file")
+
+    return BeforeValidator(check)
+
+
+def _auto_or_bool(value: Any) -> Any:
+    if value == "auto" or isinstance(value, bool):
+        return value
+    raise ValueError("must be auto, true or false")
+
+
+def _device(value: Any) -> Any:
+    if isinstance(value, str):
+        kind, _, index = value.partition(":")
+        if value in ("auto", "cpu", "cuda", "mps") or (kind == "cuda" and index.isdigit()):
+            return value
+    raise ValueError("must be auto, cpu, cuda, cuda:N or mps")
+
+
+# YAML reads a bare `off` as false.
+Amp = Annotated[Literal["auto", "bf16", "fp16", "off"], BeforeValidator(lambda v: "off" if v is False else v)]
+"""auto: bf16 on CUDA, off (full precision) on the CPU."""
+Flag = Annotated[Literal["auto"] | bool, BeforeValidator(_auto_or_bool)]
+"""auto: on with CUDA, off on the CPU."""
+Device = Annotated[str, BeforeValidator(_device)]
+
+
+# ----------------------------------------------------------------------------- model
+
+
+class BackboneConfig(Section):
+    """configs/backbone: a torchvision ResNet as a dilated feature extractor."""
+
+    name: Literal["resnet_tiny", "resnet50", "resnet101"]
+    output_stride: Literal[8, 16]
+    """16: layer4 dilated (rate 2); 8: layer3 (rate 2) and layer4 (rate 4)."""
+    multi_grid: Annotated[list[PositiveInt], Field(min_length=3, max_length=3)]
+    """Multiplies the rates of layer4's three units (DeepLabv3, Sec. 3.2): [1, 2, 4] gives 2, 4, 8 at OS 16."""
+    pretrained: Annotated[bool | str, _flag_or_path((True, False), "true, false")]
+    """true: torchvision's ImageNet weights (`weights`); false: random; a path: a local ResNet state dict."""
+    weights: str
+    """Member of torchvision's ResNet50_Weights / ResNet101_Weights used when pretrained is true."""
+    dilation_style: Literal["deeplab", "torchvision"]
+    """deeplab: every unit of a dilated layer uses its rate; torchvision: the first unit keeps the previous one."""
+
+    @model_validator(mode="after")
+    def _weights(self) -> BackboneConfig:
+        if self.pretrained is True and self.name == "resnet_tiny":
+            raise ConfigError("backbone.pretrained: resnet_tiny has no published weights; set it to false")
+        if self.pretrained is True:
+            from torchvision.models import ResNet50_Weights, ResNet101_Weights
+
+            enum = ResNet50_Weights if self.name == "resnet50" else ResNet101_Weights
+            if self.weights not in enum.__members__:
+                raise ConfigError(
+                    f"backbone.weights must name torchvision's {enum.__name__} weights, one of "
+                    f"{sorted(enum.__members__)}, got {self.weights!r}"
+                )
+        return self
+
+
+class ASPPConfig(Section):
+    rates: Annotated[list[PositiveInt], Field(min_length=1)] | None
+    """Atrous rates at the training output stride; null: (6, 12, 18) at OS 16, (12, 24, 36) at OS 8."""
+    channels: PositiveInt
+    image_pooling: bool
+    separable: bool
+    """Depthwise-separable atrous convolutions (DeepLabv3+ paper, Sec. 3.1)."""
+    dropout: Annotated[float, Field(ge=0, lt=1)]
+
+
+class DecoderConfig(Section):
+    enabled: bool
+    """The DeepLabv3+ decoder on stride-4 features; true exactly for model=deeplabv3plus."""
+    low_level_channels: PositiveInt
+    """Channels the stride-4 features are reduced to (48 in the paper, Table 1)."""
+    channels: PositiveInt
+    separable: bool
+
+
+class ModelConfig(Section):
+    """configs/model: the head on the backbone."""
+
+    name: Literal["deeplabv3", "deeplabv3plus"]
+    aspp: ASPPConfig
+    head_conv: bool
+    """The extra 3x3 conv + BN + ReLU after ASPP that torchvision's DeepLabHead has."""
+    decoder: DecoderConfig
+    aux_head: bool
+    """Auxiliary FCN head on layer3, trained with loss.aux_weight (training only)."""
+    pretrained: Annotated[str | None, _flag_or_path((None, "torchvision"), "null, torchvision")]
+    """null; torchvision (its published COCO/VOC-label DeepLabV3 weights); or a path to that .pth file."""
+
+    @model_validator(mode="after")
+    def _head(self) -> ModelConfig:
+        if self.decoder.enabled != (self.name == "deeplabv3plus"):
+            want = "deeplabv3plus" if self.decoder.enabled else "deeplabv3"
+            raise ConfigError(
+                f"model.decoder.enabled={str(self.decoder.enabled).lower()} does not match model.name="
+                f"{self.name}; choose the head with model={want}"
+            )
+        if self.head_conv and self.decoder.enabled:
+            raise ConfigError(
+                "model.head_conv (the extra 3x3 conv of torchvision's DeepLabv3 head) cannot be used with "
+                "the DeepLabv3+ decoder; set model.head_conv=false or use model=deeplabv3"
+            )
+        return self
+
+
+def default_aspp_rates(output_stride: int) -> list[int]:
+    """The papers' ASPP rates: (6, 12, 18) at output stride 16, doubled at 8 (arXiv 1706.05587 Sec. 3.3)."""
+    return [r * 16 // output_stride for r in (6, 12, 18)]
+
+
+# ----------------------------------------------------------------------------- data
+
+
+class AugmentConfig(Section):
+    """The train pipeline: random scale, pad with the mean / ignore index, random crop, flip, jitter."""
+
+    scale: Annotated[list[PositiveFloat], Field(min_length=2, max_length=2)]
+    """[lo, hi] of the random scale (0.5, 2.0 in the papers)."""
+    hflip: bool
+    color_jitter: NonNegativeFloat
+
+    @model_validator(mode="after")
+    def _range(self) -> AugmentConfig:
+        if self.scale[0] > self.scale[1]:
+            raise ConfigError(f"dataset.augment.scale must be [lo, hi] with lo <= hi, got {self.scale}")
+        return self
+
+
+class DatasetBase(Section):
+    """Keys every dataset has (configs/dataset/common.yaml)."""
+
+    num_classes: Annotated[int, Field(ge=1, le=256)]
+    """Number of classes, the ignore label not counted; 1 = binary (one logit channel, BCE)."""
+    ignore_index: Label
+    """The label the loss and the metrics skip, and the mask padding: 255, or a class id (CamVid: 11)."""
+    class_names: list[str] | None
+    """null: the 21 VOC names for the VOC datasets, class_0, class_1, ... otherwise."""
+    palette: list[Color] | None
+    """[r, g, b] of each class for drawing (and, for dataset=folder, to read colour-coded masks)."""
+    mean: Annotated[list[Annotated[float, Field(ge=0, le=1)]], Field(min_length=3, max_length=3)]
+    std: Annotated[list[Annotated[float, Field(gt=0)]], Field(min_length=3, max_length=3)]
+    augment: AugmentConfig
+    skip_bad: bool
+    """true: a corrupt sample is skipped with a warning (and counted) instead of stopping the run."""
+
+    @model_validator(mode="after")
+    def _names(self) -> DatasetBase:
+        if self.class_names is not None and len(self.class_names) != self.num_classes:
+            raise ConfigError(
+                f"dataset.class_names has {len(self.class_names)} names but dataset.num_classes is "
+                f"{self.num_classes}"
+            )
+        return self
+
+    def names(self) -> list[str]:
+        """Class names, one per class (for one class, the foreground's name)."""
+        if self.class_names is not None:
+            return list(self.class_names)
+        if getattr(self, "name", "") in VOC_FAMILY and self.num_classes == 21:
+            from deeplab.data.classes import VOC_CLASSES
+
+            return list(VOC_CLASSES)
+        return [f"class_{i}" for i in range(self.num_classes)]
+
+    def label_names(self) -> list[str]:
+        """Names of the predicted labels: the classes, or background + the class for a binary model."""
+        names = self.names()
+        return ["background", names[0]] if self.num_classes == 1 else names
+
+
+class VOCLayout(DatasetBase):
+    root: str
+    train_split: str
+    """Split list of ImageSets/Segmentation used for training."""
+    val_split: str
+
+
+class VOCDataset(VOCLayout):
+    """Pascal VOC 2012 segmentation (train 1,464 / val 1,449)."""
+
+    name: Literal["voc"]
+
+
+class SBDDataset(VOCLayout):
+    """SBD's class segmentations (train 8,498 / val 2,857)."""
+
+    name: Literal["sbd"]
+    sbd_root: str | None
+    """benchmark_RELEASE when it is not under root."""
+
+
+class VOCAugDataset(VOCLayout):
+    """trainaug: VOC train + SBD train/val - VOC val (10,582 images), validated on VOC val."""
+
+    name: Literal["voc_aug"]
+    sbd_root: str | None
+    aug_list: str | None
+    """An explicit trainaug id list (one id per line) instead of the one derived from VOC and SBD."""
+
+
+class SyntheticDataset(VOCLayout):
+    """Generated once under root in the VOC layout: textured shapes on cluttered backgrounds."""
+
+    name: Literal["synthetic"]
+    num_train: PositiveInt
+    num_val: PositiveInt
+    image_size: Annotated[list[Annotated[int, Field(ge=16)]], Field(min_length=2, max_length=2)]
+    """[height, width] of the generated images."""
+    seed: int
+
+    @model_validator(mode="after")
+    def _shapes(self) -> SyntheticDataset:
+        from deeplab.data.synthetic import SHAPES
+
+        names = self.names()
+        unknown = [n for n in names[1:] if n not in SHAPES]
+        if unknown:
+            raise ConfigError(
+                f"dataset.class_names: {unknown[0]!r} is not a shape the generator draws; use names from "
+                f"{', '.join(SHAPES)} after the background"
+            )
+        if len(names) < 2 or len(set(names)) != len(names):
+            raise ConfigError("dataset.class_names needs a background and at least one distinct shape")
+        return self
+
+
+class FolderSplit(Section):
+    images: str
+    masks: str
+
+
+class FolderDataset(DatasetBase):
+    """Your own data: per split an images folder and a masks folder, matched by file stem."""
+
+    name: Literal["folder"]
+    train: FolderSplit
+    val: FolderSplit
+    ignore_color: Color | None
+    """[r, g, b] of ignored pixels in colour-coded masks (they become ignore_index)."""
+
+    @model_validator(mode="after")
+    def _palette(self) -> FolderDataset:
+        if self.palette is not None:
+            colors = [tuple(c) for c in self.palette]
+            if self.ignore_color is not None:
+                colors.append(tuple(self.ignore_color))
+            if len(set(colors)) != len(colors):
+                raise ConfigError(
+                    "dataset.palette (with dataset.ignore_color) lists a colour twice; colours must be unique"
+                )
+            if len(self.palette) > max(self.num_classes, self.ignore_index + 1):
+                raise ConfigError(
+                    f"dataset.palette has {len(self.palette)} colours, more than dataset.num_classes "
+                    f"({self.num_classes}) allows"
+                )
+        return self
+
+
+DatasetConfig = Annotated[
+    VOCDataset | SBDDataset | VOCAugDataset | SyntheticDataset | FolderDataset, Field(discriminator="name")
+]
+
+
+# ----------------------------------------------------------------------------- training
+
+
+class OptimConfig(Section):
+    """configs/optim: the papers' SGD (momentum 0.9, weight decay 1e-4, lr 0.007)."""
+
+    name: Literal["sgd"]
+    lr: PositiveFloat
+    momentum: NonNegativeFloat
+    weight_decay: NonNegativeFloat
+    nesterov: bool
+    head_lr_mult: PositiveFloat
+    """ASPP, decoder and heads train at lr * head_lr_mult (the backbone at lr)."""
+    no_decay_norm: bool
+    """true: no weight decay on BatchNorm and bias parameters."""
+
+    @model_validator(mode="after")
+    def _nesterov(self) -> OptimConfig:
+        if self.nesterov and self.momentum == 0:
+            raise ConfigError("optim.nesterov=true needs optim.momentum > 0")
+        return self
+
+
+class ScheduleConfig(Section):
+    """configs/schedule: lr = base_lr * (1 - iter / max_iters) ** power, after an optional linear warmup."""
+
+    name: Literal["poly"]
+    power: PositiveFloat
+    warmup_iters: NonNegativeInt
+    warmup_factor: Annotated[float, Field(gt=0, le=1)]
+    """Warmup starts at base_lr * warmup_factor."""
+
+
+class LossConfig(Section):
+    aux_weight: NonNegativeFloat
+    """Weight of the auxiliary head's loss (used only when model.aux_head is on)."""
+
+
+class TrainerConfig(Section):
+    """configs/trainer: the loop, its intervals and the run-time options."""
+
+    max_iters: PositiveInt
+    batch_size: PositiveInt
+    """Total over all processes."""
+    crop_size: PositiveInt
+    eval_interval: PositiveInt
+    """Validate every N iterations (and at the end)."""
+    ckpt_interval: PositiveInt
+    """Write checkpoints/last.pt every N iterations (and at the end, and on a stop signal)."""
+    log_interval: PositiveInt
+    resume: str | None
+    """auto: the run dir's last.pt if there is one; a path: that last.pt; null: start afresh."""
+    amp: Amp
+    channels_last: Flag
+    compile: bool
+    device: Device
+    num_workers: NonNegativeInt
+    seed: int
+    deterministic: bool
+    sync_bn: bool
+    """SyncBatchNorm under DDP."""
+    max_nonfinite_skips: NonNegativeInt
+    """Non-finite losses to skip (one host sync per step) before stopping; 0 checks at log boundaries only."""
+
+
+class EvalConfig(Section):
+    """configs/eval: how whole images are evaluated (validation in training, evaluate.py, predict)."""
+
+    output_stride: Literal[8, 16] | None
+    """Evaluate at another output stride than the model was trained at (train 16, eval 8)."""
+    scales: Annotated[list[PositiveFloat], Field(min_length=1)]
+    """Multi-scale inputs, e.g. [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]; probabilities are averaged."""
+    flip: bool
+    mode: Literal["whole", "slide"]
+    window: PositiveInt
+    """slide: window size."""
+    overlap: Annotated[float, Field(ge=0, lt=1)]
+    """slide: overlap of neighbouring windows."""
+    batch_size: PositiveInt
+
+
+class LoggerConfig(Section):
+    tensorboard: bool
+    num_images: NonNegativeInt
+    """Validation images shown as input | truth | prediction."""
+
+
+class PathsConfig(Section):
+    data_dir: str
+    output_dir: str
+
+
+class TrainConfig(Section):
+    """configs/train.yaml, composed: everything `python train.py` runs on."""
+
+    task_name: str
+    model: ModelConfig
+    backbone: BackboneConfig
+    dataset: DatasetConfig
+    optim: OptimConfig
+    schedule: ScheduleConfig
+    trainer: TrainerConfig
+    eval: EvalConfig
+    loss: LossConfig
+    logger: LoggerConfig
+    paths: PathsConfig
+    optimized_metric: MetricName
+    """The metric train.py returns to Hydra sweepers (e.g. Optuna)."""
+
+    @model_validator(mode="after")
+    def _cross(self) -> TrainConfig:
+        t = self.trainer
+        if self.schedule.warmup_iters >= t.max_iters:
+            raise ConfigError(
+                f"schedule.warmup_iters must be below trainer.max_iters ({t.max_iters}), got "
+                f"{self.schedule.warmup_iters}"
+            )
+        if t.batch_size < 2 and self.model.aspp.image_pooling:
+            raise ConfigError(
+                f"trainer.batch_size={t.batch_size}: BatchNorm after ASPP's image pooling needs at least 2 "
+                "images per process in training; raise trainer.batch_size"
+            )
+        if self.model.pretrained is not None and self.backbone.name not in ("resnet50", "resnet101"):
+            raise ConfigError(
+                f"model.pretrained: torchvision publishes DeepLabV3 weights for resnet50 and resnet101 only, "
+                f"not {self.backbone.name}"
+            )
+        return self
+
+    def aspp_rates(self) -> list[int]:
+        """ASPP rates at the training output stride."""
+        return list(self.model.aspp.rates or default_aspp_rates(self.backbone.output_stride))
+
+
+class EvalDatasetOverrides(Section):
+    """evaluate.yaml's dataset: non-null values replace the checkpoint's dataset settings."""
+
+    root: str | None = None
+    sbd_root: str | None = None
+    aug_list: str | None = None
+    val_split: str | None = None
+    train: dict[str, str | None] | None = None
+    val: dict[str, str | None] | None = None
+
+
+class EvaluateConfig(Section):
+    """configs/evaluate.yaml: `python evaluate.py checkpoint=PATH`."""
+
+    task_name: str
+    checkpoint: str
+    """A checkpoint train.py wrote (last.pt or best.pt), or torchvision's DeepLabV3 .pth."""
+    device: Device
+    num_workers: NonNegativeInt
+    dataset: EvalDatasetOverrides
+    amp: Amp
+    channels_last: Flag
+    eval: EvalConfig
+    paths: PathsConfig
+
+
+class PredictConfig(Section):
+    """configs/predict.yaml: `python -m deeplab.predict checkpoint=PATH input=FILE_OR_DIR`."""
+
+    task_name: str
+    checkpoint: str
+    input: str
+    output: str
+    device: Device
+    alpha: Annotated[float, Field(ge=0, le=1)]
+    """Opacity of the colour mask drawn over the photo."""
+    amp: Amp
+    channels_last: Flag
+    eval: EvalConfig
+    paths: PathsConfig
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def to_plain(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
+    """A composed config as plain containers, interpolations resolved; `???` left unset names its key."""
+    if not isinstance(cfg, DictConfig):
+        return dict(cfg)
+    try:
+        return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)  # type: ignore[return-value]
+    except MissingMandatoryValue as e:
+        key = e.full_key or "a key"
+        raise ConfigError(f"{key} is not set; give it on the command line, e.g. {key}=...") from None
+    except InterpolationResolutionError as e:
+        raise ConfigError(f"{e.full_key}: {first_line(e)}") from None
+
+
+def _where(loc: tuple[Any, ...], data: Any) -> tuple[str, Any, bool]:
+    """(dotted key, the value there, whether it exists) of a pydantic error location.
+
+    Union tags and member names in `loc` (e.g. ("dataset", "voc", "root")) are not keys of the input and
+    are skipped; list positions become [i].
+    """
+    key, node, found = "", data, True
+    for i, part in enumerate(loc):
+        if isinstance(node, Mapping):
+            if part in node:
+                key, node = f"{key}.{part}" if key else str(part), node[part]
+            elif i == len(loc) - 1 and isinstance(part, str):
+                key, node, found = f"{key}.{part}" if key else part, None, False
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            key, node = f"{key}[{part}]", node[part]
+        else:
+            break
+    return key, node, found
+
+
+def _siblings(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """Field names of the section that holds loc[-1], for "did you mean" hints."""
+    fields: Any = model.model_fields
+    for part in loc[:-1]:
+        field = fields.get(part) if isinstance(part, str) else None
+        annotation = getattr(field, "annotation", None)
+        if annotation is None or not hasattr(annotation, "model_fields"):
+            return []
+        fields = annotation.model_fields
+    return list(fields)
+
+
+def error_message(e: ValidationError, data: Mapping[str, Any], model: type[BaseModel]) -> str:
+    """One line naming the key of the first error, e.g. "trainer.batch_size: must be >= 1, got 0"."""
+    err = e.errors()[0]
+    key, value, found = _where(tuple(err["loc"]), data)
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        close = difflib.get_close_matches(str(err["loc"][-1]), _siblings(model, tuple(err["loc"])), n=1)
+        parent = key.rpartition(".")[0]
+        hint = f"; did you mean {parent + '.' if parent else ''}{close[0]}?" if close else ""
+        return f"{key}: unknown key{hint}"
+    if kind == "missing" or not found:
+        return f"{key} is missing from the config; add it (see configs/ for its default)"
+    if kind == "union_tag_invalid":
+        tag = err["ctx"]["discriminator"].strip("'")
+        return (
+            f"{key}.{tag}: unknown {key} {err['ctx']['tag']!r}; choose one of {err['ctx']['expected_tags']}"
+        )
+    message = err["msg"].removeprefix("Value error, ")
+    message = message[:1].lower() + message[1:]
+    more = len({_where(tuple(x["loc"]), data)[0] for x in e.errors()}) - 1
+    tail = f" ({more} more problem{'s' if more > 1 else ''} in the config)" if more > 0 else ""
+    return f"{key}: {message}, got {value!r}{tail}"
+
+
+def validate(model: type[Section], cfg: DictConfig | Mapping[str, Any]) -> Any:
+    """cfg checked against `model`; a mistake raises ConfigError naming the key."""
+    if isinstance(cfg, model):
+        return cfg
+    data = to_plain(cfg)
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(error_message(e, data, model)) from None
+
+
+def train_config(cfg: TrainConfig | DictConfig | Mapping[str, Any]) -> TrainConfig:
+    return validate(TrainConfig, cfg)
+
+
+def evaluate_config(cfg: EvaluateConfig | DictConfig | Mapping[str, Any]) -> EvaluateConfig:
+    return validate(EvaluateConfig, cfg)
+
+
+def predict_config(cfg: PredictConfig | DictConfig | Mapping[str, Any]) -> PredictConfig:
+    return validate(PredictConfig, cfg)
+
+
+def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    """Leaves of nested dicts under dotted keys: {"a": {"b": 1}} -> {"a.b": 1}; lists are leaves."""
+    if isinstance(node, Mapping):
+        out: dict[str, Any] = {}
+        for k, v in node.items():
+            out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    return {prefix: node}
+
+
+def config_dir() -> Path:
+    """The configs/ folder of this checkout."""
+    return Path(__file__).resolve().parents[1] / "configs"
