@@ -121,6 +121,10 @@ BAD = [
     ("logger.num_images=-2", "logger.num_images"),
     ("+model.aspp.rate=[1]", "model.aspp.rate"),
     ("+extra=1", "extra"),
+    ("optim.lr=0", "optim.lr"),
+    ("optim.head_lr_mult=-1", "optim.head_lr_mult"),
+    ("optim.weight_decay=-0.1", "optim.weight_decay"),
+    ("schedule.power=0", "schedule.power"),
 ]
 
 
@@ -136,6 +140,42 @@ def test_mistakes_stop_at_start_up_naming_the_key(override, key, tiny_data, tmp_
     message = str(info.value)
     assert message.startswith(key) and "\n" not in message, message
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["backbone=resnet50", "backbone.pretrained=true", "backbone.weights=IMAGENET9K"],
+         r"^backbone\.weights must name torchvision's ResNet50_Weights weights"),
+        (["backbone.pretrained=true"], r"^backbone\.pretrained: resnet_tiny has no published weights"),
+        (["model.pretrained=torchvision"], r"^model\.pretrained: torchvision publishes DeepLabV3 weights for"),
+        (["optim.nesterov=true", "optim.momentum=0"], r"^optim\.nesterov=true needs optim\.momentum > 0"),
+        (["dataset.class_names=[background,disc,hexagon,square]"], r"^dataset\.class_names: 'hexagon' is not a shape"),
+    ],
+)  # fmt: skip
+def test_cross_field_mistakes_name_the_key(overrides, message, tiny_data) -> None:
+    with pytest.raises(ConfigError, match=message):
+        train_config(tiny_config(tiny_data, **dict(o.split("=", 1) for o in overrides)))
+
+
+@pytest.mark.parametrize(
+    ("palette", "message"),
+    [
+        ("[[0,0,0],[0,0,0]]", r"^dataset\.palette \(with dataset\.ignore_color\) lists a colour twice"),
+        (
+            "[[0,0,0],[1,1,1],[2,2,2]]",
+            r"^dataset\.palette has 3 colours, more than dataset\.num_classes \(2\)",
+        ),
+        ("[[0,0,300],[1,1,1]]", r"^dataset\.palette\[0\]\[2\]: input should be less than or equal to 255"),
+        ("[[0,0],[1,1,1]]", r"^dataset\.palette\[0\]: list should have at least 3 items"),
+    ],
+)
+def test_folder_palette_mistakes(palette, message) -> None:
+    folders = [f"dataset.{s}.{k}=x" for s in ("train", "val") for k in ("images", "masks")]
+    cfg = compose_config(["dataset=folder", *folders, "dataset.num_classes=2", f"dataset.palette={palette}",
+                          "dataset.ignore_index=1"])  # fmt: skip
+    with pytest.raises(ConfigError, match=message):
+        train_config(cfg)
 
 
 def test_a_misspelt_key_gets_a_suggestion() -> None:

@@ -24,6 +24,7 @@ from deeplab.models import (
     build_model,
     convert_torchvision_state_dict,
 )
+from deeplab.models.backbone import resnet_tiny
 
 
 def build(*overrides: str) -> DeepLab:
@@ -107,7 +108,7 @@ def test_binary_model_has_one_logit_channel() -> None:
 
 @pytest.fixture(scope="module")
 def resnets() -> dict[str, nn.Module]:
-    return {"resnet50": resnet50(), "resnet101": resnet101()}
+    return {"resnet50": resnet50(), "resnet101": resnet101(), "resnet_tiny": resnet_tiny()}
 
 
 def layer_geometry(layer: nn.Sequential) -> tuple[list[int], list[int]]:
@@ -136,7 +137,7 @@ PAPER_RATES = {
 }
 
 
-@pytest.mark.parametrize("name", ["resnet50", "resnet101"])
+@pytest.mark.parametrize("name", ["resnet50", "resnet101", "resnet_tiny"])
 @pytest.mark.parametrize(("os", "multi_grid"), list(PAPER_RATES))
 def test_dilation_follows_the_paper(resnets, name: str, os: int, multi_grid: tuple) -> None:
     backbone = ResNetBackbone(resnets[name], os, multi_grid, "deeplab")
@@ -178,6 +179,23 @@ def test_feature_strides() -> None:
     assert f8["aux"].shape == (1, 1024, 5, 5)
     assert f8["out"].shape == (1, 2048, 5, 5)
     assert (backbone.low_channels, backbone.aux_channels, backbone.out_channels) == (256, 1024, 2048)
+
+
+def test_tiny_backbone_has_resnet50s_strides_at_a_fraction_of_its_size() -> None:
+    torch.manual_seed(0)
+    backbone = ResNetBackbone(resnet_tiny(), 8, (1, 2, 4)).eval()
+    assert (backbone.low_channels, backbone.aux_channels, backbone.out_channels) == (16, 64, 128)
+    assert [len(getattr(backbone, f"layer{i}")) for i in (1, 2, 3, 4)] == [1, 1, 1, 3]
+    assert sum(p.numel() for p in backbone.parameters()) < 150_000
+    with torch.no_grad():
+        features = backbone(torch.randn(1, 3, 33, 47))
+    assert features["low"].shape[-2:] == (9, 12) and features["out"].shape[-2:] == (5, 6)  # strides 4 and 8
+    for output_stride in (8, 16):
+        for name in ("deeplabv3", "deeplabv3plus"):
+            model = build("backbone=resnet_tiny", f"model={name}", f"backbone.output_stride={output_stride}",
+                          "model.aspp.channels=16", "model.decoder.channels=16").eval()  # fmt: skip
+            with torch.no_grad():
+                assert model(torch.randn(1, 3, 35, 29))["out"].shape == (1, 21, 35, 29)
 
 
 # --- set_output_stride -------------------------------------------------------------------------------------
