@@ -29,6 +29,12 @@ from deeplab.errors import CheckpointError, ConfigError, first_line
 # start from), so they are not reported as differences.
 ARCH_KEYS = ("model", "backbone", "dataset.num_classes")
 NOT_ARCH_KEYS = ("model.pretrained", "backbone.pretrained", "backbone.weights")
+# What a resumed run must share with its checkpoint besides the model: the data (where it lies may change)
+# and the optimiser, whose state (lr, momentum, weight decay) comes from the checkpoint.
+DATA_KEYS = ("dataset",)
+DATA_PATHS = ("dataset.root", "dataset.sbd_root", "dataset.aug_list", "dataset.train", "dataset.val",
+              "dataset.skip_bad")  # fmt: skip
+OPTIM_KEYS = ("optim",)
 
 
 def _looks_truncated(path: Path) -> bool:
@@ -302,21 +308,6 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
 # ----------------------------------------------------------------------------- the training state
 
 
-def check_writable(directory: Path) -> None:
-    """Create directory and write a file in it: fail at the start, not at the first checkpoint hours later."""
-    probe = directory / f".write_test.{os.getpid()}"
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        where = f": {e.filename}" if e.filename else ""
-        raise ConfigError(
-            f"cannot write the run's checkpoints in {directory} ({e.strerror or e}{where}); "
-            "set hydra.run.dir to a writable directory"
-        ) from None
-
-
 def resume_path(setting: str | None, ckpt_dir: Path) -> Path | None:
     """The last.pt that trainer.resume names: auto (the run dir's, if any), a path, or None."""
     if setting is None:
@@ -366,6 +357,37 @@ def training_state(
     return state
 
 
+def check_resumable(saved_cfg: Mapping[str, Any], cfg: Mapping[str, Any], path: Path) -> None:
+    """A resumed run continues the same model, on the same data, with the same optimiser: else one line
+    naming the keys that differ."""
+    check_compatible(saved_cfg, cfg, path)
+    data = config_diff(saved_cfg, cfg, DATA_KEYS, DATA_PATHS)
+    if data:
+        raise CheckpointError(
+            f"checkpoint {path} was trained on other data: {'; '.join(data)}; a resumed run continues on the "
+            "same data: drop these overrides, or start a new run in another hydra.run.dir"
+        )
+    optim = config_diff(saved_cfg, cfg, OPTIM_KEYS, ())
+    if optim:
+        raise CheckpointError(
+            f"{'; '.join(optim)} (checkpoint {path}): a resumed run continues the checkpoint's optimiser "
+            "state, which holds these values; drop the override, or start a new run in another hydra.run.dir"
+        )
+
+
+def best_so_far(ckpt_dir: Path, cfg: Mapping[str, Any]) -> float:
+    """The validation mIoU of the run dir's best.pt (-1 without one), which a new best.pt must beat.
+
+    A best.pt of another model is not replaced silently: that is an error naming the keys.
+    """
+    path = ckpt_dir / "best.pt"
+    if not path.is_file():
+        return -1.0
+    best = load_checkpoint(path)
+    check_compatible(best["config"], cfg, path)
+    return float((best.get("metrics") or {}).get("miou", best.get("best_miou", -1.0)))
+
+
 def restore_training(
     path: Path,
     config: dict[str, Any],
@@ -375,9 +397,10 @@ def restore_training(
     scaler: torch.amp.GradScaler,
     restore_rng: bool = True,
 ) -> Resumed:
-    """Load a last.pt into the training objects, after checking it was made for the same model."""
+    """Load a last.pt into the training objects, after checking it was made for the same model, data and
+    optimiser."""
     ckpt = load_checkpoint(path)
-    check_compatible(ckpt["config"], config, path)
+    check_resumable(ckpt["config"], config, path)
     if "optimizer" not in ckpt:
         raise CheckpointError(
             f"trainer.resume: {path} holds weights only (best.pt is written for evaluation); "

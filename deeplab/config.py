@@ -197,7 +197,11 @@ class DatasetBase(Section):
     std: Annotated[list[Annotated[float, Field(gt=0)]], Field(min_length=3, max_length=3)]
     augment: AugmentConfig
     skip_bad: bool
-    """true: a corrupt sample is skipped with a warning (and counted) instead of stopping the run."""
+    """true: a corrupt training sample is skipped with a warning (and counted), a corrupt validation sample
+    left out of the metrics, instead of stopping the run."""
+    check_labels: bool
+    """Scan the training masks at start-up (cached per dataset) and stop when a class has no pixel in any
+    of them, or when they hold only 0 and the ignore index (binary masks stored as 0/255)."""
 
     @model_validator(mode="after")
     def _names(self) -> DatasetBase:
@@ -293,6 +297,28 @@ class FolderDataset(DatasetBase):
     val: FolderSplit
     ignore_color: Color | None
     """[r, g, b] of ignored pixels in colour-coded masks (they become ignore_index)."""
+    binary_values: (
+        Annotated[list[Annotated[int, Field(ge=0, le=65535)]], Field(min_length=2, max_length=2)] | None
+    )
+    """[background, foreground] pixel values of binary masks, e.g. [0, 255]: they become classes 0 and 1."""
+
+    @model_validator(mode="after")
+    def _binary(self) -> FolderDataset:
+        if self.binary_values is not None:
+            if self.num_classes > 2:
+                raise ConfigError(
+                    f"dataset.binary_values is for binary masks (dataset.num_classes 1 or 2), but "
+                    f"dataset.num_classes is {self.num_classes}"
+                )
+            if self.binary_values[0] == self.binary_values[1]:
+                raise ConfigError(
+                    f"dataset.binary_values must be two different values, got {self.binary_values}"
+                )
+            if self.palette is not None:
+                raise ConfigError(
+                    "dataset.binary_values and dataset.palette exclude each other; set one of them"
+                )
+        return self
 
     @model_validator(mode="after")
     def _palette(self) -> FolderDataset:
@@ -407,6 +433,9 @@ class LoggerConfig(Section):
 class PathsConfig(Section):
     data_dir: str
     output_dir: str
+    cache_dir: str
+    """Results worth keeping between runs (the training masks' label counts), keyed by the files they
+    come from."""
 
 
 class TrainConfig(Section):

@@ -9,6 +9,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from deeplab import errors
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -93,3 +95,17 @@ def broadcast_buffers(module: torch.nn.Module, src: int = 0) -> None:
     if _initialized():
         for buffer in module.buffers():
             dist.broadcast(buffer, src=src)
+
+
+def raise_any(error: errors.UserError | None) -> None:
+    """Called by every rank at the same point: if any rank met a user's mistake (a bad file, a locked run
+    dir), every rank raises the first one, with its message, instead of waiting for it in a collective."""
+    if not _initialized():
+        if error is not None:
+            raise error
+        return
+    gathered: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, None if error is None else (type(error).__name__, str(error)))
+    first = next((g for g in gathered if g is not None), None)
+    if first is not None:
+        raise getattr(errors, first[0], errors.UserError)(first[1])

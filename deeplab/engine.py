@@ -9,9 +9,10 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from omegaconf import DictConfig
@@ -20,17 +21,18 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from deeplab import data, distributed, tblog
+from deeplab import data, distributed, rundir, tblog
 from deeplab.checkpoint import (
     Resumed,
-    check_writable,
+    best_so_far,
     restore_training,
     resume_path,
     save_checkpoint,
     training_state,
 )
 from deeplab.config import TrainConfig, train_config
-from deeplab.errors import ConfigError, DivergenceError
+from deeplab.data.stats import check_labels, label_counts
+from deeplab.errors import ConfigError, DivergenceError, UserError
 from deeplab.evaluation import evaluate
 from deeplab.loaders import batches, build_train_loader, build_val_loader, shut_down_workers
 from deeplab.losses import SegmentationLoss
@@ -50,6 +52,7 @@ from deeplab.signals import StopRequest, TrainingInterrupted
 __all__ = ["TrainingInterrupted", "train"]
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def train(cfg: TrainConfig | DictConfig, run_dir: Path) -> dict[str, Any]:
@@ -87,6 +90,8 @@ class Run:
     normalize: Normalizer
     writer: SummaryWriter | None
     progress: Resumed
+    lock: rundir.RunDirLock | None  # rank 0's lock on the run dir
+    validated: bool = False  # whether this process has validated (a resumed, finished run has not)
 
     def close(self) -> None:
         """Release the run's threads and processes, also after an error: TensorBoard, loader workers."""
@@ -94,6 +99,8 @@ class Run:
             self.writer.close()
         shut_down_workers(self.train_loader)
         shut_down_workers(self.val_loader)
+        if self.lock is not None:
+            self.lock.release()
 
     @property
     def ckpt_dir(self) -> Path:
@@ -128,6 +135,14 @@ class Run:
         return metrics
 
 
+def _guarded(fn: Callable[[], T]) -> tuple[T | None, UserError | None]:
+    """fn's result, or the user's mistake it raised (for every rank to raise it together)."""
+    try:
+        return fn(), None
+    except UserError as e:
+        return None, e
+
+
 def _setup(cfg: TrainConfig, run_dir: Path, rt: Runtime) -> Run:
     t, d, world = cfg.trainer, cfg.dataset, rt.dist.world_size
     if t.batch_size % world:
@@ -141,49 +156,28 @@ def _setup(cfg: TrainConfig, run_dir: Path, rt: Runtime) -> Run:
             f"trainer.batch_size={t.batch_size} gives {per_rank} image(s) per process; BatchNorm after ASPP's "
             "image pooling needs at least 2 per process in training: raise trainer.batch_size"
         )
-    # Every rank works in rank 0's run dir, so resume=auto finds the same last.pt everywhere.
+    # Every rank works in rank 0's run dir, so resume=auto finds the same last.pt everywhere; rank 0 alone
+    # writes there, and holds its lock. A mistake on any rank stops every rank with its message.
     run_dir = Path(distributed.broadcast_object(str(run_dir)))
-    if rt.is_main:
-        check_writable(run_dir / "checkpoints")
+    lock, error = _guarded(lambda: rundir.claim(run_dir, t.resume)) if rt.is_main else (None, None)
+    distributed.raise_any(error)
     seed_everything(t.seed + rt.dist.rank)
     configure_backends(rt.device, t.deterministic)
 
-    if not rt.is_main:  # rank 0 first, so that a generated dataset is written once
-        distributed.barrier()
-    train_set, val_set = data.build_dataset(cfg, "train"), data.build_dataset(cfg, "val")
-    if rt.is_main:
-        distributed.barrier()
-    if len(train_set) < t.batch_size:
-        raise ConfigError(
-            f"trainer.batch_size={t.batch_size} is larger than the training set ({len(train_set)} images)"
-        )
+    datasets, error = _guarded(lambda: _datasets(cfg, check=True)) if rt.is_main else (None, None)
+    distributed.barrier()  # rank 0 first, so that a generated dataset is written once
+    if not rt.is_main:
+        datasets, error = _guarded(lambda: _datasets(cfg, check=False))
+    distributed.raise_any(error)
+    train_set, val_set = datasets  # type: ignore[misc]
 
-    model = build_model(cfg)
-    if rt.dist.enabled and t.sync_bn:
-        if rt.device.type == "cuda":
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        elif rt.is_main:
-            log.warning("trainer.sync_bn: SyncBatchNorm needs CUDA; CPU processes keep per-process BatchNorm")
-    rt.place(model)
-    optimizer = build_optimizer(cfg.optim, model)
-    scheduler = build_scheduler(cfg.schedule, t.max_iters, optimizer)
-    scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.amp_dtype == torch.float16)
-    progress = Resumed()
-    path = resume_path(t.resume, run_dir / "checkpoints")
-    if path is not None:
-        progress = restore_training(
-            path, cfg.model_dump(), model, optimizer, scheduler, scaler, restore_rng=rt.is_main
-        )
-        if not rt.is_main:  # only rank 0's RNG state is saved; the others continue from a distinct seed
-            seed_everything(t.seed + rt.dist.rank + 1000 * progress.iteration)
-        if rt.is_main:
-            log.info("resumed from %s at iteration %d", path, progress.iteration)
-
+    parts, error = _guarded(lambda: _model_and_state(cfg, rt, run_dir / "checkpoints"))
+    distributed.raise_any(error)
+    model, optimizer, scheduler, scaler, progress = parts  # type: ignore[misc]
     step_model: nn.Module = torch.compile(model) if t.compile else model  # type: ignore[assignment]
     if rt.dist.enabled:
-        step_model = DistributedDataParallel(
-            step_model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None
-        )
+        ids = [rt.device.index] if rt.device.type == "cuda" else None
+        step_model = DistributedDataParallel(step_model, device_ids=ids)
     pin = rt.device.type == "cuda"
     train_loader = build_train_loader(
         train_set, per_rank, t.num_workers, seed=t.seed, rank=rt.dist.rank, world_size=world,
@@ -205,8 +199,56 @@ def _setup(cfg: TrainConfig, run_dir: Path, rt: Runtime) -> Run:
     criterion = SegmentationLoss(d.num_classes, ignore_index=d.ignore_index, aux_weight=cfg.loss.aux_weight)
     return Run(
         cfg, rt, run_dir, model, step_model, optimizer, scheduler, scaler, criterion, train_set, val_set,
-        train_loader, val_loader, rt.normalizer(d.mean, d.std), writer, progress,
+        train_loader, val_loader, rt.normalizer(d.mean, d.std), writer, progress, lock,
     )  # fmt: skip
+
+
+def _datasets(cfg: TrainConfig, check: bool) -> tuple[data.SegmentationDataset, data.SegmentationDataset]:
+    """Both splits; with `check` (rank 0), the training masks' labels are counted and checked first."""
+    d, t = cfg.dataset, cfg.trainer
+    train_set, val_set = data.build_dataset(cfg, "train"), data.build_dataset(cfg, "val")
+    if len(train_set) < t.batch_size:
+        raise ConfigError(
+            f"trainer.batch_size={t.batch_size} is larger than the training set ({len(train_set)} images)"
+        )
+    if check and d.check_labels:
+        counts = label_counts(train_set, Path(cfg.paths.cache_dir), t.num_workers)
+        check_labels(
+            counts, d, len(train_set), f"{d.name} {d.train_split if hasattr(d, 'train_split') else 'train'}"
+        )
+        shares = counts[: len(d.label_names())] / max(int(counts.sum()), 1)
+        log.info(
+            "training pixels per class: %s",
+            ", ".join(f"{n} {s:.1%}" for n, s in zip(d.label_names(), shares)),
+        )
+    return train_set, val_set
+
+
+def _model_and_state(cfg: TrainConfig, rt: Runtime, ckpt_dir: Path) -> tuple[Any, ...]:
+    """The model on its device, optimiser, schedule and GradScaler, and where training continues from."""
+    t = cfg.trainer
+    model = build_model(cfg)
+    if rt.dist.enabled and t.sync_bn:
+        if rt.device.type == "cuda":
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        elif rt.is_main:
+            log.warning("trainer.sync_bn: SyncBatchNorm needs CUDA; CPU processes keep per-process BatchNorm")
+    rt.place(model)
+    optimizer = build_optimizer(cfg.optim, model)
+    scheduler = build_scheduler(cfg.schedule, t.max_iters, optimizer)
+    scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.amp_dtype == torch.float16)
+    config = cfg.model_dump()
+    progress = Resumed()
+    path = resume_path(t.resume, ckpt_dir)
+    if path is not None:
+        progress = restore_training(path, config, model, optimizer, scheduler, scaler, restore_rng=rt.is_main)
+        if not rt.is_main:  # only rank 0's RNG state is saved; the others continue from a distinct seed
+            seed_everything(t.seed + rt.dist.rank + 1000 * progress.iteration)
+        if rt.is_main:
+            log.info("resumed from %s at iteration %d", path, progress.iteration)
+    # A new best.pt must beat the one in the run dir, also one written before the last last.pt.
+    progress.best_miou = max(progress.best_miou, best_so_far(ckpt_dir, config))
+    return model, optimizer, scheduler, scaler, progress
 
 
 class LossSums:
@@ -236,14 +278,15 @@ def _loop(run: Run) -> dict[str, Any]:
     sums = LossSums(rt.device)
     skipped_steps, bad_samples, stop_signum = 0, 0, 0
     data_iter = batches(run.train_loader)
+    pending: UserError | None = (
+        None  # a data error of this rank, raised with the others' at the next boundary
+    )
     tic = time.perf_counter()
     run.model.train()
     bar = tqdm(total=t.max_iters, initial=it, desc="train", disable=not main, dynamic_ncols=True)
     with StopRequest() as stop, bar:  # the bar is closed before any error is printed
         while it < t.max_iters:
-            images, masks = next(data_iter)
-            images = images.to(rt.device, non_blocking=True)
-            masks = masks.to(rt.device, non_blocking=True)
+            images, masks, pending = _next_batch(run, data_iter, pending)
             with rt.autocast():
                 loss, parts = run.criterion(run.step_model(run.normalize(images)), masks)
             # A sync per step only when skipping is enabled; under DDP all ranks skip together.
@@ -268,24 +311,47 @@ def _loop(run: Run) -> dict[str, Any]:
             local_stop = stop.signum is not None and not rt.dist.enabled
             if it % t.log_interval == 0 or due_ckpt or due_eval or local_stop:
                 seconds = time.perf_counter() - tic
-                stop_signum, bad_samples = _boundary(run, it, sums, stop, bar, lr, seconds, bad_samples)
+                stop_signum, bad_samples = _boundary(
+                    run, it, sums, stop, bar, lr, seconds, bad_samples, pending
+                )
                 tic = time.perf_counter()
-                due_ckpt = due_ckpt or stop_signum > 0
+            run.progress.iteration = it
+            # last.pt first: a failure while validating (a bad image, out of memory) loses nothing.
+            if (due_ckpt or stop_signum) and main:
+                run.save("last.pt")
+            if stop_signum:  # preemption: exit now; the resumed run validates at its next interval
+                break
             if due_eval:
                 run.progress.metrics = run.validate(it)
-                run.progress.iteration = it
+                run.validated = True
                 if main and run.progress.metrics["miou"] > run.progress.best_miou:
                     run.progress.best_miou = run.progress.metrics["miou"]
                     run.save("best.pt", resumable=False)
                 run.model.train()
                 tic = time.perf_counter()
-            run.progress.iteration = it
-            if due_ckpt and main:
-                run.save("last.pt")
-            if stop_signum:
-                break
         distributed.barrier()
     return _finish(run, it, stop_signum)
+
+
+def _next_batch(
+    run: Run, data_iter: Iterator[Any], pending: UserError | None
+) -> tuple[torch.Tensor, torch.Tensor, UserError | None]:
+    """The next batch on the device. Under DDP a data error is kept until the next log boundary, where every
+    rank raises it (a blank batch, all pixels ignored, keeps this rank in step until then); a single
+    process raises it at once."""
+    rt, t = run.rt, run.cfg.trainer
+    if pending is None:
+        try:
+            images, masks = next(data_iter)
+            return images.to(rt.device, non_blocking=True), masks.to(rt.device, non_blocking=True), None
+        except UserError as e:
+            if not rt.dist.enabled:
+                raise
+            pending = e
+    n = t.batch_size // rt.dist.world_size
+    images = torch.zeros((n, 3, t.crop_size, t.crop_size), dtype=torch.uint8, device=rt.device)
+    masks = torch.full((n, t.crop_size, t.crop_size), run.cfg.dataset.ignore_index, device=rt.device)
+    return images, masks, pending
 
 
 def _finite_everywhere(loss: torch.Tensor, device: torch.device) -> bool:
@@ -309,13 +375,17 @@ def _boundary(
     lr: float,
     seconds: float,
     bad_samples: int,
+    pending: UserError | None = None,
 ) -> tuple[int, int]:
     """A log boundary: the one host sync (named sums of every rank, so that every rank takes the same
     decisions), the divergence check, logging. Returns the stop signal any rank received and the number of
     bad samples skipped so far."""
     rt, t = run.rt, run.cfg.trainer
     skips = run.train_set.skipped + run.val_set.skipped
-    total = distributed.sum_over_ranks(sums.sums | {"bad_samples": float(skips)}, rt.device)
+    errors = float(pending is not None)
+    total = distributed.sum_over_ranks(sums.sums | {"bad_samples": float(skips), "errors": errors}, rt.device)
+    if total["errors"]:
+        distributed.raise_any(pending)
     stop_signum = distributed.max_over_ranks(stop.signum or 0, rt.device)
     losses = ("loss", "main", "aux") if run.cfg.model.aux_head else ("loss", "main")
     if not all(math.isfinite(total[k]) for k in losses):
@@ -347,9 +417,9 @@ def _finish(run: Run, it: int, stop_signum: int) -> dict[str, Any]:
                 run.writer.close()
             log.warning("%s", interrupted)
         raise interrupted
-    metrics = run.progress.metrics
-    if metrics is None:  # max_iters reached before this process trained (e.g. resumed at the end)
-        metrics = run.validate(it)
+    # A run resumed at its end validates again: the data may lie elsewhere now, and the metrics it reports
+    # and writes are those of the files it was given.
+    metrics = run.progress.metrics if run.validated else run.validate(it)
     if main:
         if run.writer is not None:
             tblog.log_hparams(run.writer, tblog.flat_hparams(run.cfg.model_dump()), metrics)

@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from deeplab.data import collate_eval
 from deeplab.errors import UserError
 from deeplab.sampling import ResumableSampler
+from deeplab.signals import ignore_stop_signals
 
 
 def build_train_loader(
@@ -39,6 +40,7 @@ def build_train_loader(
         # Its own generator: creating the iterator must not consume the global RNG that resume restores.
         generator=torch.Generator().manual_seed(seed),
         prefetch_factor=4 if num_workers > 0 else None,
+        worker_init_fn=ignore_stop_signals,
     )
 
 
@@ -65,6 +67,7 @@ def build_val_loader(
         collate_fn=functools.partial(collate_eval, ignore_index=ignore_index),
         persistent_workers=num_workers > 0,
         generator=torch.Generator().manual_seed(0),
+        worker_init_fn=ignore_stop_signals,
     )
 
 

@@ -1,4 +1,5 @@
-"""Stop requests: SIGTERM / SIGUSR1 (cluster preemption) and Ctrl-C become a checkpoint-and-exit."""
+"""Stop requests: SIGTERM / SIGUSR1 (cluster preemption), SIGHUP (terminal closed) and Ctrl-C become a
+checkpoint-and-exit of the training process; its DataLoader workers leave them to it."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Any
 class StopRequest:
     """Records the first stop signal while active; the loop checkpoints at the next iteration and exits."""
 
-    SIGNALS = ("SIGTERM", "SIGUSR1", "SIGINT")
+    SIGNALS = ("SIGTERM", "SIGUSR1", "SIGINT", "SIGHUP")
 
     def __init__(self) -> None:
         self.signum: int | None = None
@@ -49,3 +50,14 @@ class TrainingInterrupted(Exception):
     def exit_code(self) -> int:
         """128 + the signal number, the shell's code for "ended by that signal": the run is not finished."""
         return 128 + self.signum
+
+
+def ignore_stop_signals(worker_id: int = 0) -> None:
+    """worker_init_fn of the DataLoaders: a scheduler (SLURM, `timeout`, systemd) and a terminal signal every
+    process of the job, workers included. A worker that died of the signal would end the training process
+    with "DataLoader worker killed by signal" before it could write last.pt; ignoring it, the worker runs on
+    until the training process has checkpointed and shuts it down."""
+    for name in StopRequest.SIGNALS:
+        sig = getattr(signal, name, None)
+        if sig is not None:
+            signal.signal(sig, signal.SIG_IGN)

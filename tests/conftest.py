@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,6 +14,9 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "configs")
+# The tests' label-count cache lives in a temporary folder, not the user's ~/.cache (inherited by the
+# train.py processes the tests start).
+os.environ["DEEPLAB_CACHE"] = tempfile.mkdtemp(prefix="deeplab-test-cache-")
 
 
 def compose_config(overrides: list[str] | None = None, config_name: str = "train") -> DictConfig:

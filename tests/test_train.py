@@ -21,7 +21,7 @@ from deeplab.evaluate import evaluate_checkpoint
 def test_training_writes_checkpoints_metrics_and_tensorboard(trained_run):
     run_dir, metrics, _ = trained_run
     ckpt_dir = run_dir / "checkpoints"
-    assert sorted(p.name for p in ckpt_dir.iterdir()) == ["best.pt", "last.pt"]
+    assert sorted(p.name for p in ckpt_dir.iterdir()) == [".lock", "best.pt", "last.pt"]  # .lock: the run dir lock
     assert max(p.stat().st_size for p in ckpt_dir.iterdir()) < 2 * 2**20  # the tiny model: a few hundred KB
     saved = json.loads((run_dir / "metrics.json").read_text())
     for key in ("pixel_acc", "mean_acc", "miou", "fwiou"):

@@ -63,8 +63,10 @@ def load_split(
     if isinstance(d, FolderDataset):
         folders = d.train if split == "train" else d.val
         colors, color_ids = color_lookup(d.palette, d.ignore_color, d.ignore_index)
+        samples, problems = folder_samples(folders.images, folders.masks, split)
+        binary = tuple(d.binary_values) if d.binary_values is not None else None
         dataset = SegmentationDataset(
-            folder_samples(folders.images, folders.masks, split), colors=colors, color_ids=color_ids,
+            samples, colors=colors, color_ids=color_ids, binary_values=binary, listing_problems=problems,
             name=f"dataset.{split}.images {folders.images}", **common,
         )  # fmt: skip
         split_name = split

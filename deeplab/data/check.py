@@ -12,54 +12,12 @@ import argparse
 import sys
 
 import numpy as np
-import torch
 from hydra.errors import HydraException
-from tqdm import tqdm
 
 from deeplab.config import TrainConfig, train_config
 from deeplab.data import load_split
-from deeplab.data.dataset import SegmentationDataset, missing_files
+from deeplab.data.stats import check_labels, scan
 from deeplab.errors import ConfigError, DatasetError, UserError, first_line
-
-
-def _first(item):  # batch_size=None: items pass through unbatched
-    return item
-
-
-class _Inspect(torch.utils.data.Dataset):
-    """Reads each sample of a dataset and returns (index, problem or None, pixel counts per value)."""
-
-    def __init__(self, dataset: SegmentationDataset) -> None:
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int) -> tuple[int, str | None, np.ndarray | None]:
-        try:
-            _, _, counts = self.dataset.load(index)
-        except DatasetError as e:
-            return index, str(e), None
-        return index, None, counts
-
-
-def scan(dataset: SegmentationDataset, workers: int = 0, desc: str = "") -> tuple[list[str], np.ndarray, int]:
-    """Problems (one line each), pixel counts per label value, and the number of images read fine."""
-    problems = missing_files(dataset.samples)
-    keep = [i for i, s in enumerate(dataset.samples) if s.image.is_file() and s.mask.is_file()]
-    subset = torch.utils.data.Subset(_Inspect(dataset), keep)
-    loader = torch.utils.data.DataLoader(subset, batch_size=None, num_workers=workers, collate_fn=_first)
-    totals = np.zeros(max(dataset.num_labels, dataset.ignore_index + 1), dtype=np.int64)
-    good = 0
-    for _, problem, counts in tqdm(loader, total=len(keep), desc=desc or dataset.name, unit=" images"):
-        if problem is not None:
-            problems.append(problem)
-            continue
-        good += 1
-        if len(counts) > len(totals):
-            totals = np.pad(totals, (0, len(counts) - len(totals)))
-        totals[: len(counts)] += counts
-    return problems, totals, good
 
 
 def print_counts(totals: np.ndarray, names: list[str], ignore: int) -> None:
@@ -86,13 +44,22 @@ def check(cfg: TrainConfig, splits: list[str], workers: int = 0) -> int:
     n_problems = 0
     for split in splits:
         dataset = load_split(cfg, split, augment=False, check_files=False)
-        problems, totals, good = scan(dataset, workers, desc=f"checking {split}")
+        result = scan(dataset, workers, desc=f"checking {split}")
+        problems = dataset.listing_problems + result.problems
+        if split == "train" and result.good:
+            try:  # the labels as a whole: a class never present, binary masks stored as 0/255
+                check_labels(result.totals, cfg.dataset, result.good, f"{cfg.dataset.name} train")
+            except DatasetError as e:
+                problems.append(str(e))
         print(
-            f"{cfg.dataset.name} {split}: {len(dataset):,} listed, {good:,} read fine, {len(problems):,} problems"
+            f"{cfg.dataset.name} {split}: {len(dataset):,} listed, {result.good:,} read fine, "
+            f"{len(problems):,} problems"
         )
         for p in problems:
             print(f"  problem: {p}")
-        print_counts(totals[: max(len(names), ignore + 1)], names, ignore)
+        if result.background_only:
+            print(f"  note: {result.background_only} masks hold only class 0 and the ignore index {ignore}")
+        print_counts(result.totals[: max(len(names), ignore + 1)], names, ignore)
         n_problems += len(problems)
     return n_problems
 

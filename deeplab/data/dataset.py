@@ -14,7 +14,13 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from deeplab.data.reading import check_mask_values, class_pixel_counts, read_image, read_mask
+from deeplab.data.reading import (
+    check_mask_values,
+    class_pixel_counts,
+    exif_orientation,
+    read_image,
+    read_mask,
+)
 from deeplab.errors import DatasetError
 
 if TYPE_CHECKING:
@@ -44,9 +50,9 @@ def missing_files(samples: Sequence[Sample]) -> list[str]:
     return problems
 
 
-def raise_if_missing(samples: Sequence[Sample], where: str) -> None:
+def raise_if_missing(samples: Sequence[Sample], where: str, listing_problems: Sequence[str] = ()) -> None:
     """One-line DatasetError summarising missing files of a split list (first ones named, then a count)."""
-    problems = missing_files(samples)
+    problems = [*listing_problems, *missing_files(samples)]
     if problems:
         more = f" (and {len(problems) - 2} more)" if len(problems) > 2 else ""
         raise DatasetError(
@@ -70,9 +76,11 @@ class SegmentationDataset(Dataset):
         transform: A.Compose | None = None,
         colors: np.ndarray | None = None,
         color_ids: np.ndarray | None = None,
+        binary_values: tuple[int, int] | None = None,
         skip_bad: bool = False,
         name: str = "dataset",
         check_files: bool = True,
+        listing_problems: Sequence[str] = (),
     ) -> None:
         self.samples = list(samples)
         self.num_classes = int(num_classes)
@@ -83,6 +91,7 @@ class SegmentationDataset(Dataset):
         self.compact = 0 <= self.ignore_index <= 255 and self.num_labels <= 256
         self.colors = colors  # (K, 3) colours of colour-coded masks, with their ids in color_ids (K,)
         self.color_ids = color_ids
+        self.binary_values = binary_values  # (background, foreground) pixel values of 0/255-style masks
         self.skip_bad = skip_bad
         self.name = name
         # Samples skipped per process (slot 0: the main process, 1 + id: DataLoader worker id), in shared
@@ -90,8 +99,11 @@ class SegmentationDataset(Dataset):
         self._skips = torch.zeros(MAX_WORKERS + 1, dtype=torch.int64)
         if skip_bad:
             self._skips.share_memory_()
+        # Problems found while listing the files (e.g. an image without a mask): the check command reports
+        # them with the rest; a training or evaluation run stops on them here.
+        self.listing_problems = list(listing_problems)
         if check_files:
-            raise_if_missing(self.samples, name)
+            raise_if_missing(self.samples, name, self.listing_problems)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -101,18 +113,31 @@ class SegmentationDataset(Dataset):
         """Bad samples skipped so far (dataset.skip_bad), in this process and its DataLoader workers."""
         return int(self._skips.sum())
 
+    def load_mask(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Read and check one mask: (H, W) ids, pixel counts per id value."""
+        path = self.samples[index].mask
+        mask = read_mask(path, self.colors, self.color_ids, self.binary_values, self.ignore_index)
+        counts = class_pixel_counts(mask, self.num_labels, self.ignore_index)
+        check_mask_values(counts, self.num_labels, self.ignore_index, path)
+        return mask, counts
+
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Read and check one example: image (H, W, 3) uint8, mask (H, W) ids, pixel counts per id value."""
         sample = self.samples[index]
         image = read_image(sample.image)
-        mask = read_mask(sample.mask, self.colors, self.color_ids)
+        mask, counts = self.load_mask(index)
         if image.shape[:2] != mask.shape:
+            orientation = exif_orientation(sample.image)
+            exif = (
+                f"; the image was turned upright by its EXIF orientation ({orientation}), as annotation tools "
+                "display it: if the mask was drawn on the stored pixels, remove the image's orientation tag"
+                if orientation != 1
+                else ""
+            )
             raise DatasetError(
                 f"image {sample.image} is {image.shape[1]}x{image.shape[0]} but its mask {sample.mask} is "
-                f"{mask.shape[1]}x{mask.shape[0]} (width x height); they must be the same size"
+                f"{mask.shape[1]}x{mask.shape[0]} (width x height); they must be the same size{exif}"
             )
-        counts = class_pixel_counts(mask, self.num_labels, self.ignore_index)
-        check_mask_values(counts, self.num_labels, self.ignore_index, sample.mask)
         return image, mask, counts
 
     def _reseed(self, seed: int | None) -> None:

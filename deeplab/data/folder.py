@@ -17,7 +17,7 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".p
 MASK_SUFFIXES = {".png", ".bmp", ".tif", ".tiff", ".pgm", ".ppm"}
 
 
-def _by_stem(folder: Path, suffixes: set[str], key: str) -> dict[str, Path]:
+def _by_stem(folder: Path, suffixes: set[str], key: str, problems: list[str]) -> dict[str, Path]:
     if not folder.is_dir():
         what = "does not exist" if not folder.exists() else "is not a folder"
         raise DatasetError(f"{key} {folder} {what}; point {key} at the folder of files")
@@ -26,33 +26,35 @@ def _by_stem(folder: Path, suffixes: set[str], key: str) -> dict[str, Path]:
         if path.suffix.lower() not in suffixes or path.name.startswith("."):
             continue
         if path.stem in files:
-            raise DatasetError(
-                f"{key} {folder} holds two files with the stem {path.stem!r} ({files[path.stem].name}, {path.name}); "
-                "images and masks are matched by stem, so stems must be unique"
+            problems.append(
+                f"{key} {folder} holds two files with the stem {path.stem!r} ({files[path.stem].name}, "
+                f"{path.name}); images and masks are matched by stem, so stems must be unique"
             )
+            continue
         files[path.stem] = path
     return files
 
 
-def folder_samples(images: str | Path, masks: str | Path, split: str) -> list[Sample]:
-    """Pairs of image and mask with the same stem; an image without a mask is an error, naming it."""
+def folder_samples(images: str | Path, masks: str | Path, split: str) -> tuple[list[Sample], list[str]]:
+    """Pairs of image and mask with the same stem, and the problems of the listing (an image without a
+    mask, two files of one stem), one line each; a missing folder is raised at once."""
     images_dir, masks_dir = Path(images).expanduser(), Path(masks).expanduser()
-    image_files = _by_stem(images_dir, IMAGE_SUFFIXES, f"dataset.{split}.images")
-    mask_files = _by_stem(masks_dir, MASK_SUFFIXES, f"dataset.{split}.masks")
+    problems: list[str] = []
+    image_files = _by_stem(images_dir, IMAGE_SUFFIXES, f"dataset.{split}.images", problems)
+    mask_files = _by_stem(masks_dir, MASK_SUFFIXES, f"dataset.{split}.masks", problems)
     if not image_files:
         raise DatasetError(
             f"dataset.{split}.images {images_dir} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})"
         )
-    unmatched = [image_files[s].name for s in image_files if s not in mask_files]
-    if unmatched:
-        shown = ", ".join(unmatched[:3]) + (f" and {len(unmatched) - 3} more" if len(unmatched) > 3 else "")
-        raise DatasetError(
-            f"{len(unmatched)} image(s) in {images_dir} have no mask with the same stem in {masks_dir}: {shown}"
-        )
+    problems += [
+        f"image {image_files[s]} has no mask with the stem {s!r} in {masks_dir}"
+        for s in image_files
+        if s not in mask_files
+    ]
     orphans = len(set(mask_files) - set(image_files))
     if orphans:
         log.warning("%d mask(s) in %s have no image in %s and are not used", orphans, masks_dir, images_dir)
-    return [Sample(s, image_files[s], mask_files[s]) for s in image_files]
+    return [Sample(s, image_files[s], mask_files[s]) for s in image_files if s in mask_files], problems
 
 
 def color_lookup(

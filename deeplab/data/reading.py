@@ -7,23 +7,51 @@ from pathlib import Path
 import cv2
 import numpy as np
 import scipy.io
-from PIL import Image
+from PIL import Image, ImageOps
 
 from deeplab.errors import DatasetError, first_line
 
 # Mask modes that hold class ids directly: palette indices, grayscale, 1-bit, 16/32-bit integers.
 _ID_MODES = {"P", "L", "1", "I", "I;16", "I;16B", "I;16L"}
 _RGB_MODES = {"RGB", "RGBA", "RGBX", "CMYK", "YCbCr"}
+_WIDE_GRAY = {"I", "I;16", "I;16B", "I;16L"}  # 16-bit (and 32-bit integer) grayscale images
+EXIF_ORIENTATION = 0x0112
+
+
+def exif_orientation(path: Path) -> int:
+    """The EXIF orientation tag of an image (1, the default, when there is none or it cannot be read)."""
+    try:
+        with Image.open(path) as im:
+            return int(im.getexif().get(EXIF_ORIENTATION, 1))
+    except (OSError, SyntaxError, ValueError):
+        return 1
+
+
+def _to_rgb8(im: Image.Image, path: Path) -> np.ndarray:
+    """(H, W, 3) uint8 of any image mode; 16-bit grayscale is scaled to 8 bits (65535 -> 255), not clipped."""
+    if im.mode in _WIDE_GRAY:
+        values = np.asarray(im, dtype=np.int64)
+        if values.min(initial=0) < 0 or values.max(initial=0) > 65535:
+            raise DatasetError(
+                f"cannot read image {path}: a {im.mode} image with values outside 0..65535; save it as an "
+                "8- or 16-bit image"
+            )
+        gray = ((values * 255 + 32767) // 65535).astype(np.uint8)
+        return np.repeat(gray[..., None], 3, axis=2)
+    if im.mode == "F":
+        raise DatasetError(
+            f"cannot read image {path}: floating-point images are not supported; save it as an 8- or 16-bit image"
+        )
+    return np.array(im if im.mode == "RGB" else im.convert("RGB"))
 
 
 def read_image(path: Path) -> np.ndarray:
-    """Decode an image file to an (H, W, 3) uint8 RGB array; a missing, corrupt or truncated file is a DatasetError."""
+    """Decode an image file to an (H, W, 3) uint8 RGB array, turned upright as its EXIF orientation says
+    (as annotation tools and viewers display it); a missing, corrupt or truncated file is a DatasetError."""
     try:
         with Image.open(path) as im:
             im.load()  # decode now, so a truncated file fails here and not later
-            if im.mode != "RGB":
-                im = im.convert("RGB")
-            return np.array(im)
+            return _to_rgb8(ImageOps.exif_transpose(im), path)
     except FileNotFoundError:
         raise DatasetError(f"image {path} does not exist") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
@@ -80,16 +108,25 @@ def colors_to_ids(rgb: np.ndarray, colors: np.ndarray, ids: np.ndarray, path: Pa
 
 
 def read_mask(
-    path: Path, colors: np.ndarray | None = None, color_ids: np.ndarray | None = None
+    path: Path,
+    colors: np.ndarray | None = None,
+    color_ids: np.ndarray | None = None,
+    binary_values: tuple[int, int] | None = None,
+    ignore_index: int = 255,
 ) -> np.ndarray:
-    """Read an (H, W) id mask (uint8, or uint16 beyond 255): palette/grayscale PNG, SBD .mat, or RGB via colors."""
+    """Read an (H, W) id mask (uint8, or uint16 beyond 255): palette/grayscale PNG, SBD .mat; colour-coded
+    masks of any mode (palette PNGs included) when `colors` are given; binary masks stored as
+    `binary_values` = (background, foreground) pixel values (0/255) become 0/1."""
     if path.suffix.lower() == ".mat":
         return read_sbd_label(path)
     try:
         with Image.open(path) as im:
             im.load()
             mode = im.mode
-            if mode in _ID_MODES:
+            if colors is not None and mode not in _WIDE_GRAY:
+                # Colour-coded masks: the colours count, whatever the mode they were saved in.
+                mode, rgb = "RGB", np.array(im.convert("RGB"))
+            elif mode in _ID_MODES:
                 # Palette images give their indices here: the class ids, never the colours.
                 ids = np.array(im)
             elif mode in _RGB_MODES:
@@ -114,12 +151,29 @@ def read_mask(
             )
         return colors_to_ids(rgb, colors, color_ids, path)
     if ids.dtype == bool:
-        return ids.astype(np.uint8)
+        ids = ids.astype(np.uint8)
     if ids.dtype != np.uint8:
         if ids.min(initial=0) < 0 or ids.max(initial=0) > 65535:
             raise DatasetError(f"mask {path} has values outside 0..65535; class ids must be small integers")
         ids = ids.astype(np.uint16) if ids.max(initial=0) > 255 else ids.astype(np.uint8)
-    return ids
+    return ids if binary_values is None else binary_to_ids(ids, binary_values, ignore_index, path)
+
+
+def binary_to_ids(ids: np.ndarray, values: tuple[int, int], ignore_index: int, path: Path) -> np.ndarray:
+    """A binary mask stored as (background, foreground) pixel values -> 0/1; other values must be the
+    ignore index."""
+    background, foreground = values
+    out = np.full(ids.shape, ignore_index, dtype=np.uint8)
+    out[ids == background] = 0
+    out[ids == foreground] = 1
+    other = (ids != background) & (ids != foreground) & (ids != ignore_index)
+    if other.any():
+        found = np.unique(ids[other])[:6].tolist()
+        raise DatasetError(
+            f"mask {path} has values {found} besides dataset.binary_values {list(values)} and the ignore index "
+            f"{ignore_index}; a binary mask holds two values (save it as PNG: JPEG blurs its edges)"
+        )
+    return out
 
 
 def class_pixel_counts(mask: np.ndarray, num_classes: int, ignore_index: int) -> np.ndarray:
