@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> dict:
         for _ in range(args.passes or (2 if cuda else 1)):
             synchronize(device)
             start = time.perf_counter()
-            cm, _ = evaluate(model, loader, rt, normalize, **kwargs)
+            cm = evaluate(model, loader, rt, normalize, **kwargs).cm
             metrics = cm.compute()  # reads the matrix back: the end of the device's work
             synchronize(device)
             pass_s.append(time.perf_counter() - start)

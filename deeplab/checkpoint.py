@@ -44,13 +44,13 @@ def _looks_truncated(path: Path) -> bool:
     return not head or (head == b"PK\x03\x04" and not zipfile.is_zipfile(path))
 
 
-def load_file(path: str | Path, what: str = "checkpoint") -> Any:
+def load_file(path: str | Path, what: str = "checkpoint", mmap: bool = False) -> Any:
     """Load a torch file with weights_only=True; user-facing problems become CheckpointError."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{what} file not found: {path}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as e:
         # A damaged file fails in many ways (zip, EOF, OS, key and decoding errors), none a bug here.
         raise CheckpointError(why_unreadable(path, what, e)) from None
@@ -83,9 +83,12 @@ def why_unreadable(path: Path, what: str, e: Exception) -> str:
     return f"{what} file {path} is corrupt and cannot be read ({type(e).__name__}: {first_line(e)})"
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a training checkpoint: a dict with at least "model" (state dict) and "config" (resolved)."""
-    obj = load_file(path, "checkpoint")
+def load_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
+    """Load a training checkpoint: a dict with at least "model" (state dict) and "config" (resolved).
+
+    mmap=True maps the tensors instead of reading them: the config can be checked before the weights are
+    read (they are when used)."""
+    obj = load_file(path, "checkpoint", mmap=mmap)
     if isinstance(obj, Mapping) and "model" in obj and "config" in obj:
         return dict(obj)
     if isinstance(obj, Mapping) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
@@ -388,24 +391,29 @@ def best_so_far(ckpt_dir: Path, cfg: Mapping[str, Any]) -> float:
     return float((best.get("metrics") or {}).get("miou", best.get("best_miou", -1.0)))
 
 
-def restore_training(
-    path: Path,
-    config: dict[str, Any],
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    scaler: torch.amp.GradScaler,
-    restore_rng: bool = True,
-) -> Resumed:
-    """Load a last.pt into the training objects, after checking it was made for the same model, data and
-    optimiser."""
-    ckpt = load_checkpoint(path)
+def open_resume(path: Path, config: dict[str, Any]) -> dict[str, Any]:
+    """The last.pt a run resumes from (its tensors mapped, not read), checked before any data is listed:
+    the same model, data and optimiser, and a resumable file."""
+    ckpt = load_checkpoint(path, mmap=True)
     check_resumable(ckpt["config"], config, path)
     if "optimizer" not in ckpt:
         raise CheckpointError(
             f"trainer.resume: {path} holds weights only (best.pt is written for evaluation); "
             "resume from the run's checkpoints/last.pt"
         )
+    return ckpt
+
+
+def restore_training(
+    ckpt: dict[str, Any],
+    path: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    scaler: torch.amp.GradScaler,
+    restore_rng: bool = True,
+) -> Resumed:
+    """Load a checkpoint opened with open_resume into the training objects."""
     load_model_state(model, ckpt["model"], path)
     optimizer.load_state_dict(ckpt["optimizer"])
     scheduler.load_state_dict(ckpt["scheduler"])

@@ -489,6 +489,8 @@ class EvalDatasetOverrides(Section):
     val_split: str | None = None
     train: dict[str, str | None] | None = None
     val: dict[str, str | None] | None = None
+    skip_bad: bool | None = None
+    """true: an unreadable image is left out of the metrics (and counted) instead of stopping."""
 
 
 class EvaluateConfig(Section):

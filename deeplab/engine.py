@@ -25,6 +25,7 @@ from deeplab import data, distributed, rundir, tblog
 from deeplab.checkpoint import (
     Resumed,
     best_so_far,
+    open_resume,
     restore_training,
     resume_path,
     save_checkpoint,
@@ -94,7 +95,9 @@ class Run:
     validated: bool = False  # whether this process has validated (a resumed, finished run has not)
 
     def close(self) -> None:
-        """Release the run's threads and processes, also after an error: TensorBoard, loader workers."""
+        """Release the run's threads and processes, also after an error: TensorBoard, loader workers, and
+        the DDP wrapper (before its process group is destroyed, while a traceback may still hold the run)."""
+        self.step_model = self.model
         if self.writer is not None:
             self.writer.close()
         shut_down_workers(self.train_loader)
@@ -118,15 +121,15 @@ class Run:
         """Whole-image validation of the model (rank 0's BatchNorm statistics on every shard)."""
         d, main = self.cfg.dataset, self.rt.is_main
         distributed.broadcast_buffers(self.model)
-        cm, examples = evaluate(
+        result = evaluate(
             self.model, self.val_loader, self.rt, self.normalize, num_classes=d.num_classes,
             ignore_index=d.ignore_index, num_examples=self.cfg.logger.num_images if main else 0,
         )  # fmt: skip
-        metrics = cm.compute() | {"iteration": iteration}
+        metrics = result.cm.compute() | {"iteration": iteration, "num_images": result.num_images}
         if main:
             if self.writer is not None:
                 tblog.log_val_metrics(self.writer, metrics, d.label_names(), iteration)
-                tblog.log_examples(self.writer, examples, data.palette(d), d.ignore_index, iteration)
+                tblog.log_examples(self.writer, result.examples, data.palette(d), d.ignore_index, iteration)
             write_metrics_json(self.run_dir / "metrics.json", metrics)
             log.info(
                 "iter %d | val pixel_acc %.4f | mean_acc %.4f | mIoU %.4f | FWIoU %.4f",
@@ -144,7 +147,7 @@ def _guarded(fn: Callable[[], T]) -> tuple[T | None, UserError | None]:
 
 
 def _setup(cfg: TrainConfig, run_dir: Path, rt: Runtime) -> Run:
-    t, d, world = cfg.trainer, cfg.dataset, rt.dist.world_size
+    t, world = cfg.trainer, rt.dist.world_size
     if t.batch_size % world:
         raise ConfigError(
             f"trainer.batch_size={t.batch_size} (the total over all processes) is not divisible by the "
@@ -161,6 +164,31 @@ def _setup(cfg: TrainConfig, run_dir: Path, rt: Runtime) -> Run:
     run_dir = Path(distributed.broadcast_object(str(run_dir)))
     lock, error = _guarded(lambda: rundir.claim(run_dir, t.resume)) if rt.is_main else (None, None)
     distributed.raise_any(error)
+    try:
+        # The checkpoint to resume from is checked first: a mismatch must not wait for (or rewrite) data.
+        resume_from = resume_path(t.resume, run_dir / "checkpoints") if t.resume else None
+        ckpt, error = (
+            _guarded(lambda: open_resume(resume_from, cfg.model_dump())) if resume_from else (None, None)
+        )
+        distributed.raise_any(error)
+        return _build(cfg, run_dir, rt, lock, ckpt, resume_from)
+    except BaseException:
+        if lock is not None:  # a failed start frees the run dir (a sweep runs its jobs in one process)
+            lock.release()
+        raise
+
+
+def _build(
+    cfg: TrainConfig,
+    run_dir: Path,
+    rt: Runtime,
+    lock: rundir.RunDirLock | None,
+    ckpt: dict[str, Any] | None,
+    resume_from: Path | None,
+) -> Run:
+    """Everything a run needs, once its run dir is claimed: data, model, resumed state, loaders, logging."""
+    t, d, world = cfg.trainer, cfg.dataset, rt.dist.world_size
+    per_rank = t.batch_size // world
     seed_everything(t.seed + rt.dist.rank)
     configure_backends(rt.device, t.deterministic)
 
@@ -171,7 +199,7 @@ def _setup(cfg: TrainConfig, run_dir: Path, rt: Runtime) -> Run:
     distributed.raise_any(error)
     train_set, val_set = datasets  # type: ignore[misc]
 
-    parts, error = _guarded(lambda: _model_and_state(cfg, rt, run_dir / "checkpoints"))
+    parts, error = _guarded(lambda: _model_and_state(cfg, rt, run_dir / "checkpoints", ckpt, resume_from))
     distributed.raise_any(error)
     model, optimizer, scheduler, scaler, progress = parts  # type: ignore[misc]
     step_model: nn.Module = torch.compile(model) if t.compile else model  # type: ignore[assignment]
@@ -224,7 +252,9 @@ def _datasets(cfg: TrainConfig, check: bool) -> tuple[data.SegmentationDataset, 
     return train_set, val_set
 
 
-def _model_and_state(cfg: TrainConfig, rt: Runtime, ckpt_dir: Path) -> tuple[Any, ...]:
+def _model_and_state(
+    cfg: TrainConfig, rt: Runtime, ckpt_dir: Path, ckpt: dict[str, Any] | None, path: Path | None
+) -> tuple[Any, ...]:
     """The model on its device, optimiser, schedule and GradScaler, and where training continues from."""
     t = cfg.trainer
     model = build_model(cfg)
@@ -239,9 +269,8 @@ def _model_and_state(cfg: TrainConfig, rt: Runtime, ckpt_dir: Path) -> tuple[Any
     scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.amp_dtype == torch.float16)
     config = cfg.model_dump()
     progress = Resumed()
-    path = resume_path(t.resume, ckpt_dir)
-    if path is not None:
-        progress = restore_training(path, config, model, optimizer, scheduler, scaler, restore_rng=rt.is_main)
+    if ckpt is not None and path is not None:
+        progress = restore_training(ckpt, path, model, optimizer, scheduler, scaler, restore_rng=rt.is_main)
         if not rt.is_main:  # only rank 0's RNG state is saved; the others continue from a distinct seed
             seed_everything(t.seed + rt.dist.rank + 1000 * progress.iteration)
         if rt.is_main:

@@ -41,22 +41,24 @@ def evaluate_checkpoint(cfg: EvaluateConfig | DictConfig, run_dir: Path) -> dict
     )
     tic = time.perf_counter()
     try:
-        cm, _ = evaluate(
+        result = evaluate(
             model, loader, rt, rt.normalizer(d.mean, d.std), num_classes=d.num_classes,
             ignore_index=d.ignore_index, scales=ev.scales, flip=ev.flip, mode=ev.mode, window=ev.window,
             overlap=ev.overlap, progress=True,
         )  # fmt: skip
     finally:
         shut_down_workers(loader)
-    metrics = cm.compute()
+    metrics = result.cm.compute()
     seconds = time.perf_counter() - tic
+    left_out = len(dataset) - result.num_images
     print(format_table(metrics, d.label_names()))
+    skipped = f" ({left_out} unreadable, left out: dataset.skip_bad)" if left_out else ""
     print(
-        f"{len(dataset)} images in {seconds:.1f} s | output stride {model.output_stride} | scales {ev.scales} | "
-        f"flip {ev.flip} | mode {ev.mode}"
+        f"{result.num_images} of {len(dataset)} images scored{skipped} in {seconds:.1f} s | output stride "
+        f"{model.output_stride} | scales {ev.scales} | flip {ev.flip} | mode {ev.mode}"
     )
     record = {"checkpoint": cfg.checkpoint, "output_stride": model.output_stride, "scales": ev.scales,
-              "flip": ev.flip, "mode": ev.mode, "num_images": len(dataset)}  # fmt: skip
+              "flip": ev.flip, "mode": ev.mode, "num_images": result.num_images, "left_out": left_out}  # fmt: skip
     path = run_dir / "metrics.json"
     write_metrics_json(path, metrics | record)
     print(f"metrics written to {path}")

@@ -2,19 +2,65 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
 
+from deeplab import distributed
 from deeplab.inference import predict_probs
 from deeplab.loaders import batches
 from deeplab.metrics import ConfusionMatrix
 from deeplab.runtime import Normalizer, Runtime
 
+log = logging.getLogger(__name__)
+
 Example = tuple[np.ndarray, np.ndarray, np.ndarray]  # photo (H, W, 3) uint8, truth (H, W), prediction (H, W)
+BYTES_PER_PIXEL = 1024  # inference memory of whole-image DeepLab (ResNet-101, fp32, OS 8 or 16), measured
+_warned_memory = False
+
+
+@dataclass
+class Evaluation:
+    cm: ConfusionMatrix  # summed over DDP ranks
+    examples: list[Example]
+    num_images: int  # images scored (over all ranks); bad ones left out with dataset.skip_bad are not
+
+
+def free_memory(device: torch.device) -> int | None:
+    """Bytes free on the device (for the CPU, MemAvailable of /proc/meminfo), or None when unknown."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def warn_if_too_large(
+    height: int, width: int, scales: Sequence[float], mode: str, device: torch.device
+) -> None:
+    """Warn once when whole-image inference of an image this size is unlikely to fit in free memory."""
+    global _warned_memory
+    if _warned_memory or mode != "whole":
+        return
+    need = height * width * max(scales) ** 2 * BYTES_PER_PIXEL
+    free = free_memory(device)
+    if free is not None and need > 0.5 * free:
+        _warned_memory = True
+        log.warning(
+            "evaluating whole %dx%d images needs about %.1f GB at scale %g (%.1f GB free on %s); if memory runs "
+            "out, evaluate in windows with eval.mode=slide (eval.window=513)",
+            width, height, need / 1e9, max(scales), free / 1e9, device,
+        )  # fmt: skip
 
 
 @torch.no_grad()
@@ -33,7 +79,7 @@ def evaluate(
     overlap: float = 0.33,
     num_examples: int = 0,
     progress: bool = False,
-) -> tuple[ConfusionMatrix, list[Example]]:
+) -> Evaluation:
     """Confusion matrix of `model` over whole images (summed over DDP ranks), and a few examples.
 
     Batches of differently sized images are padded by the loader; each such image is then run alone on
@@ -46,8 +92,16 @@ def evaluate(
     torch.backends.cudnn.benchmark = False
     cm = ConfusionMatrix(max(num_classes, 2), ignore_index=ignore_index, device=rt.device)
     examples: list[Example] = []
+    scored, largest = 0, 0
     bar = tqdm(batches(loader), total=len(loader), desc="eval", disable=not progress, leave=False)
     for images, masks, sizes in bar:
+        if not len(images):  # every image of the batch was unreadable (dataset.skip_bad)
+            continue
+        scored += len(images)
+        if int(sizes.prod(dim=1).max()) > largest:
+            largest = int(sizes.prod(dim=1).max())
+            h, w = sizes[int(sizes.prod(dim=1).argmax())].tolist()
+            warn_if_too_large(h, w, scales, mode, rt.device)
         images = images.to(rt.device, non_blocking=True)
         masks = masks.to(rt.device, non_blocking=True)
         full = tuple(images.shape[-2:])
@@ -78,4 +132,5 @@ def evaluate(
     cm.all_reduce()
     model.train(was_training)
     torch.backends.cudnn.benchmark = cudnn_benchmark
-    return cm, examples
+    total = distributed.sum_over_ranks({"images": float(scored)}, rt.device)["images"]
+    return Evaluation(cm, examples, int(total))

@@ -151,6 +151,7 @@ def format_table(metrics: dict[str, Any], class_names: list[str]) -> str:
 
 def write_metrics_json(path: Path, metrics: dict[str, Any]) -> None:
     """Write metrics as JSON atomically; NaN (a class absent everywhere) becomes null."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(json_safe(metrics), indent=2) + "\n")
     tmp.replace(path)

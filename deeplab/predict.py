@@ -1,22 +1,30 @@
 """Segment your own photos: `python -m deeplab.predict checkpoint=PATH input=FILE_OR_DIR output=DIR`.
 
-For each image it writes <stem>.png (class ids, palette PNG), <stem>_color.png (colour mask) and
-<stem>_overlay.jpg (the mask over the photo). The checkpoint may be one train.py wrote or torchvision's
-published deeplabv3_resnet50/101 weights file.
+For each image it writes <name>.png (class ids, palette PNG), <name>_color.png (colour mask) and
+<name>_overlay.jpg (the mask over the photo, background left as it was, with a legend of the classes found).
+<name> is the image's stem, or stem_suffix when two inputs share a stem (a.jpg, a.png). The checkpoint may
+be one train.py wrote or torchvision's published deeplabv3_resnet50/101 weights file. Unreadable images
+are named and skipped; the command then ends with exit status 2.
 """
 
 from __future__ import annotations
 
+import logging
+from collections import Counter
 from pathlib import Path
 
 import hydra
 import numpy as np
 import torch
 from omegaconf import DictConfig
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
+from tqdm import tqdm
 
 from deeplab.config import PredictConfig, predict_config
+from deeplab.data.reading import read_image
 from deeplab.errors import ConfigError, DatasetError
+
+log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 
@@ -32,38 +40,57 @@ def list_images(path: Path) -> list[Path]:
     raise ConfigError(f"input: {path} does not exist; give an image file or a folder of images")
 
 
-def read_rgb(path: Path) -> np.ndarray:
-    try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
-    except (UnidentifiedImageError, OSError) as e:
-        raise DatasetError(f"cannot read image {path}: {e}") from None
+def output_names(images: list[Path]) -> dict[Path, str]:
+    """A distinct output name per image: its stem, or stem_suffix where two images share a stem."""
+    shared = {stem for stem, n in Counter(p.stem for p in images).items() if n > 1}
+    return {p: f"{p.stem}_{p.suffix.lstrip('.').lower()}" if p.stem in shared else p.stem for p in images}
+
+
+def check_output(output: Path, source: Path) -> None:
+    """Refuse to write into the folder of the input images, where <name>.png could replace a photo."""
+    folder = source if source.is_dir() else source.parent
+    if output.resolve() == folder.resolve():
+        raise ConfigError(
+            f"output: {output} is the folder of the input images; give another folder, so that the masks "
+            "cannot overwrite the photos"
+        )
 
 
 def predict(cfg: PredictConfig | DictConfig, output: Path) -> list[Path]:
-    """Segment every image of cfg.input into `output`; returns the class-id PNG paths."""
+    """Segment every image of cfg.input into `output`; returns the class-id PNG paths. Unreadable images are
+    skipped and named; a DatasetError at the end counts them."""
     from deeplab import data
     from deeplab.inference import predict_probs
     from deeplab.restore import load_trained_model
     from deeplab.runtime import make_runtime
-    from deeplab.visualize import draw_segmentation_map, image_overlay
+    from deeplab.visualize import draw_legend, draw_segmentation_map, image_overlay
 
     cfg = predict_config(cfg)
     rt = make_runtime(cfg.device, cfg.amp, cfg.channels_last, key="")
-    images = list_images(Path(cfg.input))
+    source = Path(cfg.input)
+    images = list_images(source)
+    names = output_names(images)
+    check_output(output, source)
     model, train_cfg = load_trained_model(cfg.checkpoint)
     ev, d = cfg.eval, train_cfg.dataset
     if ev.output_stride is not None:
         model.set_output_stride(ev.output_stride)
     rt.place(model)
     palette = data.palette(d)
-    names = d.label_names()
+    labels = d.label_names()
+    # Pixels of the background class are left as the photo in the overlay.
+    background = [i for i, n in enumerate(labels) if n.lower() == "background"]
     normalize = rt.normalizer(d.mean, d.std)
     output.mkdir(parents=True, exist_ok=True)
-    written = []
+    written, unreadable = [], []
     flat_palette = palette[:256].reshape(-1).tolist()
-    for path in images:
-        rgb = read_rgb(path)
+    for path in tqdm(images, desc="predict", unit=" images"):
+        try:
+            rgb = read_image(path)
+        except DatasetError as e:
+            log.warning("%s", e)
+            unreadable.append(path.name)
+            continue
         x = torch.from_numpy(rgb).permute(2, 0, 1).unsqueeze(0).to(rt.device)  # (1, 3, H, W) uint8
         with torch.no_grad(), rt.autocast():
             probs = predict_probs(
@@ -73,17 +100,27 @@ def predict(cfg: PredictConfig | DictConfig, output: Path) -> list[Path]:
         pred = probs.argmax(1)[0].to(torch.uint8).cpu().numpy()  # (H, W)
         ids = Image.frombytes("P", (pred.shape[1], pred.shape[0]), pred.tobytes())
         ids.putpalette(flat_palette)
-        ids_path = output / f"{path.stem}.png"
+        ids_path = output / f"{names[path]}.png"
         ids.save(ids_path)
         color = draw_segmentation_map(pred, palette)
-        Image.fromarray(color).save(output / f"{path.stem}_color.png")
-        Image.fromarray(image_overlay(rgb, color, cfg.alpha)).save(
-            output / f"{path.stem}_overlay.jpg", quality=92
-        )
-        present = [names[c] if c < len(names) else str(c) for c in np.unique(pred).tolist()]
-        print(f"{path.name}: {', '.join(present)}")
+        Image.fromarray(color).save(output / f"{names[path]}_color.png")
+        overlay = image_overlay(rgb, color, cfg.alpha, keep=np.isin(pred, background))
+        found = [
+            (labels[c], palette[c])
+            for c in np.unique(pred).tolist()
+            if c < len(labels) and c not in background
+        ]
+        Image.fromarray(draw_legend(overlay, found)).save(output / f"{names[path]}_overlay.jpg", quality=92)
         written.append(ids_path)
     print(f"wrote {len(written)} x 3 files to {output}")
+    if unreadable:
+        shown = ", ".join(unreadable[:5]) + (
+            f" and {len(unreadable) - 5} more" if len(unreadable) > 5 else ""
+        )
+        raise DatasetError(
+            f"{len(unreadable)} of {len(images)} images could not be read and were skipped: {shown} (the others "
+            f"are in {output})"
+        )
     return written
 
 

@@ -1,10 +1,11 @@
-"""Hydra callback: after a multirun, a table of every run's overrides and final metrics."""
+"""Hydra callback: after a multirun, a table of every run's overrides, status and final metrics."""
 
 from __future__ import annotations
 
 import csv
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,17 @@ from omegaconf import DictConfig
 log = logging.getLogger(__name__)
 
 METRICS = ("miou", "pixel_acc", "mean_acc", "fwiou")
+STATUS = "status.json"
+
+
+def write_status(run_dir: Path, status: str, error: str = "") -> None:
+    """run_dir/status.json: finished, failed (with the error's one line) or interrupted; by rank 0 only."""
+    if int(os.environ.get("RANK", "0")) != 0:  # torchrun's other processes share rank 0's run dir
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tmp = run_dir / f".{STATUS}.tmp"
+    tmp.write_text(json.dumps({"status": status, "error": error}) + "\n")
+    tmp.replace(run_dir / STATUS)
 
 
 def collect_runs(sweep_dir: Path) -> list[dict[str, Any]]:
@@ -26,11 +38,16 @@ def collect_runs(sweep_dir: Path) -> list[dict[str, Any]]:
             continue
         overrides = yaml.safe_load(overrides_file.read_text()) or []
         row: dict[str, Any] = {"run": job.name, "overrides": " ".join(overrides)}
+        status_file = job / STATUS
+        status = json.loads(status_file.read_text()) if status_file.is_file() else {"status": "unknown"}
+        row["status"] = status.get("status", "unknown")
         metrics_file = job / "metrics.json"
         metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
+        finished = row["status"] == "finished"  # a failed job's metrics.json may hold an earlier validation
         for key in METRICS:
-            row[key] = metrics.get(key)
-        row["iteration"] = metrics.get("iteration")
+            row[key] = metrics.get(key) if finished else None
+        row["iteration"] = metrics.get("iteration") if finished else None
+        row["error"] = status.get("error", "")
         rows.append(row)
     return rows
 
@@ -39,7 +56,7 @@ def write_summary(sweep_dir: Path) -> list[dict[str, Any]]:
     """Writes sweep_summary.csv and sweep_summary.md in sweep_dir; rows sorted by mIoU, best first."""
     rows = collect_runs(sweep_dir)
     rows.sort(key=lambda r: -(r["miou"] if isinstance(r["miou"], int | float) else -1.0))
-    fields = ["run", "overrides", *METRICS, "iteration"]
+    fields = ["run", "overrides", "status", *METRICS, "iteration", "error"]
     with open(sweep_dir / "sweep_summary.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
@@ -49,12 +66,12 @@ def write_summary(sweep_dir: Path) -> list[dict[str, Any]]:
         return f"{100 * v:.2f}" if isinstance(v, float) else ("-" if v is None else str(v))
 
     lines = [
-        "| run | overrides | mIoU | pixel acc | mean acc | FWIoU | iteration |",
-        "|---|---|---|---|---|---|---|",
+        "| run | overrides | status | mIoU | pixel acc | mean acc | FWIoU | iteration | error |",
+        "|---|---|---|---|---|---|---|---|---|",
         *(
-            f"| {r['run']} | `{r['overrides']}` | "
+            f"| {r['run']} | `{r['overrides']}` | {r['status']} | "
             + " | ".join(cell(r[k]) for k in (*METRICS, "iteration"))
-            + " |"
+            + f" | {r['error'].replace('|', '/')} |"
             for r in rows
         ),
     ]
@@ -72,3 +89,7 @@ class SweepSummary(Callback):
         rows = write_summary(sweep_dir)
         log.info("sweep summary of %d runs: %s", len(rows), sweep_dir / "sweep_summary.md")
         print((sweep_dir / "sweep_summary.md").read_text())
+        failed = [r["run"] for r in rows if r["status"] != "finished"]
+        if failed:
+            log.warning("%d of %d runs did not finish (%s): see their status in %s", len(failed), len(rows),
+                        ", ".join(failed), sweep_dir / "sweep_summary.md")  # fmt: skip

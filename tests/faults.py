@@ -4,8 +4,8 @@ reliability tests hit them every time instead of racing for them. Environment va
 FAULT_STEP_DELAY=S         every training step takes S seconds longer (time to act in the middle of a run)
 FAULT_KILL_IN_WRITE=1      SIGKILL in the middle of the first write of last.pt: its temporary file is left
                            half written and not renamed, as a crash or the OOM killer would leave it
-FAULT_SIGNAL=N:NAME[:group]  send signal NAME during training step N of this process (to the whole process
-                           group with `group`, as a scheduler does)
+FAULT_SIGNAL=N:NAME[:group]  send signal NAME during training step N of this process; with `group`, to the
+                           whole process group from another process (`kill -NAME -PGID`), as a scheduler does
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import runpy
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -36,8 +37,12 @@ def inject() -> None:
             time.sleep(delay)
         if steps[0] == int(at):
             sig = signal.Signals[name]
-            if group:
-                os.killpg(os.getpgid(0), sig)
+            if (
+                group
+            ):  # sent by another process, as by SLURM or `timeout`: not this process's children's parent
+                subprocess.run(
+                    ["kill", f"-{sig.name.removeprefix('SIG')}", "--", f"-{os.getpgid(0)}"], check=False
+                )
             else:
                 os.kill(os.getpid(), sig)
         return real_forward(self, outputs, target)

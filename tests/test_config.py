@@ -27,9 +27,15 @@ def test_experiments_are_found() -> None:
     )
 
 
+FOLDERS = [f"dataset.{s}.{k}=x" for s in ("train", "val") for k in ("images", "masks")]
+
+
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_every_experiment_composes_and_builds(experiment: str) -> None:
-    cfg = train_config(compose_config([f"experiment={experiment}", "backbone.pretrained=false"]))
+    overrides = [f"experiment={experiment}", "backbone.pretrained=false"]
+    if compose_config(overrides).dataset.name == "folder":  # the user's folders and classes
+        overrides += [*FOLDERS, "dataset.num_classes=3"]
+    cfg = train_config(compose_config(overrides))
     with torch.device("meta"):  # the real constructors, without computing an initialisation
         model = build_model(cfg)
     assert model.output_stride == cfg.backbone.output_stride
@@ -171,8 +177,7 @@ def test_cross_field_mistakes_name_the_key(overrides, message, tiny_data) -> Non
     ],
 )
 def test_folder_palette_mistakes(palette, message) -> None:
-    folders = [f"dataset.{s}.{k}=x" for s in ("train", "val") for k in ("images", "masks")]
-    cfg = compose_config(["dataset=folder", *folders, "dataset.num_classes=2", f"dataset.palette={palette}",
+    cfg = compose_config(["dataset=folder", *FOLDERS, "dataset.num_classes=2", f"dataset.palette={palette}",
                           "dataset.ignore_index=1"])  # fmt: skip
     with pytest.raises(ConfigError, match=message):
         train_config(cfg)
@@ -259,3 +264,17 @@ def test_optuna_search_example_maximises_what_train_py_returns() -> None:
     cfg = compose_config(["experiment=voc_aug_deeplabv3plus_r50_os16"])
     for key in search.hydra.sweeper.params:
         assert OmegaConf.select(cfg, key, default="missing") != "missing", key
+
+
+def test_the_readme_error_examples_are_the_real_messages() -> None:
+    readme = (Path(CONFIG_DIR).parent / "README.md").read_text().splitlines()
+    examples = [
+        (line.removeprefix("$ python train.py ").split(), readme[k + 1].removeprefix("error: "))
+        for k, line in enumerate(readme)
+        if line.startswith("$ python train.py ")
+    ]
+    assert len(examples) >= 2
+    for overrides, message in examples:
+        with pytest.raises(ConfigError) as info:
+            train_config(compose_config(overrides))
+        assert str(info.value) == message

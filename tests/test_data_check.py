@@ -38,7 +38,10 @@ def test_every_problem_is_reported(tmp_path: Path, capsys: pytest.CaptureFixture
     captured = capsys.readouterr()
     out = captured.out
     # three fake masks cannot hold all 21 VOC classes: that is reported too
-    assert "voc train: 3 listed, 3 read fine, 1 problems" in out and "problem: no pixel of class bicycle (2)" in out
+    assert (
+        "voc train: 3 listed, 3 read fine, 1 problems" in out
+        and "problem: no pixel of class bicycle (2)" in out
+    )
     assert "voc val: 4 listed, 0 read fine, 4 problems" in out
     assert "b1.jpg does not exist" in out
     assert "cannot read image" in out and "b2.jpg" in out
@@ -53,6 +56,10 @@ def test_missing_root_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture)
     assert err.startswith("error: dataset.root") and "prepare voc" in err and "\n" not in err
 
 
-def test_bad_override(capsys: pytest.CaptureFixture) -> None:
+def test_config_mistakes_exit_2_with_one_line(capsys: pytest.CaptureFixture) -> None:
     assert main(["dataset=nonexistent"]) == 2
     assert "error:" in capsys.readouterr().err
+    assert main(["dataset.ignore_index=300"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "error: dataset.ignore_index: input should be less than or equal to 255, got 300"
+    )

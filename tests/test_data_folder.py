@@ -123,7 +123,9 @@ def test_folder_image_without_mask_fails_at_build(tmp_path: Path) -> None:
     make_split(tmp_path, "train", masks, "gray")
     make_split(tmp_path, "val", masks, "gray")
     (tmp_path / "val" / "masks" / "b.png").unlink()
-    with pytest.raises(DatasetError, match=r"image .*val/images/b\.jpg has no mask with the stem 'b' in .*val/masks"):
+    with pytest.raises(
+        DatasetError, match=r"image .*val/images/b\.jpg has no mask with the stem 'b' in .*val/masks"
+    ):
         build_dataset(folder_cfg(tmp_path, "dataset.num_classes=4"), "val")
 
 

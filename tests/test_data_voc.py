@@ -187,14 +187,23 @@ def test_bad_sample_error_survives_a_dataloader_worker(voc_root: Path) -> None:
     assert str(info.value).startswith(f"cannot read image {path}") and "\n" not in str(info.value)
 
 
-def test_skip_bad_skips_and_counts(voc_root: Path, caplog: pytest.LogCaptureFixture) -> None:
-    path = voc_root / "VOCdevkit" / "VOC2012" / "JPEGImages" / f"{VOC_VAL[0]}.jpg"
-    path.write_bytes(b"broken")
-    ds = build_dataset(voc_cfg(voc_root, "dataset.skip_bad=true"), "val")
+def test_skip_bad_substitutes_in_training_and_leaves_out_in_evaluation(
+    voc_root: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    voc = voc_root / "VOCdevkit" / "VOC2012"
+    for image_id in (VOC_TRAIN[0], VOC_VAL[0]):
+        (voc / "JPEGImages" / f"{image_id}.jpg").write_bytes(b"broken")
+    cfg = voc_cfg(
+        voc_root, "dataset.skip_bad=true", "dataset.augment.scale=[1.0,1.0]", "trainer.crop_size=13"
+    )
+    train = build_dataset(cfg, "train")
     with caplog.at_level(logging.WARNING):
-        _, mask = ds[0]
-    assert (mask.numpy() == fake_mask(VOC_VAL[1], "voc")).all()  # the next sample instead
-    assert ds.skipped == 1 and str(path) in caplog.text
+        _, mask = train[0]  # a training batch keeps its size: the next sample instead
+    assert (mask.numpy()[:, :13] == fake_mask(VOC_TRAIN[1], "voc")[:, :13]).any()
+    assert train.skipped == 1 and f"{VOC_TRAIN[0]}.jpg" in caplog.text
+    val = build_dataset(cfg, "val")
+    assert val[0] is None and val.skipped == 1  # evaluation leaves it out: no image is scored twice
+    assert val[1] is not None
 
 
 # --- SBD ----------------------------------------------------------------------------------------------------

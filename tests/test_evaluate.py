@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -63,7 +64,7 @@ def setup(tmp_path_factory):
 def run_eval(cfg, model, dataset, batch_size: int, **kwargs) -> torch.Tensor:
     loader = build_val_loader(dataset, batch_size, num_workers=0)
     normalize = CPU.normalizer(cfg.dataset.mean, cfg.dataset.std)
-    cm, _ = evaluate(model, loader, CPU, normalize, num_classes=3, ignore_index=255, **kwargs)
+    cm = evaluate(model, loader, CPU, normalize, num_classes=3, ignore_index=255, **kwargs).cm
     return cm.matrix.clone()
 
 
@@ -117,7 +118,7 @@ def _ddp_worker(rank: int, world: int, init_file: str, out_file: str, cfg_yaml: 
     dataset = data.build_dataset(cfg, "val")
     loader = build_val_loader(dataset, 2, num_workers=0, rank=rank, world_size=world)
     normalize = CPU.normalizer(cfg.dataset.mean, cfg.dataset.std)
-    cm, _ = evaluate(model, loader, CPU, normalize, num_classes=3, ignore_index=255)
+    cm = evaluate(model, loader, CPU, normalize, num_classes=3, ignore_index=255).cm
     if rank == 0:
         torch.save(cm.matrix, out_file)
     dist.destroy_process_group()
@@ -136,3 +137,16 @@ def test_two_process_ddp_evaluation_equals_one_process(setup, tmp_path):
         join=True,
     )
     assert torch.equal(torch.load(out, weights_only=True), single)
+
+
+def test_whole_images_too_large_for_memory_get_one_warning(setup, monkeypatch, caplog):
+    import deeplab.evaluation as evaluation
+
+    cfg, model, dataset = setup
+    monkeypatch.setattr(evaluation, "_warned_memory", False)
+    monkeypatch.setattr(evaluation, "free_memory", lambda device: 2_000 * evaluation.BYTES_PER_PIXEL)
+    with caplog.at_level(logging.WARNING):
+        run_eval(cfg, model, dataset, 1)
+        run_eval(cfg, model, dataset, 1, mode="slide", window=33)
+    warnings = [r.getMessage() for r in caplog.records if "eval.mode=slide" in r.getMessage()]
+    assert len(warnings) == 1 and "evaluating whole 45x33 images needs about 0.0 GB" in warnings[0]

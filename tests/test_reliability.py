@@ -8,6 +8,7 @@ from __future__ import annotations
 import builtins
 import copy
 import errno
+import json
 import logging
 import os
 import shutil
@@ -15,10 +16,13 @@ import signal
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import compose_config, one_thread, tiny_config, tiny_overrides
+from fake_data import save_palette_png
 from omegaconf import OmegaConf
+from PIL import Image
 from reliability_helpers import run_cli
 
 import deeplab.checkpoint as ckpt_module
@@ -553,3 +557,207 @@ def test_ddp_ranks_agree_to_stop_when_one_receives_a_signal(data_dir, tmp_path):
             pytest.fail("the DDP ranks did not stop together (a hang)")
     assert [(out_dir / f"rank{r}").read_text() for r in (0, 1)] == [f"{signal.SIGTERM.value} 4"] * 2
     assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["iteration"] == 4
+
+
+# ----------------------------------------------------------------------------- reused run dirs and resumes
+
+
+def test_a_finished_run_resumed_with_other_data_is_refused_or_revalidated(data_dir, tmp_path):
+    """resume=auto in a finished run dir: other data is refused (naming the keys); the same data in another
+    place is validated again rather than the stored metrics returned."""
+    run_dir = tmp_path / "run"
+    stored = train(compose(data_dir), run_dir)
+    stamp = (data_dir / "synthetic" / "synthetic.json").read_text()
+    with pytest.raises(CheckpointError) as info:
+        train(compose(data_dir, **{"trainer.resume": "auto", "dataset.seed": 1}), run_dir)
+    assert_one_line(str(info.value))
+    assert "trained on other data: dataset.seed: checkpoint 0, config 1" in str(info.value)
+    assert (
+        data_dir / "synthetic" / "synthetic.json"
+    ).read_text() == stamp  # refused before the data was made
+
+    moved = copy_data(data_dir, tmp_path)  # the same files elsewhere, with one validation mask changed
+    mask_path = sorted((moved / "synthetic").rglob("SegmentationClass/val_*.png"))[0]
+    mask = np.array(Image.open(mask_path))
+    mask[mask != 255] = 1
+    save_palette_png(mask, mask_path)
+    again = train(compose(moved, **{"trainer.resume": "auto"}), run_dir)
+    assert again["iteration"] == 4 and again["iou_per_class"] != stored["iou_per_class"]
+    fresh = evaluate_checkpoint(
+        compose_eval(run_dir / "checkpoints" / "last.pt", f"dataset.root={moved}/synthetic"), tmp_path / "e"
+    )
+    assert again["miou"] == pytest.approx(fresh["miou"])
+
+
+@pytest.mark.parametrize(
+    ("key", "value"), [("optim.lr", 0.02), ("optim.momentum", 0.5), ("optim.weight_decay", 0.0)]
+)
+def test_resume_with_another_optimiser_setting_is_refused(key, value, data_dir, tmp_path, monkeypatch):
+    """The optimiser state would silently keep the checkpoint's value while the record showed the new one."""
+    run_dir = tmp_path / "run"
+    monkeypatch.setattr(engine, "save_checkpoint", stop_after_save(2))
+    with pytest.raises(KeyboardInterrupt):
+        train(compose(data_dir), run_dir)
+    monkeypatch.undo()
+    with pytest.raises(CheckpointError) as info:
+        train(compose(data_dir, **{"trainer.resume": "auto", key: value}), run_dir)
+    assert_one_line(str(info.value))
+    assert str(info.value).startswith(f"{key}: checkpoint ") and "a resumed run continues" in str(info.value)
+
+
+def stop_after_save(iteration: int):
+    """A save_checkpoint that writes, then stops the run at `iteration` (as a kill right after would)."""
+    real = ckpt_module.save_checkpoint
+
+    def save(path, state):
+        real(path, state)
+        if Path(path).name == "last.pt" and state["iteration"] == iteration:
+            raise KeyboardInterrupt
+
+    return save
+
+
+def test_a_failure_while_validating_keeps_the_interval(data_dir, tmp_path, monkeypatch):
+    """last.pt is written before validation at a shared boundary: a bad image or out-of-memory there loses
+    nothing."""
+    real_evaluate = engine.evaluate
+
+    def evaluate(model, *args, **kwargs):
+        raise DatasetError("cannot read image val_00003.jpg: broken")
+
+    monkeypatch.setattr(engine, "evaluate", evaluate)
+    run_dir = tmp_path / "run"
+    with pytest.raises(DatasetError):
+        train(compose(data_dir, **{"trainer.eval_interval": 2, "trainer.ckpt_interval": 2}), run_dir)
+    assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["iteration"] == 2
+    monkeypatch.setattr(engine, "evaluate", real_evaluate)
+
+
+def test_a_restart_without_last_pt_does_not_replace_a_better_best_pt(data_dir, tmp_path, monkeypatch):
+    """Killed before the first last.pt (eval_interval < ckpt_interval) and restarted: best.pt is only
+    replaced by a model that beats it."""
+    run_dir = tmp_path / "run"
+    cfg = compose(data_dir, **{"trainer.eval_interval": 1, "trainer.ckpt_interval": 100})
+    mious = iter([0.8, 0.3, 0.4, 0.5, 0.9])
+    real_compute = ConfusionMatrix.compute
+    monkeypatch.setattr(ConfusionMatrix, "compute", lambda cm: {**real_compute(cm), "miou": next(mious)})
+
+    def killed_after_first_best(path, state):
+        ckpt_module.save_checkpoint(path, state)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(engine, "save_checkpoint", killed_after_first_best)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, run_dir)
+    assert not (run_dir / "checkpoints" / "last.pt").exists()
+    monkeypatch.setattr(engine, "save_checkpoint", ckpt_module.save_checkpoint)
+    train(
+        compose(
+            data_dir, **{"trainer.eval_interval": 1, "trainer.ckpt_interval": 100, "trainer.resume": "auto"}
+        ),
+        run_dir,
+    )
+    best = load_checkpoint(run_dir / "checkpoints" / "best.pt")
+    assert best["metrics"]["miou"] == 0.9 and best["iteration"] == 4  # 0.3..0.6 did not beat 0.8
+
+
+def test_a_run_dir_in_use_is_refused_naming_the_process(data_dir, tmp_path):
+    from deeplab.rundir import RunDirLock
+
+    run_dir = tmp_path / "run"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    held = RunDirLock(run_dir / "checkpoints").acquire()  # another training process
+    try:
+        with pytest.raises(ConfigError) as info:
+            train(compose(data_dir), run_dir)
+    finally:
+        held.release()
+    assert_one_line(str(info.value))
+    assert f"is in use by another training process (pid {os.getpid()})" in str(info.value)
+    train(compose(data_dir), run_dir)  # free again
+
+
+def test_a_fresh_run_does_not_overwrite_another_runs_checkpoints(data_dir, tmp_path):
+    run_dir = tmp_path / "run"
+    train(compose(data_dir), run_dir)
+    before = (run_dir / "checkpoints" / "last.pt").read_bytes()
+    with pytest.raises(ConfigError) as info:
+        train(compose(data_dir, **{"optim.lr": 0.02}), run_dir)
+    assert "already holds checkpoints/last.pt and best.pt of an earlier run" in str(info.value)
+    assert "trainer.resume=auto" in str(info.value)
+    assert (run_dir / "checkpoints" / "last.pt").read_bytes() == before
+
+
+def test_the_default_run_dir_is_unique_per_start() -> None:
+    hydra = OmegaConf.load(Path(__file__).resolve().parents[1] / "configs" / "hydra" / "default.yaml")
+    dirs = OmegaConf.to_container(hydra, resolve=False)
+    assert "%f" in dirs["run"]["dir"] and "%f" in dirs["sweep"]["dir"]  # two runs started in the same second
+
+
+def test_evaluation_with_skip_bad_leaves_a_bad_image_out(data_dir, model_file, tmp_path):
+    """Not replaced by the next image (which would be scored twice): left out, and counted."""
+    data_copy = copy_data(data_dir, tmp_path)
+    val_ids = next((data_copy / "synthetic").rglob("val.txt")).read_text().split()
+    truncate(next((data_copy / "synthetic").rglob(f"JPEGImages/{val_ids[1]}.jpg")))
+    root = f"dataset.root={data_copy / 'synthetic'}"
+    with pytest.raises(DatasetError, match=f"cannot read image .*{val_ids[1]}"):
+        evaluate_checkpoint(compose_eval(model_file, root), tmp_path / "a")
+    skip = evaluate_checkpoint(compose_eval(model_file, root, "dataset.skip_bad=true"), tmp_path / "b")
+    saved = json.loads((tmp_path / "b" / "metrics.json").read_text())
+    assert saved["num_images"] == 3 and saved["left_out"] == 1
+    # the same as evaluating the three good images alone
+    (data_copy / "synthetic" / "VOC2012" / "ImageSets" / "Segmentation" / "val3.txt").write_text(
+        "".join(f"{i}\n" for i in val_ids if i != val_ids[1])
+    )
+    three = evaluate_checkpoint(compose_eval(model_file, root, "dataset.val_split=val3"), tmp_path / "c")
+    assert skip["miou"] == pytest.approx(three["miou"]) and skip["pixel_acc"] == pytest.approx(
+        three["pixel_acc"]
+    )
+
+
+def _ddp_data_error_worker(
+    rank: int, world: int, init_file: str, cfg_yaml: str, run_dir: str, out_dir: str
+) -> None:
+    import torch.distributed as dist
+
+    os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world)})
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        train(OmegaConf.create(cfg_yaml), Path(run_dir))
+        result = "finished"
+    except DatasetError as e:
+        result = f"DatasetError: {e}"
+    Path(out_dir, f"rank{rank}").write_text(result)
+
+
+def test_ddp_ranks_stop_together_with_the_message_of_one_ranks_data_error(data_dir, tmp_path):
+    """Rank 1 alone reads the broken image; both ranks stop with its message, at the next log boundary,
+    instead of rank 0 waiting for rank 1 in the next collective until the timeout."""
+    import torch.multiprocessing as mp
+
+    data_copy = copy_data(data_dir, tmp_path)
+    bad = sorted((data_copy / "synthetic").rglob("JPEGImages/train_*.jpg"))
+    for path in bad:  # every training image: whichever rank reads first, the error is the same kind
+        truncate(path)
+    cfg = compose(
+        data_copy, **{"trainer.batch_size": 4, "trainer.log_interval": 2, "dataset.check_labels": False}
+    )
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    args = (
+        2,
+        str(tmp_path / "init"),
+        OmegaConf.to_yaml(cfg, resolve=True),
+        str(tmp_path / "run"),
+        str(out_dir),
+    )
+    context = mp.spawn(_ddp_data_error_worker, args=args, nprocs=2, join=False)
+    deadline = time.monotonic() + 120
+    while not context.join(timeout=5):
+        if time.monotonic() > deadline:
+            for p in context.processes:
+                p.kill()
+            pytest.fail("the DDP ranks did not stop together (a hang)")
+    results = [(out_dir / f"rank{r}").read_text() for r in (0, 1)]
+    assert results[0] == results[1] and results[0].startswith("DatasetError: cannot read image ")

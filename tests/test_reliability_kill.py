@@ -166,3 +166,20 @@ def test_many_random_sigkills(reference, tmp_path):
     assert not temp_files(run_dir)
     assert_loss_curve_once(run_dir)
     print(f"{kills} kills; iterations lost by each: {lost}")
+
+
+@pytest.mark.parametrize(
+    "sig", [signal.SIGTERM, pytest.param(signal.SIGHUP, marks=pytest.mark.slow)], ids=lambda s: s.name
+)
+def test_a_signal_to_every_process_of_the_job_checkpoints_and_exits(sig, reference, tmp_path):
+    """A scheduler's time limit (and `timeout`, systemd, a closed terminal) signals the whole process group,
+    DataLoader workers included: the workers leave it to the trainer, which writes last.pt and exits 128+N."""
+    data_dir, _ = reference
+    run_dir = tmp_path / "run"
+    p = start(
+        data_dir, run_dir, sig.name, {"FAULT_SIGNAL": f"3:{sig.name}:group"}, **{"trainer.num_workers": 2}
+    )
+    assert p.wait() == 128 + sig, p.log()[-3000:]
+    assert saved_iteration(run_dir) == 3
+    assert f"{sig.name} received: wrote {run_dir / 'checkpoints' / 'last.pt'} at iteration 3" in p.log()
+    assert "killed by signal" not in p.log() and "Traceback" not in p.log()

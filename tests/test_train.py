@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -21,7 +22,11 @@ from deeplab.evaluate import evaluate_checkpoint
 def test_training_writes_checkpoints_metrics_and_tensorboard(trained_run):
     run_dir, metrics, _ = trained_run
     ckpt_dir = run_dir / "checkpoints"
-    assert sorted(p.name for p in ckpt_dir.iterdir()) == [".lock", "best.pt", "last.pt"]  # .lock: the run dir lock
+    assert sorted(p.name for p in ckpt_dir.iterdir()) == [
+        ".lock",
+        "best.pt",
+        "last.pt",
+    ]  # .lock: the run dir lock
     assert max(p.stat().st_size for p in ckpt_dir.iterdir()) < 2 * 2**20  # the tiny model: a few hundred KB
     saved = json.loads((run_dir / "metrics.json").read_text())
     for key in ("pixel_acc", "mean_acc", "miou", "fwiou"):
@@ -167,23 +172,28 @@ def test_predict_writes_ids_colour_and_overlay(trained_run, tmp_path):
         assert Image.open(out / f"{p.stem}_overlay.jpg").size == photo.size
 
 
-def test_multirun_writes_two_runs_and_a_summary(tiny_data, tmp_path):
-    """train.py -m: each job its own dir, checkpoints and TensorBoard run; the summary lists both."""
+def test_multirun_records_each_job_and_a_failed_one_does_not_end_the_sweep(tiny_data, tmp_path):
+    """train.py -m: each job its own dir, checkpoints and TensorBoard run; a job whose config is wrong fails
+    alone (recorded with its error) and the sweep goes on; the summary lists every job."""
     sweep = tmp_path / "sweep"
     args = tiny_overrides(tiny_data, **{"trainer.max_iters": 2})
-    proc = run_cli("train.py", "-m", *args, "optim.lr=0.01,0.02", f"hydra.sweep.dir={sweep}")
+    proc = run_cli("train.py", "-m", *args, "optim.lr=0.01,-1,0.02", f"hydra.sweep.dir={sweep}")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    for job in ("0", "1"):
+    for job in ("0", "2"):
         assert (sweep / job / "checkpoints" / "last.pt").is_file()
         assert (sweep / job / "tensorboard").is_dir()
-        assert (sweep / job / "metrics.json").is_file()
-    summary = (sweep / "sweep_summary.csv").read_text().splitlines()
-    assert summary[0].startswith("run,overrides,miou")
-    assert len(summary) == 3
-    assert any("optim.lr=0.01" in line for line in summary) and any(
-        "optim.lr=0.02" in line for line in summary
+        assert json.loads((sweep / job / "status.json").read_text())["status"] == "finished"
+    failed = json.loads((sweep / "1" / "status.json").read_text())
+    assert failed == {"status": "failed", "error": "optim.lr: input should be greater than 0, got -1"}
+    assert "error: optim.lr: input should be greater than 0, got -1" in proc.stderr
+    rows = list(csv.DictReader((sweep / "sweep_summary.csv").open()))
+    assert len(rows) == 3 and rows[-1]["run"] == "1"  # best first; a failed job has no mIoU and comes last
+    by_job = {r["run"]: r for r in rows}
+    assert (
+        by_job["1"]["status"] == "failed" and by_job["1"]["miou"] == "" and "optim.lr" in by_job["1"]["error"]
     )
-    assert (sweep / "sweep_summary.md").is_file()
+    assert by_job["0"]["status"] == by_job["2"]["status"] == "finished" and float(by_job["0"]["miou"]) >= 0
+    assert "| failed |" in (sweep / "sweep_summary.md").read_text()
 
 
 def test_torchrun_two_processes_train_and_agree(tiny_data, tmp_path):
@@ -202,3 +212,38 @@ def test_torchrun_two_processes_train_and_agree(tiny_data, tmp_path):
     single = evaluate_in_process(run_dir / "checkpoints" / "last.pt", tmp_path / "eval")
     assert metrics["pixel_acc"] == pytest.approx(single["pixel_acc"], abs=1e-9)
     assert metrics["miou"] == pytest.approx(single["miou"], abs=1e-9)
+
+
+def test_a_run_does_not_depend_on_whether_the_label_counts_were_cached(tiny_data, tmp_path):
+    """The start-up scan of the training masks (cold cache) must not move the random state the model is
+    initialised from: a run with a warm cache ends with the same weights."""
+    cache = tmp_path / "cache"
+    cold = train(
+        tiny_config(tiny_data, **{"paths.cache_dir": cache, "trainer.max_iters": 2}), tmp_path / "cold"
+    )
+    assert list((cache / "label_counts").glob("*.json"))
+    warm = train(
+        tiny_config(tiny_data, **{"paths.cache_dir": cache, "trainer.max_iters": 2}), tmp_path / "warm"
+    )
+    assert cold == warm
+    a = load_checkpoint(tmp_path / "cold" / "checkpoints" / "last.pt")["model"]
+    b = load_checkpoint(tmp_path / "warm" / "checkpoints" / "last.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("entry", "args", "message"),
+    [
+        ("evaluate.py", [], "error: checkpoint is not set; give it on the command line, e.g. checkpoint=..."),
+        (
+            "-m",
+            ["deeplab.predict", "checkpoint=x.pt"],
+            "error: input is not set; give it on the command line, e.g. input=...",
+        ),
+    ],
+)
+def test_a_missing_mandatory_value_is_one_line_with_exit_2(entry, args, message, tmp_path):
+    proc = run_cli(entry, *args, f"hydra.run.dir={tmp_path}")
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [message]

@@ -57,6 +57,7 @@ def load_split(
         "ignore_index": d.ignore_index,
         "transform": transform,
         "skip_bad": d.skip_bad,
+        "substitute": split == "train",
         "check_files": check_files,
     }
     detail = ""

@@ -11,14 +11,22 @@ UINT8_PAD = (124, 116, 104)
 
 
 def collate_eval(
-    batch: Sequence[tuple[torch.Tensor, torch.Tensor]], ignore_index: int = 255
+    batch: Sequence[tuple[torch.Tensor, torch.Tensor] | None], ignore_index: int = 255
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Pad to the largest image: images (B, 3, Hmax, Wmax), masks (B, Hmax, Wmax) padded with ignore_index,
     sizes (B, 2) int64 (h, w) of each image. Float images pad with 0, uint8 images with the mean colour.
+    Samples left out (None: unreadable, with dataset.skip_bad) are dropped; B may be 0.
 
     For a dataset whose ignore index is not 255, pass it: functools.partial(collate_eval, ignore_index=i).
     """
-    images, masks = zip(*batch)
+    kept = [item for item in batch if item is not None]
+    if not kept:
+        return (
+            torch.zeros((0, 3, 1, 1), dtype=torch.uint8),
+            torch.zeros((0, 1, 1), dtype=torch.int64),
+            torch.zeros((0, 2), dtype=torch.int64),
+        )
+    images, masks = zip(*kept)
     sizes = torch.tensor([tuple(m.shape[-2:]) for m in masks], dtype=torch.int64)  # (B, 2)
     height, width = (int(v) for v in sizes.max(dim=0).values)
     first = images[0]

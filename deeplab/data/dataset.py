@@ -78,6 +78,7 @@ class SegmentationDataset(Dataset):
         color_ids: np.ndarray | None = None,
         binary_values: tuple[int, int] | None = None,
         skip_bad: bool = False,
+        substitute: bool = True,
         name: str = "dataset",
         check_files: bool = True,
         listing_problems: Sequence[str] = (),
@@ -93,6 +94,9 @@ class SegmentationDataset(Dataset):
         self.color_ids = color_ids
         self.binary_values = binary_values  # (background, foreground) pixel values of 0/255-style masks
         self.skip_bad = skip_bad
+        # With skip_bad, a bad training sample is replaced by the next good one (a batch keeps its size); a bad
+        # evaluation sample is left out (None), so that no image is scored twice.
+        self.substitute = substitute
         self.name = name
         # Samples skipped per process (slot 0: the main process, 1 + id: DataLoader worker id), in shared
         # memory with skip_bad so that the main process sees what its workers skipped.
@@ -158,12 +162,14 @@ class SegmentationDataset(Dataset):
         mask_t = torch.from_numpy(mask.astype(np.uint8 if self.compact else np.int64))  # (H, W)
         return image_t, mask_t
 
-    def __getitem__(self, item: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """item: an index, or (index, augmentation seed) as deeplab.sampling.ResumableSampler yields."""
+    def __getitem__(self, item: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """item: an index, or (index, augmentation seed) as deeplab.sampling.ResumableSampler yields.
+
+        With skip_bad, None for a bad sample when not substituting (evaluation: collate_eval drops it)."""
         index, seed = item if isinstance(item, tuple) else (item, None)
         if not self.skip_bad:
             return self._item(index, seed)
-        tries = min(len(self), 16)
+        tries = min(len(self), 16) if self.substitute else 1
         for attempt in range(tries):
             try:
                 return self._item((index + attempt) % len(self), seed)
@@ -171,4 +177,6 @@ class SegmentationDataset(Dataset):
                 worker = torch.utils.data.get_worker_info()
                 self._skips[0 if worker is None else 1 + worker.id % MAX_WORKERS] += 1
                 log.warning("skipped a bad sample (%d so far): %s", self.skipped, e)
+        if not self.substitute:
+            return None
         raise DatasetError(f"{self.name}: {tries} bad samples in a row from index {index}; check the dataset")

@@ -66,6 +66,7 @@ def scan(dataset: SegmentationDataset, workers: int = 0, desc: str = "", images:
     loader = torch.utils.data.DataLoader(
         torch.utils.data.Subset(_Inspect(dataset, images), keep), batch_size=None, num_workers=workers,
         collate_fn=_first, worker_init_fn=ignore_stop_signals,
+        generator=torch.Generator(),  # not the global RNG: a run must not depend on whether counts were cached
     )  # fmt: skip
     ignore = dataset.ignore_index
     for _, problem, counts in tqdm(loader, total=len(keep), desc=desc or dataset.name, unit=" masks"):
