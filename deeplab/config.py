@@ -30,7 +30,7 @@ Color = Annotated[list[Channel], Field(min_length=3, max_length=3)]
 MetricName = Literal["miou", "pixel_acc", "mean_acc", "fwiou"]
 
 OUTPUT_STRIDES = (8, 16)
-RESNETS = ("resnet_tiny", "resnet50", "resnet101")  # resnet_tiny: a narrow test network, no weights
+TORCHVISION_DEEPLABS = ("resnet50", "resnet101", "mobilenet_v3_large")  # backbones of its DeepLabV3 weights
 VOC_FAMILY = ("voc", "voc_aug", "sbd")
 
 
@@ -80,35 +80,87 @@ Device = Annotated[str, BeforeValidator(_device)]
 # ----------------------------------------------------------------------------- model
 
 
-class BackboneConfig(Section):
-    """configs/backbone: a torchvision ResNet as a dilated feature extractor."""
+def torchvision_weights(name: str) -> Any:
+    """torchvision's ImageNet weights enum of a backbone."""
+    import torchvision.models as tvm
 
-    name: Literal["resnet_tiny", "resnet50", "resnet101"]
+    enums = {
+        "resnet18": tvm.ResNet18_Weights, "resnet34": tvm.ResNet34_Weights, "resnet50": tvm.ResNet50_Weights,
+        "resnet101": tvm.ResNet101_Weights, "mobilenet_v2": tvm.MobileNet_V2_Weights,
+        "mobilenet_v3_large": tvm.MobileNet_V3_Large_Weights,
+    }  # fmt: skip
+    return enums[name]
+
+
+Pretrained = Annotated[bool | str, _flag_or_path((True, False), "true, false")]
+
+
+class TorchvisionBackbone(Section):
+    """A torchvision network; `weights` names its ImageNet weights."""
+
     output_stride: Literal[8, 16]
-    """16: layer4 dilated (rate 2); 8: layer3 (rate 2) and layer4 (rate 4)."""
-    multi_grid: Annotated[list[PositiveInt], Field(min_length=3, max_length=3)]
-    """Multiplies the rates of layer4's three units (DeepLabv3, Sec. 3.2): [1, 2, 4] gives 2, 4, 8 at OS 16."""
-    pretrained: Annotated[bool | str, _flag_or_path((True, False), "true, false")]
-    """true: torchvision's ImageNet weights (`weights`); false: random; a path: a local ResNet state dict."""
+    """16: the last stage dilated; 8: the last two stages dilated (arXiv 1706.05587 Sec. 3.1)."""
+    pretrained: Pretrained
+    """true: torchvision's ImageNet weights (`weights`); false: random; a path: a local state dict of the
+    torchvision network."""
     weights: str
-    """Member of torchvision's ResNet50_Weights / ResNet101_Weights used when pretrained is true."""
-    dilation_style: Literal["deeplab", "torchvision"]
-    """deeplab: every unit of a dilated layer uses its rate; torchvision: the first unit keeps the previous one."""
+    """Member of the network's torchvision weights enum (ResNet50_Weights, MobileNet_V2_Weights, ...)."""
 
     @model_validator(mode="after")
-    def _weights(self) -> BackboneConfig:
-        if self.pretrained is True and self.name == "resnet_tiny":
+    def _weights(self) -> TorchvisionBackbone:
+        name = getattr(self, "name", "")
+        if self.pretrained is True and name == "resnet_tiny":
             raise ConfigError("backbone.pretrained: resnet_tiny has no published weights; set it to false")
         if self.pretrained is True:
-            from torchvision.models import ResNet50_Weights, ResNet101_Weights
-
-            enum = ResNet50_Weights if self.name == "resnet50" else ResNet101_Weights
+            enum = torchvision_weights(name)
             if self.weights not in enum.__members__:
                 raise ConfigError(
                     f"backbone.weights must name torchvision's {enum.__name__} weights, one of "
                     f"{sorted(enum.__members__)}, got {self.weights!r}"
                 )
         return self
+
+
+class ResNetConfig(TorchvisionBackbone):
+    """configs/backbone/resnet*: torchvision ResNets (bottleneck 50/101, basic blocks 18/34, the tiny test one)."""
+
+    name: Literal["resnet_tiny", "resnet18", "resnet34", "resnet50", "resnet101"]
+    multi_grid: Annotated[list[PositiveInt], Field(min_length=2, max_length=3)]
+    """Multiplies the rates of layer4's units (DeepLabv3, Sec. 3.2): [1, 2, 4] gives 2, 4, 8 at OS 16.
+    One value per layer4 unit: three, two for ResNet-18."""
+    dilation_style: Literal["deeplab", "torchvision"]
+    """deeplab: every unit of a dilated layer uses its rate; torchvision: the first unit keeps the previous one."""
+
+    @model_validator(mode="after")
+    def _multi_grid(self) -> ResNetConfig:
+        units = 2 if self.name == "resnet18" else 3
+        if len(self.multi_grid) != units:
+            raise ConfigError(
+                f"backbone.multi_grid needs {units} values for {self.name} (one per layer4 unit), got "
+                f"{self.multi_grid}"
+            )
+        return self
+
+
+class MobileNetConfig(TorchvisionBackbone):
+    """configs/backbone/mobilenet_*: torchvision's MobileNetV2 and MobileNetV3-Large (no multi-grid)."""
+
+    name: Literal["mobilenet_v2", "mobilenet_v3_large"]
+
+
+class TimmConfig(Section):
+    """configs/backbone/xception65 and timm: encoders of the timm library (pip install -e ".[timm]")."""
+
+    name: Literal["xception65", "timm"]
+    model: str
+    """timm's model name (for backbone=timm; xception65 is the DeepLabv3+ paper's aligned Xception-65)."""
+    output_stride: Literal[8, 16]
+    pretrained: Pretrained
+    """true: timm's ImageNet weights (from the Hugging Face hub); false: random; a path: a local
+    .safetensors or .pth file of that model."""
+
+
+BackboneConfig = Annotated[ResNetConfig | MobileNetConfig | TimmConfig, Field(discriminator="name")]
 
 
 class ASPPConfig(Section):
@@ -468,10 +520,10 @@ class TrainConfig(Section):
                 f"trainer.batch_size={t.batch_size}: BatchNorm after ASPP's image pooling needs at least 2 "
                 "images per process in training; raise trainer.batch_size"
             )
-        if self.model.pretrained is not None and self.backbone.name not in ("resnet50", "resnet101"):
+        if self.model.pretrained is not None and self.backbone.name not in TORCHVISION_DEEPLABS:
             raise ConfigError(
-                f"model.pretrained: torchvision publishes DeepLabV3 weights for resnet50 and resnet101 only, "
-                f"not {self.backbone.name}"
+                f"model.pretrained: torchvision publishes DeepLabV3 weights for {', '.join(TORCHVISION_DEEPLABS)} "
+                f"only, not {self.backbone.name}"
             )
         return self
 

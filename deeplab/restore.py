@@ -14,6 +14,7 @@ from deeplab.checkpoint import load_file, load_model_state
 from deeplab.config import EvalDatasetOverrides, TrainConfig, config_dir, flatten, train_config
 from deeplab.errors import CheckpointError, ConfigError
 from deeplab.models import build_model, convert_torchvision_state_dict
+from deeplab.models.pretrained import is_torchvision_mobilenet
 
 
 def compose_train_config(overrides: list[str]) -> DictConfig:
@@ -24,10 +25,12 @@ def compose_train_config(overrides: list[str]) -> DictConfig:
         return compose(config_name="train", overrides=overrides)
 
 
-def _torchvision_depth(state: dict[str, Any]) -> int:
-    """50 or 101 from the number of units in layer3 of a torchvision ResNet state dict."""
-    units = {k.split(".")[2] for k in state if k.startswith("backbone.layer3.")}
-    return 101 if len(units) == 23 else 50
+def _torchvision_experiment(state: dict[str, Any]) -> str:
+    """The experiment of a torchvision DeepLabV3 state dict: its backbone, from the keys."""
+    if is_torchvision_mobilenet(state):
+        return "torchvision_deeplabv3_mobilenet_v3_large"
+    units = {k.split(".")[2] for k in state if k.startswith("backbone.layer3.")}  # 23 in ResNet-101
+    return "torchvision_deeplabv3_r101" if len(units) == 23 else "torchvision_deeplabv3_r50"
 
 
 def load_trained_model(path: str | Path) -> tuple[nn.Module, TrainConfig]:
@@ -40,15 +43,14 @@ def load_trained_model(path: str | Path) -> tuple[nn.Module, TrainConfig]:
             raise CheckpointError(f"checkpoint {path} holds a config this version cannot use ({e})") from None
         state = obj["model"]
     elif isinstance(obj, dict) and any(k.startswith("classifier.0.convs") for k in obj):
-        depth = _torchvision_depth(obj)
         cfg = train_config(
-            compose_train_config([f"experiment=torchvision_deeplabv3_r{depth}", "dataset=voc"])
+            compose_train_config([f"experiment={_torchvision_experiment(obj)}", "dataset=voc"])
         )
         state = convert_torchvision_state_dict(obj)
     else:
         raise CheckpointError(
             f"checkpoint {path} is neither a deeplab checkpoint (a dict with 'model' and 'config', as train.py "
-            "writes) nor torchvision's deeplabv3_resnet50/101 weights"
+            "writes) nor torchvision's DeepLabV3 weights (deeplabv3_resnet50/101, deeplabv3_mobilenet_v3_large)"
         )
     # The weights come from the file: nothing to download.
     cfg.backbone.pretrained = False

@@ -17,6 +17,8 @@ CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "configs")
 # The tests' label-count cache lives in a temporary folder, not the user's ~/.cache (inherited by the
 # train.py processes the tests start).
 os.environ["DEEPLAB_CACHE"] = tempfile.mkdtemp(prefix="deeplab-test-cache-")
+# No test reaches the network: the Hugging Face hub (timm's weights) fails at once instead of retrying.
+os.environ["HF_HUB_OFFLINE"] = "1"
 
 
 def compose_config(overrides: list[str] | None = None, config_name: str = "train") -> DictConfig:

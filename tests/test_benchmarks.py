@@ -167,3 +167,24 @@ def test_generated_voc_images_have_the_asked_sizes(monkeypatch: pytest.MonkeyPat
     stamp = (root / common.DATA_STAMP).stat().st_mtime_ns
     assert common.write_voc_images(tmp_path, 1, 3, [(40, 30), (30, 40)]) == root
     assert (root / common.DATA_STAMP).stat().st_mtime_ns == stamp  # reused, not rewritten
+
+
+def test_backbones_table_and_the_mobilenet_ratio(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    backbones = load("backbones", monkeypatch)
+    out = backbones.main(
+        ["--size", "33", "--backbones", "mobilenet_v3_large,xception65", "--runs", "1", "--rounds", "2"]
+    )
+    rows = {(r["model"], r["os"]): r for r in out["rows"]}
+    assert rows[("deeplabv3plus mobilenet_v3_large", 8)]["cpu_ms"] > 0
+    assert rows[("deeplabv3plus xception65", 16)]["params_m"] == pytest.approx(54.71, abs=0.01)
+    assert out["mobilenet"]["ratio"] > 0
+    text = capsys.readouterr().out
+    assert "ratio ours/torchvision" in text and "experiment=voc_aug_deeplabv3plus_xception65_os16" in text
+
+
+def test_the_xception65_recipe_has_the_published_multiply_adds(monkeypatch: pytest.MonkeyPatch) -> None:
+    backbones = load("backbones", monkeypatch)
+    model = backbones.ours("experiment=voc_aug_deeplabv3plus_xception65_os16", device="meta")
+    assert backbones.gmacs(model, 513) == pytest.approx(54.17, rel=0.01)  # TF DeepLab model zoo, OS 16

@@ -100,7 +100,8 @@ BAD = [
     # and more of the same kind
     ("trainer.max_iters=0", "trainer.max_iters"),
     ("dataset.ignore_index=300", "dataset.ignore_index"),
-    ("backbone.name=resnet18", "backbone.name"),
+    ("backbone.name=resnet152", "backbone.name"),
+    ("backbone.multi_grid=[1,2,4,8]", "backbone.multi_grid"),
     ("model.aspp.rates=6", "model.aspp.rates"),
     ("model.aspp.rates=[6,0,18]", "model.aspp.rates"),
     ("model.aspp.rates=[]", "model.aspp.rates"),
@@ -264,6 +265,24 @@ def test_optuna_search_example_maximises_what_train_py_returns() -> None:
     cfg = compose_config(["experiment=voc_aug_deeplabv3plus_r50_os16"])
     for key in search.hydra.sweeper.params:
         assert OmegaConf.select(cfg, key, default="missing") != "missing", key
+
+
+@pytest.mark.parametrize(
+    "option",
+    sorted(
+        str(p.relative_to(CONFIG_DIR))[:-5]
+        for p in Path(CONFIG_DIR).glob("*/*.yaml")
+        if "???" in p.read_text()
+    ),
+)
+def test_an_unset_value_of_an_option_stays_unset(option: str) -> None:
+    """`???` in an option that extends another would keep the base's value when merged: an unset folder or timm
+    model would silently become the base's."""
+    group, name = option.split("/")
+    if group == "experiment":
+        pytest.skip("experiments hold deltas")
+    with pytest.raises(ConfigError, match="is not set"):
+        train_config(compose_config([f"{group}={name}"]))
 
 
 def test_the_readme_error_examples_are_the_real_messages() -> None:

@@ -24,7 +24,7 @@ from deeplab.models import (
     build_model,
     convert_torchvision_state_dict,
 )
-from deeplab.models.backbone import resnet_tiny
+from deeplab.models.resnet import resnet_tiny
 
 
 def build(*overrides: str) -> DeepLab:

@@ -5,29 +5,38 @@ from __future__ import annotations
 import logging
 
 from omegaconf import DictConfig
-from torchvision.models import ResNet50_Weights, ResNet101_Weights
-from torchvision.models.segmentation import DeepLabV3_ResNet50_Weights, DeepLabV3_ResNet101_Weights
+from torchvision.models.segmentation import (
+    DeepLabV3_MobileNet_V3_Large_Weights,
+    DeepLabV3_ResNet50_Weights,
+    DeepLabV3_ResNet101_Weights,
+)
 
 from deeplab.checkpoint import load_file
-from deeplab.config import TrainConfig, train_config
+from deeplab.config import TimmConfig, TrainConfig, torchvision_weights, train_config
 from deeplab.models.aspp import ASPP
-from deeplab.models.backbone import ResNetBackbone, build_backbone
+from deeplab.models.backbone import Backbone, build_backbone
 from deeplab.models.deeplab import DeepLab
 from deeplab.models.heads import DeepLabV3Head, DeepLabV3PlusDecoder, FCNHead
+from deeplab.models.mobilenet import MobileNetBackbone
 from deeplab.models.pretrained import (
     convert_torchvision_state_dict,
     download_weights,
     load_backbone_state,
     load_torchvision_deeplabv3,
 )
+from deeplab.models.resnet import ResNetBackbone
+from deeplab.models.timm_backbone import TimmBackbone
 
 __all__ = [
     "ASPP",
+    "Backbone",
     "DeepLab",
     "DeepLabV3Head",
     "DeepLabV3PlusDecoder",
     "FCNHead",
+    "MobileNetBackbone",
     "ResNetBackbone",
+    "TimmBackbone",
     "build_model",
     "build_network",
     "convert_torchvision_state_dict",
@@ -36,15 +45,18 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-IMAGENET_WEIGHTS = {"resnet50": ResNet50_Weights, "resnet101": ResNet101_Weights}
-DEEPLABV3_WEIGHTS = {"resnet50": DeepLabV3_ResNet50_Weights, "resnet101": DeepLabV3_ResNet101_Weights}
+DEEPLABV3_WEIGHTS = {
+    "resnet50": DeepLabV3_ResNet50_Weights,
+    "resnet101": DeepLabV3_ResNet101_Weights,
+    "mobilenet_v3_large": DeepLabV3_MobileNet_V3_Large_Weights,
+}
 
 
 def build_network(cfg: TrainConfig) -> DeepLab:
     """The randomly initialised model of a validated config (torchvision's initialisation in the backbone)."""
     b, m = cfg.backbone, cfg.model
     num_classes = cfg.dataset.num_classes
-    backbone = build_backbone(b.name, b.output_stride, b.multi_grid, b.dilation_style)
+    backbone = build_backbone(b)
     aspp = ASPP(
         backbone.out_channels, cfg.aspp_rates(), m.aspp.channels, m.aspp.image_pooling, m.aspp.separable,
         m.aspp.dropout,
@@ -80,10 +92,10 @@ def build_model(cfg: TrainConfig | DictConfig) -> DeepLab:
         load_torchvision_deeplabv3(model, state, source)
         log.info("loaded torchvision DeepLabv3 weights from %s", source)
         return model
-    if b.pretrained is False:
+    if b.pretrained is False or isinstance(b, TimmConfig):  # timm loads its weights as it builds
         return build_network(cfg)
     if b.pretrained is True:
-        weights = IMAGENET_WEIGHTS[b.name][b.weights]
+        weights = torchvision_weights(b.name)[b.weights]
         state, source = download_weights(weights, "backbone.pretrained"), weights.url
     else:
         state, source = (

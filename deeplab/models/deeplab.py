@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from deeplab.errors import ConfigError
-from deeplab.models.backbone import OUTPUT_STRIDES, ResNetBackbone
+from deeplab.models.backbone import OUTPUT_STRIDES, Backbone
 from deeplab.models.heads import DeepLabV3Head, DeepLabV3PlusDecoder
 
 
@@ -18,7 +18,7 @@ class DeepLab(nn.Module):
 
     def __init__(
         self,
-        backbone: ResNetBackbone,
+        backbone: Backbone,
         head: DeepLabV3Head | DeepLabV3PlusDecoder,
         aux_head: nn.Module | None = None,
     ) -> None:
@@ -47,7 +47,7 @@ class DeepLab(nn.Module):
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         size = x.shape[-2:]
-        features = self.backbone(x)  # low (B, 256, H/4, W/4), aux (B, 1024, ...), out (B, 2048, H/OS, W/OS)
+        features = self.backbone(x)  # low (B, C_low, H/4, W/4), aux (B, C_aux, ...), out (B, C, H/OS, W/OS)
         logits = self.head(features)
         result = {"out": F.interpolate(logits, size=size, mode="bilinear", align_corners=False)}
         if self.training and self.aux_head is not None:

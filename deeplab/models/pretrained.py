@@ -19,7 +19,8 @@ from deeplab.errors import CheckpointError, ConfigError, first_line
 log = logging.getLogger(__name__)
 
 # torchvision DeepLabV3 key prefix -> ours. DeepLabHead is Sequential(ASPP, conv3x3, BN, ReLU, conv1x1);
-# the backbone and the ASPP internals share torchvision's names.
+# the backbone and the ASPP internals share torchvision's names (its MobileNetV3's blocks sit directly under
+# "backbone.", ours under "backbone.features.").
 _TORCHVISION_PREFIXES = {
     "backbone.": "backbone.",
     "classifier.0.": "head.aspp.",
@@ -96,25 +97,35 @@ def check_fits(module: nn.Module, state: dict[str, torch.Tensor], source: str, e
 
 
 def load_backbone_state(backbone: nn.Module, obj: Any, source: str, name: str) -> None:
-    """Load a torchvision ResNet state dict (its fc.* ignored) into the backbone, strictly otherwise."""
+    """Load a torchvision network's ImageNet state dict into the backbone (its classifier, which the
+    backbone does not have, ignored), strictly otherwise."""
     state = unwrap_state_dict(obj, source)
-    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    ignored = getattr(backbone, "ignored_prefixes", ())
+    state = {k: v for k, v in state.items() if not k.startswith(ignored)}
     _fill_bn_counters(state, backbone.state_dict())
     check_fits(backbone, state, source, f"the state dict of torchvision's {name}")
     backbone.load_state_dict(state)
 
 
+def is_torchvision_mobilenet(state_dict: dict[str, torch.Tensor]) -> bool:
+    """Whether a torchvision DeepLabV3 state dict is deeplabv3_mobilenet_v3_large's (numbered blocks)."""
+    return any(k.startswith("backbone.0.") for k in state_dict)
+
+
 def convert_torchvision_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """torchvision deeplabv3_resnet50/101 keys -> ours (the model of experiment=torchvision_deeplabv3_r50/_r101)."""
+    """torchvision deeplabv3_resnet50/101 or deeplabv3_mobilenet_v3_large keys -> ours (the models of
+    experiment=torchvision_deeplabv3_r50, _r101 and _mobilenet_v3_large)."""
+    backbone = "backbone.features." if is_torchvision_mobilenet(state_dict) else "backbone."
     converted = {}
     for key, value in state_dict.items():
         prefix = next((p for p in _TORCHVISION_PREFIXES if key.startswith(p)), None)
         if prefix is None:
             raise CheckpointError(
-                f"key {key!r} is not part of torchvision's deeplabv3_resnet50/101 (backbone, classifier, "
+                f"key {key!r} is not part of torchvision's DeepLabV3 models (backbone, classifier, "
                 "aux_classifier); is this a DeepLabV3 state dict?"
             )
-        converted[_TORCHVISION_PREFIXES[prefix] + key[len(prefix) :]] = value
+        target = backbone if prefix == "backbone." else _TORCHVISION_PREFIXES[prefix]
+        converted[target + key[len(prefix) :]] = value
     return converted
 
 
@@ -149,7 +160,8 @@ def load_torchvision_deeplabv3(model: nn.Module, obj: Any, source: str) -> list[
         model,
         state,
         source,
-        "torchvision's deeplabv3_resnet50/101 state dict, loaded into experiment=torchvision_deeplabv3_r50/_r101",
+        "torchvision's DeepLabV3 state dict, loaded into experiment=torchvision_deeplabv3_r50, _r101 or "
+        "_mobilenet_v3_large",
     )
     model.load_state_dict(state)
     if skipped:
