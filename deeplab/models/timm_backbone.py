@@ -86,11 +86,14 @@ class TimmBackbone(Backbone):
         """timm fixes the dilation when it builds a model: build it again at the new stride, same weights."""
         if output_stride == self.output_stride:
             return
-        reference = next(self.body.parameters())
+        reference = next(p for p in self.body.parameters() if p.ndim == 4)  # a conv weight
         body = create_features(self.model_name, output_stride)
         body.load_state_dict(self.body.state_dict())
         body.train(self.body.training)
-        self.body = body.to(device=reference.device, dtype=reference.dtype)
+        body.to(device=reference.device, dtype=reference.dtype)
+        if reference.is_contiguous(memory_format=torch.channels_last) and not reference.is_contiguous():
+            body.to(memory_format=torch.channels_last)
+        self.body = body
         self.output_stride = output_stride
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
