@@ -16,13 +16,15 @@ from omegaconf import DictConfig
 def main(cfg: DictConfig) -> float:
     # Imported after Hydra has set up logging.
     from deeplab.config import train_config
-    from deeplab.engine import TrainingInterrupted, train
     from deeplab.errors import UserError
+    from deeplab.signals import TrainingInterrupted
     from deeplab.sweep import write_status
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
-        config = train_config(cfg)  # before any data is listed or model built
+        config = train_config(cfg)  # before any data is listed or model built, and before torch is imported
+        from deeplab.engine import train
+
         metrics = train(config, run_dir)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

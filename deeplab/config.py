@@ -310,6 +310,10 @@ class VOCAugDataset(VOCLayout):
     """An explicit trainaug id list (one id per line) instead of the one derived from VOC and SBD."""
 
 
+SHAPES = ("disc", "square", "triangle", "ring", "cross", "star")
+"""The shapes the synthetic generator draws (here so that checking a config does not import torch)."""
+
+
 class SyntheticDataset(VOCLayout):
     """Generated once under root in the VOC layout: textured shapes on cluttered backgrounds."""
 
@@ -322,8 +326,6 @@ class SyntheticDataset(VOCLayout):
 
     @model_validator(mode="after")
     def _shapes(self) -> SyntheticDataset:
-        from deeplab.data.synthetic import SHAPES
-
         names = self.names()
         unknown = [n for n in names[1:] if n not in SHAPES]
         if unknown:

