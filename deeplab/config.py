@@ -268,10 +268,19 @@ class DatasetBase(Section):
         """Class names, one per class (for one class, the foreground's name)."""
         if self.class_names is not None:
             return list(self.class_names)
-        if getattr(self, "name", "") in VOC_FAMILY and self.num_classes == 21:
+        name = getattr(self, "name", "")
+        if name in VOC_FAMILY and self.num_classes == 21:
             from deeplab.data.classes import VOC_CLASSES
 
             return list(VOC_CLASSES)
+        if name == "cityscapes":
+            from deeplab.data.classes import CITYSCAPES_CLASSES
+
+            return list(CITYSCAPES_CLASSES)
+        if name == "ade20k":
+            from deeplab.data.classes import ADE20K_CLASSES
+
+            return list(ADE20K_CLASSES)
         return [f"class_{i}" for i in range(self.num_classes)]
 
     def label_names(self) -> list[str]:
@@ -392,8 +401,52 @@ class FolderDataset(DatasetBase):
         return self
 
 
+class CityscapesDataset(DatasetBase):
+    """Cityscapes fine annotations (train 2,975 / val 500 / test 1,525), labelIds mapped to the 19 trainIds."""
+
+    name: Literal["cityscapes"]
+    root: str
+    """The folder holding leftImg8bit and gtFine."""
+    train_split: str
+    val_split: str
+    labels: Literal["labelIds", "labelTrainIds"]
+    """Which gtFine masks to read: the official *_labelIds.png (mapped here), or *_labelTrainIds.png already
+    converted by cityscapesScripts."""
+
+    @model_validator(mode="after")
+    def _classes(self) -> CityscapesDataset:
+        if self.num_classes != 19:
+            raise ConfigError(
+                f"dataset.num_classes must be 19 for Cityscapes (its trainIds), got {self.num_classes}"
+            )
+        return self
+
+
+class ADE20KDataset(DatasetBase):
+    """ADE20K SceneParsing (ADEChallengeData2016: training 20,210 / validation 2,000), 150 classes."""
+
+    name: Literal["ade20k"]
+    root: str
+    """ADEChallengeData2016, or the folder holding it."""
+    train_split: str
+    val_split: str
+
+    @model_validator(mode="after")
+    def _classes(self) -> ADE20KDataset:
+        if self.num_classes != 150:
+            raise ConfigError(f"dataset.num_classes must be 150 for ADE20K, got {self.num_classes}")
+        return self
+
+
 DatasetConfig = Annotated[
-    VOCDataset | SBDDataset | VOCAugDataset | SyntheticDataset | FolderDataset, Field(discriminator="name")
+    VOCDataset
+    | SBDDataset
+    | VOCAugDataset
+    | SyntheticDataset
+    | FolderDataset
+    | CityscapesDataset
+    | ADE20KDataset,
+    Field(discriminator="name"),
 ]
 
 
@@ -441,7 +494,8 @@ class TrainerConfig(Section):
     max_iters: PositiveInt
     batch_size: PositiveInt
     """Total over all processes."""
-    crop_size: PositiveInt
+    crop_size: PositiveInt | Annotated[list[PositiveInt], Field(min_length=2, max_length=2)]
+    """Training crop: N for N x N (513 in the papers), or [height, width] (Cityscapes: [512, 1024])."""
     eval_interval: PositiveInt
     """Validate every N iterations (and at the end)."""
     ckpt_interval: PositiveInt
@@ -460,6 +514,11 @@ class TrainerConfig(Section):
     """SyncBatchNorm under DDP."""
     max_nonfinite_skips: NonNegativeInt
     """Non-finite losses to skip (one host sync per step) before stopping; 0 checks at log boundaries only."""
+
+    def crop(self) -> tuple[int, int]:
+        """(height, width) of the training crop."""
+        c = self.crop_size
+        return (c, c) if isinstance(c, int) else (c[0], c[1])
 
 
 class EvalConfig(Section):
@@ -630,6 +689,12 @@ def error_message(e: ValidationError, data: Mapping[str, Any], model: type[BaseM
     """One line naming the key of the first error, e.g. "trainer.batch_size: must be >= 1, got 0"."""
     err = e.errors()[0]
     key, value, found = _where(tuple(err["loc"]), data)
+    if isinstance(value, list):
+        # A key that takes a number or a list (trainer.crop_size): a list is judged by the list branch.
+        branch = [x for x in e.errors() if any(str(part).startswith("list[") for part in x["loc"])]
+        if branch and _where(tuple(branch[0]["loc"]), data)[0] == key:
+            err = branch[0]
+            key, value, found = _where(tuple(err["loc"]), data)
     kind = err["type"]
     if kind == "extra_forbidden":
         close = difflib.get_close_matches(str(err["loc"][-1]), _siblings(model, tuple(err["loc"])), n=1)

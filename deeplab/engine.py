@@ -378,8 +378,9 @@ def _next_batch(
                 raise
             pending = e
     n = t.batch_size // rt.dist.world_size
-    images = torch.zeros((n, 3, t.crop_size, t.crop_size), dtype=torch.uint8, device=rt.device)
-    masks = torch.full((n, t.crop_size, t.crop_size), run.cfg.dataset.ignore_index, device=rt.device)
+    height, width = t.crop()
+    images = torch.zeros((n, 3, height, width), dtype=torch.uint8, device=rt.device)
+    masks = torch.full((n, height, width), run.cfg.dataset.ignore_index, device=rt.device)
     return images, masks, pending
 
 

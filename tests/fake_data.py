@@ -123,3 +123,57 @@ def tar_folder(source: Path, arcname: str, dest: Path) -> Path:
     with tarfile.open(dest, mode) as tar:
         tar.add(source, arcname=arcname)
     return dest
+
+
+def write_cityscapes(
+    root: Path, splits: dict[str, dict[str, int]], size: tuple[int, int] = (32, 48), label_ids: bool = True
+) -> Path:
+    """root/leftImg8bit/<split>/<city>/<city>_000000_00000N_leftImg8bit.png and the gtFine labelIds masks
+    (also *_labelTrainIds.png with label_ids=False); splits: {split: {city: number of images}}. Each mask
+    holds every labelId 0..33 in vertical bands, shifted per image."""
+    h, w = size
+    for split, cities in splits.items():
+        for city, count in cities.items():
+            for n in range(count):
+                stem = f"{city}_000000_{n:06d}"
+                ids = ((np.arange(w)[None, :] * 34 // w + n) % 34).repeat(h, axis=0).astype(np.uint8)
+                image = root / "leftImg8bit" / split / city / f"{stem}_leftImg8bit.png"
+                image.parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(fake_image(stem, size)).save(image)
+                masks = root / "gtFine" / split / city
+                masks.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(ids, mode="L").save(masks / f"{stem}_gtFine_labelIds.png")
+                if not label_ids:
+                    from deeplab.data.classes import cityscapes_label_map
+
+                    train_ids = cityscapes_label_map()[ids]
+                    Image.fromarray(train_ids, mode="L").save(masks / f"{stem}_gtFine_labelTrainIds.png")
+    return root
+
+
+def write_ade20k(root: Path, splits: dict[str, int], size: tuple[int, int] = (32, 40)) -> Path:
+    """root/ADEChallengeData2016/{images,annotations}/<split>/ADE_<split>_0000000N.{jpg,png}: annotations
+    hold every value 0..150 (each image a shifted copy)."""
+    h, w = size
+    top = root / "ADEChallengeData2016"
+    for split, count in splits.items():
+        for n in range(1, count + 1):
+            stem = f"ADE_{'train' if split == 'training' else 'val'}_{n:08d}"
+            save_jpg(fake_image(stem, size), top / "images" / split / f"{stem}.jpg")
+            values = ((np.arange(h * w) + 37 * n) % 151).reshape(h, w).astype(np.uint8)
+            path = top / "annotations" / split / f"{stem}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(values, mode="L").save(path)
+    return top
+
+
+def zip_folder(source: Path, dest: Path, prefix: str = "") -> Path:
+    """A zip of source's files, stored under prefix/ (as the official Cityscapes and ADE20K zips)."""
+    import zipfile
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(dest, "w") as archive:
+        for path in sorted(source.rglob("*")):
+            if path.is_file():
+                archive.write(path, str(Path(prefix) / path.relative_to(source)))
+    return dest

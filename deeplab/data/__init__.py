@@ -9,6 +9,9 @@ import numpy as np
 from omegaconf import DictConfig
 
 from deeplab.config import (
+    ADE20KDataset,
+    CityscapesDataset,
+    DatasetBase,
     FolderDataset,
     SBDDataset,
     SyntheticDataset,
@@ -17,7 +20,9 @@ from deeplab.config import (
     VOCDataset,
     train_config,
 )
-from deeplab.data.classes import color_table
+from deeplab.data.ade20k import ade20k_samples, find_ade20k_dir
+from deeplab.data.cityscapes import cityscapes_samples, find_cityscapes_dir
+from deeplab.data.classes import CITYSCAPES_COLORS, ade20k_label_map, cityscapes_label_map, color_table
 from deeplab.data.collate import collate_eval
 from deeplab.data.dataset import SegmentationDataset
 from deeplab.data.folder import color_lookup, folder_samples
@@ -32,10 +37,14 @@ __all__ = ["SegmentationDataset", "build_dataset", "collate_eval", "load_split",
 log = logging.getLogger(__name__)
 
 
-def palette(dataset: VOCDataset | SBDDataset | VOCAugDataset | SyntheticDataset | FolderDataset) -> np.ndarray:
+def palette(dataset: DatasetBase) -> np.ndarray:
     """Colour map (N, 3) uint8 indexable by any label value, ignore included (N >= 256): dataset.palette
-    for its classes if given, the standard VOC colour map otherwise (and for the remaining values)."""
-    return color_table(dataset.palette, max(256, dataset.num_classes))
+    for its classes if given (Cityscapes: its official colours), the standard VOC colour map otherwise (and
+    for the remaining values)."""
+    colors = dataset.palette
+    if colors is None and isinstance(dataset, CityscapesDataset):
+        colors = [list(c) for c in CITYSCAPES_COLORS]
+    return color_table(colors, max(256, dataset.num_classes))
 
 
 def load_split(
@@ -50,7 +59,7 @@ def load_split(
     transform = None  # evaluation sees whole images; batches are padded by collate_eval
     if split == "train" and augment:
         transform = train_transform(
-            cfg.trainer.crop_size, d.augment.scale, d.augment.hflip, d.augment.color_jitter, d.mean, d.ignore_index
+            cfg.trainer.crop(), d.augment.scale, d.augment.hflip, d.augment.color_jitter, d.mean, d.ignore_index
         )
     common = {
         "num_classes": d.num_classes,
@@ -71,6 +80,17 @@ def load_split(
             name=f"dataset.{split}.images {folders.images}", **common,
         )  # fmt: skip
         split_name = split
+    elif isinstance(d, CityscapesDataset):
+        split_name = d.train_split if split == "train" else d.val_split
+        root = find_cityscapes_dir(d.root)
+        label_map = cityscapes_label_map() if d.labels == "labelIds" else None
+        samples = cityscapes_samples(root, split_name, d.labels)
+        dataset = SegmentationDataset(samples, label_map=label_map, name=f"{root}/{split_name}", **common)
+    elif isinstance(d, ADE20KDataset):
+        split_name = d.train_split if split == "train" else d.val_split
+        root = find_ade20k_dir(d.root)
+        samples = ade20k_samples(root, split_name)
+        dataset = SegmentationDataset(samples, label_map=ade20k_label_map(), name=f"{root}/{split_name}", **common)
     else:
         split_name = d.train_split if split == "train" else d.val_split
         if isinstance(d, VOCDataset):

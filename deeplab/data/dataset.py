@@ -77,6 +77,7 @@ class SegmentationDataset(Dataset):
         colors: np.ndarray | None = None,
         color_ids: np.ndarray | None = None,
         binary_values: tuple[int, int] | None = None,
+        label_map: np.ndarray | None = None,
         skip_bad: bool = False,
         substitute: bool = True,
         name: str = "dataset",
@@ -93,6 +94,7 @@ class SegmentationDataset(Dataset):
         self.colors = colors  # (K, 3) colours of colour-coded masks, with their ids in color_ids (K,)
         self.color_ids = color_ids
         self.binary_values = binary_values  # (background, foreground) pixel values of 0/255-style masks
+        self.label_map = label_map  # (256,) uint8 lookup table from stored values to ids (Cityscapes, ADE20K)
         self.skip_bad = skip_bad
         # With skip_bad, a bad training sample is replaced by the next good one (a batch keeps its size); a bad
         # evaluation sample is left out (None), so that no image is scored twice.
@@ -121,6 +123,10 @@ class SegmentationDataset(Dataset):
         """Read and check one mask: (H, W) ids, pixel counts per id value."""
         path = self.samples[index].mask
         mask = read_mask(path, self.colors, self.color_ids, self.binary_values, self.ignore_index)
+        if self.label_map is not None:
+            if mask.dtype != np.uint8:
+                raise DatasetError(f"mask {path} holds values above 255; this dataset's masks are 8-bit ids")
+            mask = self.label_map[mask]
         counts = class_pixel_counts(mask, self.num_labels, self.ignore_index)
         check_mask_values(counts, self.num_labels, self.ignore_index, path)
         return mask, counts

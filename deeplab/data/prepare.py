@@ -1,11 +1,14 @@
 """Download (or take already-downloaded) official archives, unpack them, write the trainaug list, verify.
 
-    python -m deeplab.data.prepare voc|sbd|voc_aug --root DIR [--archives DIR] [--no-verify]
+    python -m deeplab.data.prepare voc|sbd|voc_aug|cityscapes|ade20k --root DIR [--archives DIR] [--no-verify]
 
-voc:     VOCtrainval_11-May-2012.tar -> DIR/VOCdevkit/VOC2012 (train 1,464 / val 1,449)
-sbd:     benchmark.tgz               -> DIR/benchmark_RELEASE/dataset (train 8,498 / val 2,857)
-voc_aug: both, plus VOC2012/ImageSets/Segmentation/train_aug.txt (10,582 ids = VOC train + SBD - VOC val)
-Then train with dataset=voc|sbd|voc_aug dataset.root=DIR.
+voc:        VOCtrainval_11-May-2012.tar -> DIR/VOCdevkit/VOC2012 (train 1,464 / val 1,449)
+sbd:        benchmark.tgz               -> DIR/benchmark_RELEASE/dataset (train 8,498 / val 2,857)
+voc_aug:    both, plus VOC2012/ImageSets/Segmentation/train_aug.txt (10,582 ids = VOC train + SBD - VOC val)
+cityscapes: leftImg8bit_trainvaltest.zip and gtFine_trainvaltest.zip, downloaded by hand (the site needs a
+            login) into --archives -> DIR/cityscapes/{leftImg8bit,gtFine} (train 2,975 / val 500 / test 1,525)
+ade20k:     ADEChallengeData2016.zip    -> DIR/ADEChallengeData2016 (training 20,210 / validation 2,000)
+Then train with dataset=voc|sbd|voc_aug|cityscapes|ade20k dataset.root=DIR.
 """
 
 from __future__ import annotations
@@ -17,12 +20,15 @@ import sys
 import tarfile
 import time
 import uuid
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from torchvision.datasets.utils import calculate_md5, check_integrity, download_url
 from tqdm import tqdm
 
+from deeplab.data.ade20k import ADE20K_COUNTS, ade20k_samples, find_ade20k_dir, is_ade20k_dir
+from deeplab.data.cityscapes import CITYSCAPES_COUNTS, cityscapes_samples, find_cityscapes_dir
 from deeplab.data.dataset import missing_files
 from deeplab.data.sbd import SBD_COUNTS, find_sbd_dir, is_sbd_dir, sbd_sample, sbd_split_ids
 from deeplab.data.voc import VOC_COUNTS, find_voc_dir, is_voc_dir, voc_list_path, voc_sample, voc_split_ids
@@ -34,8 +40,9 @@ from deeplab.errors import DatasetError, UserError, first_line
 class Archive:
     filename: str
     url: str
-    md5: str
-    top: str  # the folder the archive unpacks to
+    md5: str | None  # None: no published checksum (the split sizes are checked instead)
+    top: str  # the folder the archive unpacks to ("" for files at the top of the archive)
+    login: bool = False  # the site needs a login: it cannot be downloaded here
 
 
 ARCHIVES = {
@@ -51,6 +58,26 @@ ARCHIVES = {
         "82b4d87ceb2ed10f6038a1cba92111cb",
         "benchmark_RELEASE",
     ),
+    "cityscapes_images": Archive(
+        "leftImg8bit_trainvaltest.zip",
+        "https://www.cityscapes-dataset.com/file-handling/?packageID=3",
+        None,
+        "",
+        login=True,
+    ),
+    "cityscapes_labels": Archive(
+        "gtFine_trainvaltest.zip",
+        "https://www.cityscapes-dataset.com/file-handling/?packageID=1",
+        None,
+        "",
+        login=True,
+    ),
+    "ade20k": Archive(
+        "ADEChallengeData2016.zip",
+        "http://data.csail.mit.edu/places/ADEchallenge/ADEChallengeData2016.zip",
+        "7328b3957e407ddae1d3cbf487f149ef",
+        "ADEChallengeData2016",
+    ),
 }
 
 # Expected split sizes of the official data (checked unless --no-verify).
@@ -58,6 +85,8 @@ EXPECTED = {
     "voc": dict(VOC_COUNTS),
     "sbd": dict(SBD_COUNTS),
     "voc_aug": {TRAINAUG_SPLIT: TRAINAUG_COUNT, "val": VOC_COUNTS["val"]},
+    "cityscapes": dict(CITYSCAPES_COUNTS),
+    "ade20k": dict(ADE20K_COUNTS),
 }
 
 
@@ -105,8 +134,14 @@ def fetch(archive: Archive, root: Path, archives: Path | None, verify: bool) -> 
     else:
         path = root / archive.filename
         if not path.is_file():
+            if archive.login:
+                raise DatasetError(
+                    f"{archive.filename} cannot be downloaded here: {archive.url} needs a login; download it "
+                    "by hand and pass its folder with --archives DIR"
+                )
             download(archive.url, path)
-    check_md5(path, archive.md5, verify)
+    if archive.md5 is not None:
+        check_md5(path, archive.md5, verify)
     return path
 
 
@@ -123,8 +158,19 @@ def _safe_members(tar: tarfile.TarFile):
 
 
 def unpack(path: Path, dest: Path) -> None:
-    """Extract a tar/tgz into dest (files that would land outside it are refused)."""
+    """Extract a zip, tar or tgz into dest (files that would land outside it are refused)."""
     print(f"unpacking {path} into {dest}")
+    if zipfile.is_zipfile(path):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                # ZipFile.extract drops absolute paths and ".." components, so nothing lands outside dest.
+                for member in tqdm(archive.infolist(), unit=" files", desc=path.name):
+                    archive.extract(member, dest)
+        except (zipfile.BadZipFile, EOFError, OSError) as e:
+            raise DatasetError(f"cannot unpack {path}: {e}; the archive is damaged, delete it and run again") from None
+        return
+    if path.suffix == ".zip":
+        raise DatasetError(f"cannot unpack {path}: it is not a zip file (incomplete download?); delete it and run again")
     try:
         with tarfile.open(path) as tar:
             for member in tqdm(_safe_members(tar), unit=" files", desc=path.name):
@@ -145,7 +191,7 @@ def install(archive: Archive, path: Path, root: Path, inner: str) -> None:
         unpack(path, tmp)
         source = tmp / archive.top / inner
         if not source.is_dir():
-            raise DatasetError(f"{path} does not hold {archive.top}/{inner}; is it the right archive?")
+            raise DatasetError(f"{path} does not hold {Path(archive.top) / inner}; is it the right archive?")
         target = root / archive.top / inner
         if target.exists():
             aside = target.with_name(f"{target.name}.incomplete-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -183,6 +229,37 @@ def prepare_sbd(root: Path, archives: Path | None, verify: bool) -> Path:
         archive = ARCHIVES["sbd"]
         install(archive, fetch(archive, root, archives, verify), root, "dataset")
     return find_sbd_dir(root)
+
+
+def prepare_cityscapes(root: Path, archives: Path | None, verify: bool) -> Path:
+    """Both archives unpack their top folder (leftImg8bit, gtFine) into root/cityscapes."""
+    dest = root / "cityscapes"
+    dest.mkdir(parents=True, exist_ok=True)
+    for key, inner in (("cityscapes_images", "leftImg8bit"), ("cityscapes_labels", "gtFine")):
+        if (dest / inner / "train").is_dir() and (dest / inner / "val").is_dir():
+            print(f"found {dest / inner}; not unpacking again")
+            continue
+        archive = ARCHIVES[key]
+        install(archive, fetch(archive, root, archives, verify), dest, inner)
+    return find_cityscapes_dir(dest)
+
+
+def prepare_ade20k(root: Path, archives: Path | None, verify: bool) -> Path:
+    archive = ARCHIVES["ade20k"]
+    if is_ade20k_dir(root / archive.top):
+        print(f"found {root / archive.top}; not unpacking again")
+    else:
+        install(archive, fetch(archive, root, archives, verify), root, "")
+    return find_ade20k_dir(root)
+
+
+def verify_listed(what: str, samples_of, splits: list[str], verify: bool) -> None:
+    counts, missing = {}, []
+    for split in splits:
+        samples = samples_of(split)
+        counts[split] = len(samples)
+        missing += missing_files(samples)
+    report(what, counts, missing, verify)
 
 
 def report(what: str, counts: dict[str, int], missing: list[str], verify: bool) -> None:
@@ -247,6 +324,13 @@ def run(what: str, root: Path, archives: Path | None, verify: bool) -> None:
         verify_sbd(sbd_dir, verify)
     if what == "voc_aug":
         write_trainaug(voc_dir, sbd_dir, verify)
+    if what == "cityscapes":
+        city = prepare_cityscapes(root, archives, verify)
+        splits = [s for s in CITYSCAPES_COUNTS if (city / "leftImg8bit" / s).is_dir()]
+        verify_listed(what, lambda split: cityscapes_samples(city, split), splits, verify)
+    if what == "ade20k":
+        ade = prepare_ade20k(root, archives, verify)
+        verify_listed(what, lambda split: ade20k_samples(ade, split), list(ADE20K_COUNTS), verify)
     print(f"ready: train with dataset={what} dataset.root={root}")
 
 
@@ -254,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m deeplab.data.prepare", description=__doc__.split("\n")[0]
     )
-    parser.add_argument("dataset", choices=("voc", "sbd", "voc_aug"))
+    parser.add_argument("dataset", choices=("voc", "sbd", "voc_aug", "cityscapes", "ade20k"))
     parser.add_argument(
         "--root",
         type=Path,

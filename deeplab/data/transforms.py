@@ -34,14 +34,17 @@ class RandomScale(A.RandomScale):
 
 
 def train_transform(
-    crop_size: int,
+    crop_size: int | tuple[int, int],
     scale: Sequence[float] = (0.5, 2.0),
     hflip: bool = True,
     color_jitter: float = 0.0,
     mean: Sequence[float] = (0.485, 0.456, 0.406),
     ignore_index: int = 255,
 ) -> A.Compose:
-    """Random scale in [scale[0], scale[1]], pad to crop_size (mean / ignore_index), random crop, flip, jitter."""
+    """Random scale in [scale[0], scale[1]], pad to crop_size (mean / ignore_index), random crop, flip, jitter.
+
+    crop_size: N (N x N) or (height, width)."""
+    crop_h, crop_w = (crop_size, crop_size) if isinstance(crop_size, int) else crop_size
     lo, hi = float(scale[0]), float(scale[1])
     if not 0 < lo <= hi:
         raise ValueError(f"scale range must satisfy 0 < lo <= hi, got [{lo}, {hi}]")
@@ -57,14 +60,14 @@ def train_transform(
         )
     steps += [
         A.PadIfNeeded(
-            min_height=crop_size,
-            min_width=crop_size,
+            min_height=crop_h,
+            min_width=crop_w,
             position="random",
             border_mode=cv2.BORDER_CONSTANT,
             fill=tuple(float(m) * 255.0 for m in mean),  # the mean colour, in pixel values
             fill_mask=ignore_index,
         ),
-        A.RandomCrop(height=crop_size, width=crop_size),
+        A.RandomCrop(height=crop_h, width=crop_w),
     ]
     if hflip:
         steps.append(A.HorizontalFlip(p=0.5))

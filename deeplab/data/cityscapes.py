@@ -1,0 +1,51 @@
+"""Cityscapes in its official layout: leftImg8bit/<split>/<city>/<stem>_leftImg8bit.png and
+gtFine/<split>/<city>/<stem>_gtFine_labelIds.png (or the _labelTrainIds.png that cityscapesScripts writes).
+labelIds are mapped to the 19 trainIds on read (deeplab.data.classes.cityscapes_label_map)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from deeplab.data.dataset import Sample
+from deeplab.errors import DatasetError
+
+CITYSCAPES_COUNTS = {"train": 2975, "val": 500, "test": 1525}
+IMAGE_SUFFIX = "_leftImg8bit.png"
+
+
+def is_cityscapes_dir(path: Path) -> bool:
+    return (path / "leftImg8bit").is_dir() and (path / "gtFine").is_dir()
+
+
+def find_cityscapes_dir(root: str | Path) -> Path:
+    """The folder holding leftImg8bit and gtFine: root itself or root/cityscapes."""
+    root = Path(root).expanduser()
+    for candidate in (root, root / "cityscapes"):
+        if is_cityscapes_dir(candidate):
+            return candidate
+    fix = (
+        "download leftImg8bit_trainvaltest.zip and gtFine_trainvaltest.zip from https://www.cityscapes-dataset.com "
+        f"(the site needs a login) and run `python -m deeplab.data.prepare cityscapes --root {root} --archives DIR`"
+    )
+    if not root.exists():
+        raise DatasetError(f"dataset.root {root} does not exist: expected Cityscapes there; {fix}")
+    raise DatasetError(f"no Cityscapes under dataset.root {root}: expected {root}/leftImg8bit and {root}/gtFine; {fix}")
+
+
+def cityscapes_samples(root: Path, split: str, labels: str = "labelIds") -> list[Sample]:
+    """Every image of leftImg8bit/<split>/*/ with its gtFine mask, sorted by city and name."""
+    images_dir = root / "leftImg8bit" / split
+    if not images_dir.is_dir():
+        found = sorted(p.name for p in (root / "leftImg8bit").iterdir() if p.is_dir())
+        raise DatasetError(
+            f"Cityscapes split {split!r} not found: {images_dir} does not exist (splits here: "
+            f"{', '.join(found) or 'none'}); set dataset.train_split / dataset.val_split to one of them"
+        )
+    samples = []
+    for image in sorted(images_dir.glob(f"*/*{IMAGE_SUFFIX}")):
+        stem = image.name[: -len(IMAGE_SUFFIX)]
+        mask = root / "gtFine" / split / image.parent.name / f"{stem}_gtFine_{labels}.png"
+        samples.append(Sample(stem, image, mask))
+    if not samples:
+        raise DatasetError(f"no *{IMAGE_SUFFIX} images in {images_dir}/<city>/; re-extract leftImg8bit_trainvaltest.zip")
+    return samples
