@@ -245,8 +245,11 @@ class DatasetBase(Section):
     """null: the 21 VOC names for the VOC datasets, class_0, class_1, ... otherwise."""
     palette: list[Color] | None
     """[r, g, b] of each class for drawing (and, for dataset=folder, to read colour-coded masks)."""
-    mean: Annotated[list[Annotated[float, Field(ge=0, le=1)]], Field(min_length=3, max_length=3)]
-    std: Annotated[list[Annotated[float, Field(gt=0)]], Field(min_length=3, max_length=3)]
+    in_channels: Annotated[int, Field(ge=1, le=64)]
+    """Channels of the input images: 3 (RGB), or others for dataset=folder (multi-page TIFF, .npy, RGBA)."""
+    mean: Annotated[list[Annotated[float, Field(ge=0, le=1)]], Field(min_length=1)]
+    """Per channel, in [0, 1] pixel units (ImageNet's for RGB)."""
+    std: Annotated[list[Annotated[float, Field(gt=0)]], Field(min_length=1)]
     augment: AugmentConfig
     skip_bad: bool
     """true: a corrupt training sample is skipped with a warning (and counted), a corrupt validation sample
@@ -254,6 +257,27 @@ class DatasetBase(Section):
     check_labels: bool
     """Scan the training masks at start-up (cached per dataset) and stop when a class has no pixel in any
     of them, or when they hold only 0 and the ignore index (binary masks stored as 0/255)."""
+
+    @model_validator(mode="after")
+    def _channels(self) -> DatasetBase:
+        for key in ("mean", "std"):
+            values = getattr(self, key)
+            if len(values) != self.in_channels:
+                raise ConfigError(
+                    f"dataset.{key} has {len(values)} values but dataset.in_channels is {self.in_channels}; "
+                    "give one per channel"
+                )
+        if self.in_channels != 3:
+            if getattr(self, "name", "folder") != "folder":
+                raise ConfigError(
+                    f"dataset.in_channels={self.in_channels}: {getattr(self, 'name', '')} images are RGB; other "
+                    "channel counts are read by dataset=folder"
+                )
+            if self.augment.color_jitter > 0:
+                raise ConfigError(
+                    "dataset.augment.color_jitter works on RGB images; set it to 0 when dataset.in_channels is not 3"
+                )
+        return self
 
     @model_validator(mode="after")
     def _names(self) -> DatasetBase:
@@ -282,6 +306,10 @@ class DatasetBase(Section):
 
             return list(ADE20K_CLASSES)
         return [f"class_{i}" for i in range(self.num_classes)]
+
+    def mean_pixel(self) -> tuple[int, ...]:
+        """The mean colour in pixel values, one per channel (what evaluation batches are padded with)."""
+        return tuple(round(m * 255) for m in self.mean)
 
     def label_names(self) -> list[str]:
         """Names of the predicted labels: the classes, or background + the class for a binary model."""

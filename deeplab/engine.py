@@ -212,7 +212,7 @@ def _build(
         start_iteration=progress.iteration, pin_memory=pin,
     )  # fmt: skip
     val_loader = build_val_loader(
-        val_set, cfg.eval.batch_size, t.num_workers, rt.dist.rank, world, pin, d.ignore_index
+        val_set, cfg.eval.batch_size, t.num_workers, rt.dist.rank, world, pin, d.ignore_index, d.mean_pixel()
     )
     writer = None
     if rt.is_main and cfg.logger.tensorboard:

@@ -38,6 +38,7 @@ def evaluate_checkpoint(cfg: EvaluateConfig | DictConfig, run_dir: Path) -> dict
         cfg.num_workers,
         pin_memory=rt.device.type == "cuda",
         ignore_index=d.ignore_index,
+        pad=d.mean_pixel(),
     )
     tic = time.perf_counter()
     try:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from deeplab.data import collate_eval
+from deeplab.data.collate import UINT8_PAD
 from deeplab.errors import UserError
 from deeplab.sampling import ResumableSampler
 from deeplab.signals import ignore_stop_signals
@@ -52,6 +53,7 @@ def build_val_loader(
     world_size: int = 1,
     pin_memory: bool = False,
     ignore_index: int = 255,
+    pad: Sequence[int] = UINT8_PAD,
 ) -> DataLoader:
     """Whole-image loader over this rank's share: every image exactly once across ranks.
 
@@ -64,7 +66,7 @@ def build_val_loader(
         shuffle=False,
         num_workers=num_workers,
         pin_memory=pin_memory,
-        collate_fn=functools.partial(collate_eval, ignore_index=ignore_index),
+        collate_fn=functools.partial(collate_eval, ignore_index=ignore_index, pad=tuple(pad)),
         persistent_workers=num_workers > 0,
         generator=torch.Generator().manual_seed(0),
         worker_init_fn=ignore_stop_signals,

@@ -26,7 +26,7 @@ from deeplab.errors import ConfigError, DatasetError
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".npy"}
 
 
 def list_images(path: Path) -> list[Path]:
@@ -63,7 +63,7 @@ def predict(cfg: PredictConfig | DictConfig, output: Path) -> list[Path]:
     from deeplab.inference import predict_probs
     from deeplab.restore import load_trained_model
     from deeplab.runtime import make_runtime
-    from deeplab.visualize import draw_legend, draw_segmentation_map, image_overlay
+    from deeplab.visualize import display_rgb, draw_legend, draw_segmentation_map, image_overlay
 
     cfg = predict_config(cfg)
     rt = make_runtime(cfg.device, cfg.amp, cfg.channels_last, key="")
@@ -86,12 +86,12 @@ def predict(cfg: PredictConfig | DictConfig, output: Path) -> list[Path]:
     flat_palette = palette[:256].reshape(-1).tolist()
     for path in tqdm(images, desc="predict", unit=" images"):
         try:
-            rgb = read_image(path)
+            image = read_image(path, d.in_channels)  # (H, W, C) uint8
         except DatasetError as e:
             log.warning("%s", e)
             unreadable.append(path.name)
             continue
-        x = torch.from_numpy(rgb).permute(2, 0, 1).unsqueeze(0).to(rt.device)  # (1, 3, H, W) uint8
+        x = torch.from_numpy(image).permute(2, 0, 1).unsqueeze(0).to(rt.device)  # (1, C, H, W) uint8
         with torch.no_grad(), rt.autocast():
             probs = predict_probs(
                 model, normalize(x), scales=ev.scales, flip=ev.flip, mode=ev.mode, window=ev.window,
@@ -104,7 +104,8 @@ def predict(cfg: PredictConfig | DictConfig, output: Path) -> list[Path]:
         ids.save(ids_path)
         color = draw_segmentation_map(pred, palette)
         Image.fromarray(color).save(output / f"{names[path]}_color.png")
-        overlay = image_overlay(rgb, color, cfg.alpha, keep=np.isin(pred, background))
+        # The overlay shows the first three channels (or the first as gray) of other than RGB images.
+        overlay = image_overlay(display_rgb(image), color, cfg.alpha, keep=np.isin(pred, background))
         found = [
             (labels[c], palette[c])
             for c in np.unique(pred).tolist()

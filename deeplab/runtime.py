@@ -71,12 +71,12 @@ def configure_backends(device: torch.device, deterministic: bool) -> None:
 
 
 class Normalizer:
-    """(B, 3, H, W) uint8 images on the device -> normalised float32 (channels_last when asked)."""
+    """(B, C, H, W) uint8 images on the device -> normalised float32 (channels_last when asked)."""
 
     def __init__(
         self, mean: Sequence[float], std: Sequence[float], device: torch.device, channels_last: bool = False
     ) -> None:
-        # mean and std in pixel units, (1, 3, 1, 1)
+        # mean and std in pixel units, (1, C, 1, 1)
         self.mean = torch.tensor([m * 255.0 for m in mean], device=device).view(1, -1, 1, 1)
         self.std = torch.tensor([s * 255.0 for s in std], device=device).view(1, -1, 1, 1)
         self.channels_last = channels_last

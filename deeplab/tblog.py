@@ -11,7 +11,7 @@ import numpy as np
 from torch.utils.tensorboard import SummaryWriter
 
 from deeplab.config import flatten
-from deeplab.visualize import draw_segmentation_map
+from deeplab.visualize import display_rgb, draw_segmentation_map
 
 # metrics.json key -> TensorBoard tag
 METRIC_TAGS = {
@@ -40,10 +40,11 @@ def log_val_metrics(
 def example_strip(
     image: np.ndarray, truth: np.ndarray, pred: np.ndarray, palette: np.ndarray, ignore_index: int
 ) -> np.ndarray:
-    """(H, W, 3) photo, (H, W) truth and prediction -> (H, 3W, 3) uint8 strip: input | truth | prediction."""
+    """(H, W, C) photo, (H, W) truth and prediction -> (H, 3W, 3) uint8 strip: input (its first three
+    channels) | truth | prediction."""
     return np.concatenate(
         [
-            image,
+            display_rgb(image),
             draw_segmentation_map(truth, palette, ignore_index),
             draw_segmentation_map(pred, palette, ignore_index),
         ],

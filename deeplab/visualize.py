@@ -10,6 +10,13 @@ from PIL import Image, ImageDraw
 IGNORE_COLOR = (255, 255, 255)
 
 
+def display_rgb(image: np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8 to show an (H, W, C) image: its first three channels, or its first one as gray."""
+    if image.shape[2] >= 3:
+        return np.ascontiguousarray(image[..., :3])
+    return np.repeat(image[..., :1], 3, axis=2)
+
+
 def draw_segmentation_map(mask: np.ndarray, palette: np.ndarray, ignore_index: int = 255) -> np.ndarray:
     """(H, W) class ids -> (H, W, 3) uint8 colours; the ignore label is drawn white."""
     palette = np.asarray(palette, dtype=np.uint8)

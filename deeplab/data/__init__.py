@@ -68,6 +68,7 @@ def load_split(
         "skip_bad": d.skip_bad,
         "substitute": split == "train",
         "check_files": check_files,
+        "in_channels": d.in_channels,
     }
     detail = ""
     if isinstance(d, FolderDataset):

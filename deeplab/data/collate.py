@@ -11,10 +11,12 @@ UINT8_PAD = (124, 116, 104)
 
 
 def collate_eval(
-    batch: Sequence[tuple[torch.Tensor, torch.Tensor] | None], ignore_index: int = 255
+    batch: Sequence[tuple[torch.Tensor, torch.Tensor] | None],
+    ignore_index: int = 255,
+    pad: Sequence[int] = UINT8_PAD,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Pad to the largest image: images (B, 3, Hmax, Wmax), masks (B, Hmax, Wmax) padded with ignore_index,
-    sizes (B, 2) int64 (h, w) of each image. Float images pad with 0, uint8 images with the mean colour.
+    """Pad to the largest image: images (B, C, Hmax, Wmax), masks (B, Hmax, Wmax) padded with ignore_index,
+    sizes (B, 2) int64 (h, w) of each image. Float images pad with 0, uint8 images with `pad`, the mean colour (one value per channel).
     Samples left out (None: unreadable, with dataset.skip_bad) are dropped; B may be 0.
 
     For a dataset whose ignore index is not 255, pass it: functools.partial(collate_eval, ignore_index=i).
@@ -22,7 +24,7 @@ def collate_eval(
     kept = [item for item in batch if item is not None]
     if not kept:
         return (
-            torch.zeros((0, 3, 1, 1), dtype=torch.uint8),
+            torch.zeros((0, len(pad), 1, 1), dtype=torch.uint8),
             torch.zeros((0, 1, 1), dtype=torch.int64),
             torch.zeros((0, 2), dtype=torch.int64),
         )
@@ -32,7 +34,7 @@ def collate_eval(
     first = images[0]
     out_images = first.new_zeros((len(images), first.shape[0], height, width))
     if first.dtype == torch.uint8:
-        out_images += torch.tensor(UINT8_PAD, dtype=torch.uint8).view(1, 3, 1, 1)
+        out_images += torch.tensor(pad, dtype=torch.uint8).view(1, -1, 1, 1)
     out_masks = torch.full((len(masks), height, width), ignore_index, dtype=masks[0].dtype)
     for i, (image, mask) in enumerate(zip(images, masks)):
         h, w = mask.shape[-2:]

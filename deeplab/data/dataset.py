@@ -62,7 +62,7 @@ def raise_if_missing(samples: Sequence[Sample], where: str, listing_problems: Se
 
 
 class SegmentationDataset(Dataset):
-    """Items (image, mask): image (3, H, W) uint8, mask (H, W) ids with the ignore index kept.
+    """Items (image, mask): image (C, H, W) uint8 (C = dataset.in_channels, 3 for RGB), mask (H, W) ids with the ignore index kept.
 
     Masks are uint8 where the labels fit (int64 otherwise): 8x less to pass from the DataLoader workers and
     to copy to the GPU. Images are normalised on the device (deeplab.runtime.Normalizer).
@@ -78,6 +78,7 @@ class SegmentationDataset(Dataset):
         color_ids: np.ndarray | None = None,
         binary_values: tuple[int, int] | None = None,
         label_map: np.ndarray | None = None,
+        in_channels: int = 3,
         skip_bad: bool = False,
         substitute: bool = True,
         name: str = "dataset",
@@ -95,6 +96,7 @@ class SegmentationDataset(Dataset):
         self.color_ids = color_ids
         self.binary_values = binary_values  # (background, foreground) pixel values of 0/255-style masks
         self.label_map = label_map  # (256,) uint8 lookup table from stored values to ids (Cityscapes, ADE20K)
+        self.in_channels = in_channels
         self.skip_bad = skip_bad
         # With skip_bad, a bad training sample is replaced by the next good one (a batch keeps its size); a bad
         # evaluation sample is left out (None), so that no image is scored twice.
@@ -132,9 +134,9 @@ class SegmentationDataset(Dataset):
         return mask, counts
 
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Read and check one example: image (H, W, 3) uint8, mask (H, W) ids, pixel counts per id value."""
+        """Read and check one example: image (H, W, C) uint8, mask (H, W) ids, pixel counts per id value."""
         sample = self.samples[index]
-        image = read_image(sample.image)
+        image = read_image(sample.image, self.in_channels)
         mask, counts = self.load_mask(index)
         if image.shape[:2] != mask.shape:
             orientation = exif_orientation(sample.image)
@@ -164,7 +166,9 @@ class SegmentationDataset(Dataset):
             self._reseed(seed)
             out = self.transform(image=image, mask=mask)
             image, mask = out["image"], out["mask"]
-        image_t = torch.from_numpy(np.stack(cv2.split(np.ascontiguousarray(image))))  # (3, H, W) uint8
+        if image.ndim == 2:  # albumentations may drop the channel axis of one-band images
+            image = image[..., None]
+        image_t = torch.from_numpy(np.stack(cv2.split(np.ascontiguousarray(image)), axis=0))  # (C, H, W) uint8
         mask_t = torch.from_numpy(mask.astype(np.uint8 if self.compact else np.int64))  # (H, W)
         return image_t, mask_t
 

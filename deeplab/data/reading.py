@@ -7,7 +7,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import scipy.io
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, ImageSequence
 
 from deeplab.errors import DatasetError, first_line
 
@@ -45,9 +45,12 @@ def _to_rgb8(im: Image.Image, path: Path) -> np.ndarray:
     return np.array(im if im.mode == "RGB" else im.convert("RGB"))
 
 
-def read_image(path: Path) -> np.ndarray:
+def read_image(path: Path, channels: int = 3) -> np.ndarray:
     """Decode an image file to an (H, W, 3) uint8 RGB array, turned upright as its EXIF orientation says
-    (as annotation tools and viewers display it); a missing, corrupt or truncated file is a DatasetError."""
+    (as annotation tools and viewers display it); a missing, corrupt or truncated file is a DatasetError.
+    channels != 3 (or a .npy file): an (H, W, channels) uint8 array, see read_bands."""
+    if channels != 3 or path.suffix.lower() == ".npy":
+        return read_bands(path, channels)
     try:
         with Image.open(path) as im:
             im.load()  # decode now, so a truncated file fails here and not later
@@ -59,6 +62,65 @@ def read_image(path: Path) -> np.ndarray:
             f"cannot read image {path}: {first_line(e)} (the file is corrupt or truncated: replace it, or "
             "re-extract the dataset)"
         ) from None
+
+
+def _to_uint8(values: np.ndarray, path: Path) -> np.ndarray:
+    """uint8 as is; 16-bit (or wider integer) values in 0..65535 scaled to 8 bits like 16-bit grayscale."""
+    if values.dtype == np.uint8:
+        return values
+    if values.dtype.kind in "iu" and values.min(initial=0) >= 0 and values.max(initial=0) <= 65535:
+        return ((values.astype(np.int64) * 255 + 32767) // 65535).astype(np.uint8)
+    raise DatasetError(
+        f"cannot read image {path}: {values.dtype} values; multi-channel images must hold 8- or 16-bit "
+        "integers (scale floating-point bands to 0..65535 first)"
+    )
+
+
+def read_bands(path: Path, channels: int) -> np.ndarray:
+    """An (H, W, channels) uint8 image of any channel count: a .npy array (H, W, C) of uint8 or uint16, or
+    the pages of a (multi-page) TIFF or other image stacked in order (each page gray, RGB or RGBA). 16-bit
+    bands are scaled to 8 bits. A count other than `channels` is a DatasetError naming the file."""
+    try:
+        if path.suffix.lower() == ".npy":
+            array = np.load(path, allow_pickle=False)
+            if array.ndim == 2:
+                array = array[..., None]
+            if array.ndim != 3:
+                raise DatasetError(f"image {path} holds an array of shape {array.shape}; save it as (height, width, channels)")
+            bands = _to_uint8(array, path)
+        else:
+            with Image.open(path) as im:
+                pages = []
+                for page in ImageSequence.Iterator(im):
+                    page.load()
+                    if page.mode in _WIDE_GRAY:
+                        pages.append(_to_uint8(np.asarray(page, dtype=np.int64), path)[..., None])
+                    elif page.mode in ("L", "RGB", "RGBA"):
+                        values = np.asarray(page)
+                        pages.append(values[..., None] if values.ndim == 2 else values)
+                    elif page.mode in ("1", "P", "LA", "CMYK"):
+                        values = np.asarray(page.convert("L" if page.mode in ("1", "P") else page.mode))
+                        pages.append(values[..., None] if values.ndim == 2 else values)
+                    else:
+                        raise DatasetError(
+                            f"cannot read image {path}: a page of mode {page.mode}; pages must be 8- or 16-bit "
+                            "gray, RGB or RGBA"
+                        )
+                if len({p.shape[:2] for p in pages}) != 1:
+                    raise DatasetError(f"image {path}: its pages differ in size; every band must have the same size")
+                bands = np.concatenate(pages, axis=2)
+    except FileNotFoundError:
+        raise DatasetError(f"image {path} does not exist") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise DatasetError(
+            f"cannot read image {path}: {first_line(e)} (the file is corrupt or truncated: replace it)"
+        ) from None
+    if bands.shape[2] != channels:
+        raise DatasetError(
+            f"image {path} has {bands.shape[2]} channels but dataset.in_channels is {channels}; give every "
+            "image that many bands (pages of a TIFF, or the last axis of a .npy array)"
+        )
+    return np.ascontiguousarray(bands)
 
 
 def read_sbd_label(path: Path) -> np.ndarray:

@@ -16,6 +16,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import albumentations as A  # noqa: E402
 import cv2  # noqa: E402
+import numpy as np  # noqa: E402
 
 # Masks use INTER_NEAREST_EXACT: OpenCV's INTER_NEAREST samples at x * scale instead of the pixel centre
 # (x + 0.5) * scale - 0.5, which shifts masks by up to half a pixel against the bilinear-resized image.
@@ -31,6 +32,22 @@ class RandomScale(A.RandomScale):
     def get_params_dependent_on_data(self, params: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
         smallest = min(params["shape"][:2])
         return {"scale": max(params["scale"], (1.0 + 1e-6) / smallest)}
+
+
+class PadToCrop(A.PadIfNeeded):
+    """albumentations' PadIfNeeded, but images of more than 4 channels are padded with their per-channel
+    fill too (OpenCV's copyMakeBorder takes at most 4 values)."""
+
+    def apply(
+        self, img: np.ndarray, pad_top: int, pad_bottom: int, pad_left: int, pad_right: int, **params: Any
+    ) -> np.ndarray:
+        if img.ndim < 3 or img.shape[2] <= 4:
+            return super().apply(img, pad_top, pad_bottom, pad_left, pad_right, **params)
+        fill = np.asarray(self.fill, dtype=np.float64).round().astype(img.dtype)  # (C,)
+        out = np.empty((img.shape[0] + pad_top + pad_bottom, img.shape[1] + pad_left + pad_right, img.shape[2]), img.dtype)
+        out[:] = fill
+        out[pad_top : pad_top + img.shape[0], pad_left : pad_left + img.shape[1]] = img
+        return out
 
 
 def train_transform(
@@ -59,12 +76,12 @@ def train_transform(
             )
         )
     steps += [
-        A.PadIfNeeded(
+        PadToCrop(
             min_height=crop_h,
             min_width=crop_w,
             position="random",
             border_mode=cv2.BORDER_CONSTANT,
-            fill=tuple(float(m) * 255.0 for m in mean),  # the mean colour, in pixel values
+            fill=tuple(float(m) * 255.0 for m in mean),  # the mean colour, in pixel values, per channel
             fill_mask=ignore_index,
         ),
         A.RandomCrop(height=crop_h, width=crop_w),

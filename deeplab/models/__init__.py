@@ -17,6 +17,7 @@ from deeplab.models.aspp import ASPP
 from deeplab.models.backbone import Backbone, build_backbone
 from deeplab.models.deeplab import DeepLab
 from deeplab.models.heads import DeepLabV3Head, DeepLabV3PlusDecoder, FCNHead
+from deeplab.models.input_channels import widen_input
 from deeplab.models.mobilenet import MobileNetBackbone
 from deeplab.models.pretrained import (
     convert_torchvision_state_dict,
@@ -74,8 +75,16 @@ def build_network(cfg: TrainConfig) -> DeepLab:
 
 
 def build_model(cfg: TrainConfig | DictConfig) -> DeepLab:
-    """The model a train config describes, with the pretrained weights it asks for (on the CPU)."""
+    """The model a train config describes, with the pretrained weights it asks for (on the CPU), its first
+    convolution widened to dataset.in_channels (the RGB filters kept)."""
     cfg = train_config(cfg)
+    model = _build_rgb_model(cfg)
+    if cfg.dataset.in_channels != 3:
+        widen_input(model.backbone, cfg.dataset.in_channels)
+    return model
+
+
+def _build_rgb_model(cfg: TrainConfig) -> DeepLab:
     b, m = cfg.backbone, cfg.model
     # Weights are fetched before the network is built, so a missing file fails at once.
     if m.pretrained is not None:

@@ -11,6 +11,7 @@ from torch import nn
 
 from deeplab.errors import CheckpointError, ConfigError, first_line
 from deeplab.models.backbone import Backbone
+from deeplab.models.input_channels import input_channels, widen_input
 
 
 def _timm() -> Any:
@@ -88,6 +89,7 @@ class TimmBackbone(Backbone):
             return
         reference = next(p for p in self.body.parameters() if p.ndim == 4)  # a conv weight
         body = create_features(self.model_name, output_stride)
+        widen_input(body, input_channels(self.body))  # dataset.in_channels != 3
         body.load_state_dict(self.body.state_dict())
         body.train(self.body.training)
         body.to(device=reference.device, dtype=reference.dtype)
