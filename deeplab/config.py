@@ -194,6 +194,10 @@ class ModelConfig(Section):
     """Auxiliary FCN head on layer3, trained with loss.aux_weight (training only)."""
     pretrained: Annotated[str | None, _flag_or_path((None, "torchvision"), "null, torchvision")]
     """null; torchvision (its published COCO/VOC-label DeepLabV3 weights); or a path to that .pth file."""
+    init_from: str | None
+    """A new run's starting weights: one of our checkpoints (.pt) or torchvision's DeepLabV3 .pth, any class
+    count. Every tensor whose name and shape fit is loaded, the rest keep their initialisation (one log line
+    lists them). Not a resume: the optimiser and the iteration start afresh."""
 
     @model_validator(mode="after")
     def _head(self) -> ModelConfig:
@@ -207,6 +211,10 @@ class ModelConfig(Section):
             raise ConfigError(
                 "model.head_conv (the extra 3x3 conv of torchvision's DeepLabv3 head) cannot be used with "
                 "the DeepLabv3+ decoder; set model.head_conv=false or use model=deeplabv3"
+            )
+        if self.init_from is not None and self.pretrained is not None:
+            raise ConfigError(
+                "model.init_from and model.pretrained both give the starting weights; set one of them"
             )
         return self
 
@@ -481,8 +489,8 @@ DatasetConfig = Annotated[
 # ----------------------------------------------------------------------------- training
 
 
-class OptimConfig(Section):
-    """configs/optim: the papers' SGD (momentum 0.9, weight decay 1e-4, lr 0.007)."""
+class SGDConfig(Section):
+    """configs/optim/sgd.yaml: the papers' SGD (momentum 0.9, weight decay 1e-4, lr 0.007)."""
 
     name: Literal["sgd"]
     lr: PositiveFloat
@@ -495,10 +503,27 @@ class OptimConfig(Section):
     """true: no weight decay on BatchNorm and bias parameters."""
 
     @model_validator(mode="after")
-    def _nesterov(self) -> OptimConfig:
+    def _nesterov(self) -> SGDConfig:
         if self.nesterov and self.momentum == 0:
             raise ConfigError("optim.nesterov=true needs optim.momentum > 0")
         return self
+
+
+class AdamWConfig(Section):
+    """configs/optim/adamw.yaml: AdamW, the usual choice for timm encoders (ConvNeXt, ...), with the backbone at
+    a fraction of the head's learning rate."""
+
+    name: Literal["adamw"]
+    lr: PositiveFloat
+    betas: Annotated[list[Annotated[float, Field(ge=0, lt=1)]], Field(min_length=2, max_length=2)]
+    eps: PositiveFloat
+    weight_decay: NonNegativeFloat
+    backbone_lr_mult: PositiveFloat
+    """The backbone trains at lr * backbone_lr_mult, ASPP, decoder and heads at lr."""
+    no_decay_norm: bool
+
+
+OptimConfig = Annotated[SGDConfig | AdamWConfig, Field(discriminator="name")]
 
 
 class ScheduleConfig(Section):
@@ -511,9 +536,63 @@ class ScheduleConfig(Section):
     """Warmup starts at base_lr * warmup_factor."""
 
 
-class LossConfig(Section):
+class LossBase(Section):
     aux_weight: NonNegativeFloat
     """Weight of the auxiliary head's loss (used only when model.aux_head is on)."""
+
+
+class CrossEntropyConfig(LossBase):
+    """Pixel-wise cross-entropy (BCE for one class), averaged over the valid pixels of the batch."""
+
+    name: Literal["cross_entropy"]
+    class_weights: Literal["auto"] | list[NonNegativeFloat] | None
+    """null; one weight per class; or auto: median-frequency balancing, median(f) / f_c with f_c the share of
+    class c among the training masks' valid pixels (computed once, written to the run dir, logged)."""
+
+
+class OHEMConfig(LossBase):
+    """Online hard example mining: cross-entropy over the pixels the model gets least right."""
+
+    name: Literal["ohem"]
+    thresh: Annotated[float, Field(gt=0, le=1)]
+    """Pixels whose true-class probability is below thresh are kept..."""
+    min_kept: NonNegativeInt
+    """...and at least the min_kept hardest valid pixels of the batch (per process)."""
+
+
+class FocalConfig(LossBase):
+    """Focal loss (Lin et al. 2017): -(1 - p_t)^gamma log p_t, averaged over the valid pixels."""
+
+    name: Literal["focal"]
+    gamma: NonNegativeFloat
+
+
+class DiceConfig(LossBase):
+    """Soft Dice loss over the classes present in the batch's targets."""
+
+    name: Literal["dice"]
+    eps: NonNegativeFloat
+    """Added to numerator and denominator (smoothing)."""
+
+
+class LovaszConfig(LossBase):
+    """Lovasz-softmax (Berman et al. 2018): a surrogate of the Jaccard loss, i.e. of 1 - IoU."""
+
+    name: Literal["lovasz"]
+
+
+def _loss_of_older_checkpoints(value: Any) -> Any:
+    # Checkpoints written before the loss group had `loss: {aux_weight}` and trained with cross-entropy.
+    if isinstance(value, Mapping) and "name" not in value:
+        return {"name": "cross_entropy", "class_weights": None, **value}
+    return value
+
+
+LossConfig = Annotated[
+    CrossEntropyConfig | OHEMConfig | FocalConfig | DiceConfig | LovaszConfig,
+    Field(discriminator="name"),
+    BeforeValidator(_loss_of_older_checkpoints),
+]
 
 
 class TrainerConfig(Section):
@@ -540,6 +619,12 @@ class TrainerConfig(Section):
     deterministic: bool
     sync_bn: bool
     """SyncBatchNorm under DDP."""
+    freeze_bn: bool
+    """Every BatchNorm keeps its running statistics and affine parameters (the DeepLabv3 paper's second stage:
+    fine-tuning at output stride 8 with BatchNorm frozen)."""
+    activation_checkpointing: bool
+    """Recompute the backbone's deepest stages in the backward pass instead of storing their activations:
+    less memory (OS 8 on a small GPU) for more time."""
     max_nonfinite_skips: NonNegativeInt
     """Non-finite losses to skip (one host sync per step) before stopping; 0 checks at log boundaries only."""
 
@@ -608,6 +693,24 @@ class TrainConfig(Section):
             raise ConfigError(
                 f"trainer.batch_size={t.batch_size}: BatchNorm after ASPP's image pooling needs at least 2 "
                 "images per process in training; raise trainer.batch_size"
+            )
+        if isinstance(self.loss, CrossEntropyConfig) and isinstance(self.loss.class_weights, list):
+            want = max(self.dataset.num_classes, 2)
+            if len(self.loss.class_weights) != want:
+                raise ConfigError(
+                    f"loss.class_weights has {len(self.loss.class_weights)} values but there are {want} classes"
+                    f"{' (background and foreground)' if self.dataset.num_classes == 1 else ''}; give one per class"
+                )
+        untrained = self.model.init_from is None and self.model.pretrained is None and not self.backbone.pretrained
+        if t.freeze_bn and untrained:
+            raise ConfigError(
+                "trainer.freeze_bn=true would freeze BatchNorm at its initial statistics: give the trained weights "
+                "to start from with model.init_from=PATH (or use pretrained weights)"
+            )
+        if t.activation_checkpointing and not self.backbone.name.startswith("resnet"):
+            raise ConfigError(
+                f"trainer.activation_checkpointing is offered for the ResNet backbones (layer3 and layer4 "
+                f"recomputed unit by unit), not {self.backbone.name}"
             )
         if self.model.pretrained is not None and self.backbone.name not in TORCHVISION_DEEPLABS:
             raise ConfigError(

@@ -6,6 +6,7 @@ collectives in distributed.py, TensorBoard in tblog.py, the evaluation loop in e
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -31,14 +32,17 @@ from deeplab.checkpoint import (
     save_checkpoint,
     training_state,
 )
-from deeplab.config import TrainConfig, train_config
+from deeplab.config import CrossEntropyConfig, TrainConfig, train_config
 from deeplab.data.stats import check_labels, label_counts
 from deeplab.errors import ConfigError, DivergenceError, UserError
 from deeplab.evaluation import evaluate
+from deeplab.jsonfile import write_json
 from deeplab.loaders import batches, build_train_loader, build_val_loader, shut_down_workers
-from deeplab.losses import SegmentationLoss
+from deeplab.losses import SegmentationLoss, build_criterion, median_frequency_weights
 from deeplab.metrics import format_table, write_metrics_json
 from deeplab.models import build_model
+from deeplab.models.batchnorm import freeze_batchnorm
+from deeplab.models.pretrained import load_matching
 from deeplab.optim import build_optimizer, build_scheduler
 from deeplab.runtime import (
     Normalizer,
@@ -224,7 +228,13 @@ def _build(
             sum(p.numel() for p in model.parameters()) / 1e6, rt.device, rt.amp_dtype, rt.channels_last,
             t.compile, world,
         )  # fmt: skip
-    criterion = SegmentationLoss(d.num_classes, ignore_index=d.ignore_index, aux_weight=cfg.loss.aux_weight)
+    weights, error = _guarded(lambda: _class_weights(cfg, train_set, run_dir)) if rt.is_main else (None, None)
+    distributed.raise_any(error)
+    weights = distributed.broadcast_object(weights)
+    class_weights = (
+        torch.tensor(weights, dtype=torch.float32, device=rt.device) if weights is not None else None
+    )
+    criterion = build_criterion(cfg.loss, d.num_classes, d.ignore_index, class_weights)
     return Run(
         cfg, rt, run_dir, model, step_model, optimizer, scheduler, scaler, criterion, train_set, val_set,
         train_loader, val_loader, rt.normalizer(d.mean, d.std), writer, progress, lock,
@@ -252,12 +262,53 @@ def _datasets(cfg: TrainConfig, check: bool) -> tuple[data.SegmentationDataset, 
     return train_set, val_set
 
 
+def _class_weights(
+    cfg: TrainConfig, train_set: data.SegmentationDataset, run_dir: Path
+) -> list[float] | None:
+    """loss.class_weights as a list; auto: median-frequency weights from the training masks' pixel counts,
+    computed once and kept in the run dir (class_weights.json), so that a resumed run uses the same ones."""
+    loss, d = cfg.loss, cfg.dataset
+    if not isinstance(loss, CrossEntropyConfig) or loss.class_weights is None:
+        return None
+    if isinstance(loss.class_weights, list):
+        return list(loss.class_weights)
+    path = run_dir / "class_weights.json"
+    names = d.label_names()
+    if path.is_file():
+        saved = json.loads(path.read_text())
+        if saved.get("classes") == names:
+            return [float(w) for w in saved["weights"]]
+    counts = label_counts(train_set, Path(cfg.paths.cache_dir), cfg.trainer.num_workers)[: len(names)]
+    weights = median_frequency_weights(counts.tolist())
+    write_json(path, {"classes": names, "weights": weights, "pixels": counts.tolist()})
+    log.info(
+        "class weights (median frequency, %s): %s",
+        path,
+        ", ".join(f"{n} {w:.3g}" for n, w in zip(names, weights)),
+    )
+    return weights
+
+
 def _model_and_state(
     cfg: TrainConfig, rt: Runtime, ckpt_dir: Path, ckpt: dict[str, Any] | None, path: Path | None
 ) -> tuple[Any, ...]:
     """The model on its device, optimiser, schedule and GradScaler, and where training continues from."""
     t = cfg.trainer
     model = build_model(cfg)
+    if cfg.model.init_from is not None and ckpt is None:  # a resumed run continues from its own last.pt
+        skipped = load_matching(model, cfg.model.init_from)
+        if rt.is_main:
+            log.info(
+                "initialised from %s; not loaded (initialised afresh): %s",
+                cfg.model.init_from, ", ".join(skipped) if skipped else "nothing",
+            )  # fmt: skip
+    if t.freeze_bn:
+        frozen = freeze_batchnorm(model)
+        if rt.is_main:
+            log.info(
+                "trainer.freeze_bn: %d BatchNorm layers frozen (statistics and affine parameters)", frozen
+            )
+    model.backbone.set_activation_checkpointing(t.activation_checkpointing)
     if rt.dist.enabled and t.sync_bn:
         if rt.device.type == "cuda":
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)

@@ -16,7 +16,6 @@ miou (its false positives are real errors).
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import Tensor
+
+from deeplab.jsonfile import write_json
 
 METRIC_NAMES = ("pixel_acc", "mean_acc", "miou", "fwiou")
 
@@ -151,7 +152,4 @@ def format_table(metrics: dict[str, Any], class_names: list[str]) -> str:
 
 def write_metrics_json(path: Path, metrics: dict[str, Any]) -> None:
     """Write metrics as JSON atomically; NaN (a class absent everywhere) becomes null."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(json_safe(metrics), indent=2) + "\n")
-    tmp.replace(path)
+    write_json(path, json_safe(metrics))

@@ -1,14 +1,15 @@
-"""SGD with a separate head learning rate, and poly learning-rate decay with optional linear warmup."""
+"""SGD (the papers') or AdamW with separate backbone and head learning rates, and poly learning-rate decay with
+optional linear warmup."""
 
 from __future__ import annotations
 
 import inspect
 
 from torch import nn
-from torch.optim import SGD, Optimizer
+from torch.optim import SGD, AdamW, Optimizer
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 
-from deeplab.config import OptimConfig, ScheduleConfig
+from deeplab.config import OptimConfig, ScheduleConfig, SGDConfig
 from deeplab.errors import ConfigError
 
 
@@ -22,9 +23,10 @@ def _unwrap(model: nn.Module) -> nn.Module:
 
 
 def build_optimizer(o: OptimConfig, model: nn.Module) -> Optimizer:
-    """SGD over the trainable parameters: backbone at optim.lr, the rest at lr * optim.head_lr_mult.
+    """SGD over the trainable parameters: backbone at optim.lr, the rest at lr * optim.head_lr_mult; or
+    AdamW: backbone at lr * optim.backbone_lr_mult, the rest at optim.lr.
 
-    Move the model to its device first: fused SGD is used when every parameter is on CUDA.
+    Move the model to its device first: the fused implementations are used when every parameter is on CUDA.
     """
 
     model = _unwrap(model)
@@ -45,7 +47,10 @@ def build_optimizer(o: OptimConfig, model: nn.Module) -> Optimizer:
 
     param_groups = []
     for (is_head, no_decay), params in sorted(groups.items()):
-        group_lr = o.lr * o.head_lr_mult if is_head else o.lr
+        if isinstance(o, SGDConfig):
+            group_lr = o.lr * o.head_lr_mult if is_head else o.lr
+        else:
+            group_lr = o.lr if is_head else o.lr * o.backbone_lr_mult
         param_groups.append(
             {
                 "params": params,
@@ -56,9 +61,15 @@ def build_optimizer(o: OptimConfig, model: nn.Module) -> Optimizer:
             }
         )
     all_params = [p for g in param_groups for p in g["params"]]
-    fused = "fused" in inspect.signature(SGD.__init__).parameters and all(
+    cls = SGD if isinstance(o, SGDConfig) else AdamW
+    fused = "fused" in inspect.signature(cls.__init__).parameters and all(
         p.is_cuda and p.is_floating_point() for p in all_params
     )
+    if not isinstance(o, SGDConfig):
+        return AdamW(
+            param_groups, lr=o.lr, betas=(o.betas[0], o.betas[1]), eps=o.eps, weight_decay=o.weight_decay,
+            fused=True if fused else None,
+        )  # fmt: skip
     return SGD(
         param_groups,
         lr=o.lr,

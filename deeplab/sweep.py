@@ -13,6 +13,8 @@ import yaml
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from deeplab.jsonfile import write_json
+
 log = logging.getLogger(__name__)
 
 METRICS = ("miou", "pixel_acc", "mean_acc", "fwiou")
@@ -23,10 +25,7 @@ def write_status(run_dir: Path, status: str, error: str = "") -> None:
     """run_dir/status.json: finished, failed (with the error's one line) or interrupted; by rank 0 only."""
     if int(os.environ.get("RANK", "0")) != 0:  # torchrun's other processes share rank 0's run dir
         return
-    run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = run_dir / f".{STATUS}.tmp"
-    tmp.write_text(json.dumps({"status": status, "error": error}) + "\n")
-    tmp.replace(run_dir / STATUS)
+    write_json(run_dir / STATUS, {"status": status, "error": error})
 
 
 def collect_runs(sweep_dir: Path) -> list[dict[str, Any]]:

@@ -35,6 +35,8 @@ def test_every_experiment_composes_and_builds(experiment: str) -> None:
     overrides = [f"experiment={experiment}", "backbone.pretrained=false"]
     if compose_config(overrides).dataset.name == "folder":  # the user's folders and classes
         overrides += [*FOLDERS, "dataset.num_classes=3"]
+    if compose_config(overrides).trainer.freeze_bn:  # a second stage: the first stage's weights
+        overrides += ["model.init_from=first_stage.pt"]
     cfg = train_config(compose_config(overrides))
     with torch.device("meta"):  # the real constructors, without computing an initialisation
         model = build_model(cfg)

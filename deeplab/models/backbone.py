@@ -7,10 +7,14 @@ A backbone returns {"low": stride-4 features (the v3+ decoder's), "aux": the fea
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from deeplab.config import BackboneConfig
+from deeplab.models.batchnorm import statistics_unchanged
 
 OUTPUT_STRIDES = (8, 16)
 
@@ -22,6 +26,23 @@ class Backbone(nn.Module):
     aux_channels: int
     out_channels: int
     output_stride: int
+    activation_checkpointing: bool = False
+    """trainer.activation_checkpointing: the deepest stages' units are recomputed in the backward pass."""
+
+    def set_activation_checkpointing(self, enabled: bool) -> None:
+        self.activation_checkpointing = enabled
+
+    def run_units(self, stage: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+        """stage(x); with activation checkpointing (in training), unit by unit keeping only each unit's input,
+        the unit recomputed in the backward pass without counting its batch twice in BatchNorm."""
+        if not (self.activation_checkpointing and self.training and torch.is_grad_enabled()):
+            return stage(x)
+        for unit in stage:
+            x = checkpoint(
+                unit, x, use_reentrant=False,
+                context_fn=lambda unit=unit: (contextlib.nullcontext(), statistics_unchanged(unit)),
+            )  # fmt: skip
+        return x
 
     def set_output_stride(self, output_stride: int) -> None:
         raise NotImplementedError

@@ -13,7 +13,7 @@ from torch import nn
 from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 from torchvision.models import WeightsEnum
 
-from deeplab.checkpoint import why_unreadable
+from deeplab.checkpoint import load_file, why_unreadable
 from deeplab.errors import CheckpointError, ConfigError, first_line
 
 log = logging.getLogger(__name__)
@@ -169,3 +169,25 @@ def load_torchvision_deeplabv3(model: nn.Module, obj: Any, source: str) -> list[
             "%s: kept the model's initial values for %s (other number of classes)", source, ", ".join(skipped)
         )
     return skipped
+
+
+def load_matching(model: nn.Module, path: str | Path) -> list[str]:
+    """model.init_from: load every tensor of one of our checkpoints (or torchvision's DeepLabV3 weights) whose
+    name and shape fit `model`; the rest keep their initialisation. Returns the model's keys not loaded."""
+    obj = load_file(path, "model.init_from")
+    source = f"model.init_from file {path}"
+    if isinstance(obj, dict) and isinstance(obj.get("model"), dict) and "config" in obj:
+        state = unwrap_state_dict(obj["model"], source)  # ours
+    else:
+        state = unwrap_state_dict(obj, source)
+        if any(k.startswith("classifier.0.convs") for k in state):
+            state = convert_torchvision_state_dict(state)
+    target = model.state_dict()
+    fits = {k: v for k, v in state.items() if k in target and v.shape == target[k].shape}
+    if not any(k in fits for k in target if not k.endswith("num_batches_tracked")):
+        raise CheckpointError(
+            f"{source} shares no tensor with this model (its keys: {_examples(list(state))}); is it a "
+            "deeplab checkpoint or torchvision's DeepLabV3 weights?"
+        )
+    model.load_state_dict(fits, strict=False)
+    return [k for k in target if k not in fits and not k.endswith("num_batches_tracked")]

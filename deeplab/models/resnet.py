@@ -169,6 +169,6 @@ class ResNetBackbone(Backbone):
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))  # (B, 64, H/4, W/4)
         low = self.layer1(x)  # (B, 256, H/4, W/4); 64 channels in ResNet-18/34
-        aux = self.layer3(self.layer2(low))  # (B, 1024, H/OS', W/OS'), OS' = 16 at OS 16, 8 at OS 8
-        out = self.layer4(aux)  # (B, 2048, H/OS, W/OS)
+        aux = self.run_units(self.layer3, self.layer2(low))  # (B, 1024, H/OS', W/OS'), OS' = 16 or 8
+        out = self.run_units(self.layer4, aux)  # (B, 2048, H/OS, W/OS)
         return {"low": low, "aux": aux, "out": out}
