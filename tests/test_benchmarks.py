@@ -169,6 +169,7 @@ def test_generated_voc_images_have_the_asked_sizes(monkeypatch: pytest.MonkeyPat
     assert (root / common.DATA_STAMP).stat().st_mtime_ns == stamp  # reused, not rewritten
 
 
+@pytest.mark.slow  # timing rounds; the MACs against the TF model zoo are checked below by default
 def test_backbones_table_and_the_mobilenet_ratio(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:

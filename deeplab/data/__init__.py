@@ -28,7 +28,6 @@ from deeplab.data.dataset import SegmentationDataset
 from deeplab.data.folder import color_lookup, folder_samples
 from deeplab.data.sbd import SBDSegmentation
 from deeplab.data.synthetic import SyntheticSpec, ensure_synthetic
-from deeplab.data.transforms import train_transform
 from deeplab.data.voc import VOCSegmentation, find_voc_dir, voc_sample, voc_split_ids
 from deeplab.data.voc_aug import TRAINAUG_SPLIT, voc_aug_train_samples
 
@@ -58,6 +57,8 @@ def load_split(
     d = cfg.dataset
     transform = None  # evaluation sees whole images; batches are padded by collate_eval
     if split == "train" and augment:
+        from deeplab.data.transforms import train_transform  # albumentations: imported when training needs it
+
         transform = train_transform(
             cfg.trainer.crop(), d.augment.scale, d.augment.hflip, d.augment.color_jitter, d.mean, d.ignore_index
         )
