@@ -701,7 +701,9 @@ class TrainConfig(Section):
                     f"loss.class_weights has {len(self.loss.class_weights)} values but there are {want} classes"
                     f"{' (background and foreground)' if self.dataset.num_classes == 1 else ''}; give one per class"
                 )
-        untrained = self.model.init_from is None and self.model.pretrained is None and not self.backbone.pretrained
+        untrained = (
+            self.model.init_from is None and self.model.pretrained is None and not self.backbone.pretrained
+        )
         if t.freeze_bn and untrained:
             raise ConfigError(
                 "trainer.freeze_bn=true would freeze BatchNorm at its initial statistics: give the trained weights "
@@ -753,18 +755,41 @@ class EvaluateConfig(Section):
 
 
 class PredictConfig(Section):
-    """configs/predict.yaml: `python -m deeplab.predict checkpoint=PATH input=FILE_OR_DIR`."""
+    """configs/predict.yaml: `python -m deeplab.predict checkpoint=PATH input=FILE_OR_DIR_OR_VIDEO`."""
 
     task_name: str
     checkpoint: str
+    """Our checkpoint (.pt), torchvision's deeplabv3 .pth, or a model exported to ONNX (.onnx, by
+    python -m deeplab.export), which runs with ONNX Runtime."""
     input: str
     output: str
+    save_masks: bool
+    """Video input: also write one class-id PNG per frame (output/<video name>/<frame>.png)."""
     device: Device
     alpha: Annotated[float, Field(ge=0, le=1)]
     """Opacity of the colour mask drawn over the photo."""
     amp: Amp
     channels_last: Flag
     eval: EvalConfig
+    paths: PathsConfig
+
+
+class ExportConfig(Section):
+    """configs/export.yaml: `python -m deeplab.export checkpoint=PATH format=onnx|exported_program`."""
+
+    task_name: str
+    checkpoint: str
+    format: Literal["onnx", "exported_program"]
+    exporter: Literal["dynamo", "torchscript"]
+    """ONNX: the TorchScript tracer (seconds; PyTorch has deprecated it), or PyTorch's torch.export-based
+    exporter (tens of seconds for a ResNet-101; the one PyTorch recommends). Both are checked in the tests."""
+    output: str | None
+    """null: model.onnx (model.pt2) in the run dir."""
+    output_stride: Literal[8, 16] | None
+    opset: Annotated[int, Field(ge=17)]
+    trace_size: Annotated[list[Annotated[int, Field(ge=32)]], Field(min_length=2, max_length=2)]
+    check: bool
+    tolerance: PositiveFloat
     paths: PathsConfig
 
 
@@ -863,6 +888,10 @@ def train_config(cfg: TrainConfig | DictConfig | Mapping[str, Any]) -> TrainConf
 
 def evaluate_config(cfg: EvaluateConfig | DictConfig | Mapping[str, Any]) -> EvaluateConfig:
     return validate(EvaluateConfig, cfg)
+
+
+def export_config(cfg: ExportConfig | DictConfig | Mapping[str, Any]) -> ExportConfig:
+    return validate(ExportConfig, cfg)
 
 
 def predict_config(cfg: PredictConfig | DictConfig | Mapping[str, Any]) -> PredictConfig:

@@ -27,3 +27,7 @@ def first_line(error: BaseException | str) -> str:
     if lines:
         return lines[0]
     return type(error).__name__ if isinstance(error, BaseException) else ""
+
+
+class ExportError(UserError):
+    """An exported model is missing a runtime, cannot be written, or disagrees with PyTorch."""

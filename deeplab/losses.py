@@ -43,7 +43,9 @@ def cross_entropy(
     _check(logits, target)
     target = target.long()
     valid = target != ignore_index
-    total = F.cross_entropy(_precise(logits), target, weight=weight, ignore_index=ignore_index, reduction="sum")
+    total = F.cross_entropy(
+        _precise(logits), target, weight=weight, ignore_index=ignore_index, reduction="sum"
+    )
     if weight is None:
         return total / valid.sum().clamp(min=1)
     denominator = weight[target[valid]].sum()

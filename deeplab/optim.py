@@ -9,7 +9,7 @@ from torch import nn
 from torch.optim import SGD, AdamW, Optimizer
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 
-from deeplab.config import OptimConfig, ScheduleConfig, SGDConfig
+from deeplab.config import OptimConfig, ScheduleConfig
 from deeplab.errors import ConfigError
 
 
@@ -47,7 +47,7 @@ def build_optimizer(o: OptimConfig, model: nn.Module) -> Optimizer:
 
     param_groups = []
     for (is_head, no_decay), params in sorted(groups.items()):
-        if isinstance(o, SGDConfig):
+        if o.name == "sgd":
             group_lr = o.lr * o.head_lr_mult if is_head else o.lr
         else:
             group_lr = o.lr if is_head else o.lr * o.backbone_lr_mult
@@ -61,11 +61,11 @@ def build_optimizer(o: OptimConfig, model: nn.Module) -> Optimizer:
             }
         )
     all_params = [p for g in param_groups for p in g["params"]]
-    cls = SGD if isinstance(o, SGDConfig) else AdamW
+    cls = SGD if o.name == "sgd" else AdamW
     fused = "fused" in inspect.signature(cls.__init__).parameters and all(
         p.is_cuda and p.is_floating_point() for p in all_params
     )
-    if not isinstance(o, SGDConfig):
+    if o.name != "sgd":
         return AdamW(
             param_groups, lr=o.lr, betas=(o.betas[0], o.betas[1]), eps=o.eps, weight_decay=o.weight_decay,
             fused=True if fused else None,

@@ -1,17 +1,22 @@
-"""Segment your own photos: `python -m deeplab.predict checkpoint=PATH input=FILE_OR_DIR output=DIR`.
+"""Segment your own photos and videos: `python -m deeplab.predict checkpoint=PATH input=FILE_OR_DIR output=DIR`
+(checkpoint=FILE.onnx: a model exported by deeplab.export, run with ONNX Runtime).
 
 For each image it writes <name>.png (class ids, palette PNG), <name>_color.png (colour mask) and
 <name>_overlay.jpg (the mask over the photo, background left as it was, with a legend of the classes found).
 <name> is the image's stem, or stem_suffix when two inputs share a stem (a.jpg, a.png). The checkpoint may
 be one train.py wrote or torchvision's published deeplabv3_resnet50/101 weights file. Unreadable images
-are named and skipped; the command then ends with exit status 2.
+are named and skipped; the command then ends with exit status 2. A video (input=clip.mp4) gives
+clip_overlay.mp4, and with save_masks=true one class-id PNG per frame in clip/.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import hydra
 import numpy as np
@@ -20,13 +25,14 @@ from omegaconf import DictConfig
 from PIL import Image
 from tqdm import tqdm
 
-from deeplab.config import PredictConfig, predict_config
+from deeplab.config import EvalConfig, PredictConfig, predict_config
 from deeplab.data.reading import read_image
 from deeplab.errors import ConfigError, DatasetError
 
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".npy"}
+VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm"}
 
 
 def list_images(path: Path) -> list[Path]:
@@ -56,62 +62,159 @@ def check_output(output: Path, source: Path) -> None:
         )
 
 
-def predict(cfg: PredictConfig | DictConfig, output: Path) -> list[Path]:
-    """Segment every image of cfg.input into `output`; returns the class-id PNG paths. Unreadable images are
-    skipped and named; a DatasetError at the end counts them."""
+@dataclass
+class Segmenter:
+    """What predict needs of a model, from a checkpoint or an ONNX file."""
+
+    model: Any  # nn.Module, or deeplab.onnx_model.OnnxSegmenter: model(x)["out"] are logits
+    normalize: Callable[[torch.Tensor], torch.Tensor]
+    labels: list[str]
+    palette: np.ndarray  # (>= 256, 3) uint8
+    in_channels: int
+    rt: Any
+
+    def __call__(self, image: np.ndarray, ev: EvalConfig) -> np.ndarray:
+        """(H, W, C) uint8 image -> (H, W) uint8 class ids."""
+        from deeplab.inference import predict_probs
+
+        x = torch.from_numpy(image).permute(2, 0, 1).unsqueeze(0).to(self.rt.device)  # (1, C, H, W) uint8
+        with torch.no_grad(), self.rt.autocast():
+            probs = predict_probs(
+                self.model, self.normalize(x), scales=ev.scales, flip=ev.flip, mode=ev.mode, window=ev.window,
+                overlap=ev.overlap,
+            )  # fmt: skip
+        return probs.argmax(1)[0].to(torch.uint8).cpu().numpy()
+
+
+def load_segmenter(cfg: PredictConfig) -> Segmenter:
     from deeplab import data
-    from deeplab.inference import predict_probs
-    from deeplab.restore import load_trained_model
+    from deeplab.data.classes import color_table
     from deeplab.runtime import make_runtime
+
+    if cfg.checkpoint.lower().endswith(".onnx"):
+        from deeplab.onnx_model import OnnxSegmenter
+
+        if cfg.eval.output_stride is not None:
+            raise ConfigError(
+                "eval.output_stride: an exported model has its stride built in; export it at that stride with "
+                "`python -m deeplab.export output_stride=N`"
+            )
+        onnx = OnnxSegmenter(cfg.checkpoint)
+        rt = make_runtime("cpu", "off", False, key="")  # ONNX Runtime takes host arrays
+        meta = onnx.meta
+        palette = color_table(meta["palette"], max(256, meta["num_classes"]))
+        return Segmenter(onnx, rt.normalizer(meta["mean"], meta["std"]), onnx.label_names, palette,
+                         int(meta["in_channels"]), rt)  # fmt: skip
+    from deeplab.restore import load_trained_model
+
+    rt = make_runtime(cfg.device, cfg.amp, cfg.channels_last, key="")
+    model, train_cfg = load_trained_model(cfg.checkpoint)
+    if cfg.eval.output_stride is not None:
+        model.set_output_stride(cfg.eval.output_stride)
+    rt.place(model)
+    d = train_cfg.dataset
+    return Segmenter(model, rt.normalizer(d.mean, d.std), d.label_names(), data.palette(d), d.in_channels, rt)
+
+
+def draw(
+    seg: Segmenter, image: np.ndarray, pred: np.ndarray, alpha: float, legend: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
+    """(colour mask, overlay) of a prediction, both (H, W, 3) uint8: pixels of the background class stay as
+    the photo (its first three channels) in the overlay."""
     from deeplab.visualize import display_rgb, draw_legend, draw_segmentation_map, image_overlay
 
+    background = [i for i, n in enumerate(seg.labels) if n.lower() == "background"]
+    color = draw_segmentation_map(pred, seg.palette)
+    overlay = image_overlay(display_rgb(image), color, alpha, keep=np.isin(pred, background))
+    if legend:
+        found = [
+            (seg.labels[c], seg.palette[c])
+            for c in np.unique(pred).tolist()
+            if c < len(seg.labels) and c not in background
+        ]
+        overlay = draw_legend(overlay, found)
+    return color, overlay
+
+
+def save_ids(pred: np.ndarray, palette: np.ndarray, path: Path) -> None:
+    """Class ids as a palette PNG (the ids are the pixel values, the palette draws them)."""
+    ids = Image.frombytes("P", (pred.shape[1], pred.shape[0]), pred.tobytes())
+    ids.putpalette(palette[:256].reshape(-1).tolist())
+    ids.save(path)
+
+
+def predict_video(cfg: PredictConfig, seg: Segmenter, path: Path, output: Path) -> Path:
+    """<stem>_overlay.mp4 with the frames' overlays (same size and frame rate), and with cfg.save_masks one
+    class-id PNG per frame in <stem>/; returns the video's path."""
+    import cv2
+
+    if seg.in_channels != 3:
+        raise ConfigError(f"input: videos are RGB, but the model takes {seg.in_channels} channels")
+    capture = cv2.VideoCapture(str(path))
+    if not capture.isOpened():
+        raise DatasetError(f"cannot read video {path} (OpenCV could not open it; is it a video file?)")
+    fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
+    frames = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or None
+    width, height = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)), int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
+    target = output / f"{path.stem}_overlay.mp4"
+    writer = cv2.VideoWriter(str(target), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
+    masks = output / path.stem
+    if cfg.save_masks:
+        masks.mkdir(exist_ok=True)
+    count = 0
+    try:
+        with tqdm(total=frames, desc=path.name, unit=" frames") as bar:  # the rate shows frames/s
+            while True:
+                ok, frame = capture.read()
+                if not ok:
+                    break
+                rgb = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+                pred = seg(rgb, cfg.eval)
+                # No legend on video: its entries would come and go from frame to frame.
+                _, overlay = draw(seg, rgb, pred, cfg.alpha, legend=False)
+                writer.write(cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR))
+                if cfg.save_masks:
+                    save_ids(pred, seg.palette, masks / f"{count:06d}.png")
+                count += 1
+                bar.update()
+    finally:
+        capture.release()
+        writer.release()
+    if count == 0:
+        raise DatasetError(f"video {path} has no frame that OpenCV can decode")
+    print(f"wrote {target} ({count} frames at {fps:g} frames/s)")
+    return target
+
+
+def predict(cfg: PredictConfig | DictConfig, output: Path) -> list[Path]:
+    """Segment every image of cfg.input into `output` (or a video into <stem>_overlay.mp4); returns the
+    class-id PNG paths (the video's path). Unreadable images are skipped and named; a DatasetError at the
+    end counts them."""
     cfg = predict_config(cfg)
-    rt = make_runtime(cfg.device, cfg.amp, cfg.channels_last, key="")
     source = Path(cfg.input)
+    check_output(output, source)
+    if source.is_file() and source.suffix.lower() in VIDEO_SUFFIXES:
+        seg = load_segmenter(cfg)
+        output.mkdir(parents=True, exist_ok=True)
+        return [predict_video(cfg, seg, source, output)]
     images = list_images(source)
     names = output_names(images)
-    check_output(output, source)
-    model, train_cfg = load_trained_model(cfg.checkpoint)
-    ev, d = cfg.eval, train_cfg.dataset
-    if ev.output_stride is not None:
-        model.set_output_stride(ev.output_stride)
-    rt.place(model)
-    palette = data.palette(d)
-    labels = d.label_names()
-    # Pixels of the background class are left as the photo in the overlay.
-    background = [i for i, n in enumerate(labels) if n.lower() == "background"]
-    normalize = rt.normalizer(d.mean, d.std)
+    seg = load_segmenter(cfg)
     output.mkdir(parents=True, exist_ok=True)
     written, unreadable = [], []
-    flat_palette = palette[:256].reshape(-1).tolist()
     for path in tqdm(images, desc="predict", unit=" images"):
         try:
-            image = read_image(path, d.in_channels)  # (H, W, C) uint8
+            image = read_image(path, seg.in_channels)  # (H, W, C) uint8
         except DatasetError as e:
             log.warning("%s", e)
             unreadable.append(path.name)
             continue
-        x = torch.from_numpy(image).permute(2, 0, 1).unsqueeze(0).to(rt.device)  # (1, C, H, W) uint8
-        with torch.no_grad(), rt.autocast():
-            probs = predict_probs(
-                model, normalize(x), scales=ev.scales, flip=ev.flip, mode=ev.mode, window=ev.window,
-                overlap=ev.overlap,
-            )  # fmt: skip
-        pred = probs.argmax(1)[0].to(torch.uint8).cpu().numpy()  # (H, W)
-        ids = Image.frombytes("P", (pred.shape[1], pred.shape[0]), pred.tobytes())
-        ids.putpalette(flat_palette)
+        pred = seg(image, cfg.eval)  # (H, W)
         ids_path = output / f"{names[path]}.png"
-        ids.save(ids_path)
-        color = draw_segmentation_map(pred, palette)
+        save_ids(pred, seg.palette, ids_path)
+        color, overlay = draw(seg, image, pred, cfg.alpha)
         Image.fromarray(color).save(output / f"{names[path]}_color.png")
-        # The overlay shows the first three channels (or the first as gray) of other than RGB images.
-        overlay = image_overlay(display_rgb(image), color, cfg.alpha, keep=np.isin(pred, background))
-        found = [
-            (labels[c], palette[c])
-            for c in np.unique(pred).tolist()
-            if c < len(labels) and c not in background
-        ]
-        Image.fromarray(draw_legend(overlay, found)).save(output / f"{names[path]}_overlay.jpg", quality=92)
+        Image.fromarray(overlay).save(output / f"{names[path]}_overlay.jpg", quality=92)
         written.append(ids_path)
     print(f"wrote {len(written)} x 3 files to {output}")
     if unreadable:

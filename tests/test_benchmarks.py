@@ -188,3 +188,23 @@ def test_the_xception65_recipe_has_the_published_multiply_adds(monkeypatch: pyte
     backbones = load("backbones", monkeypatch)
     model = backbones.ours("experiment=voc_aug_deeplabv3plus_xception65_os16", device="meta")
     assert backbones.gmacs(model, 513) == pytest.approx(54.17, rel=0.01)  # TF DeepLab model zoo, OS 16
+
+
+def test_inference_runtimes_prints_the_speed_ups_over_eager(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    runtimes = load("inference_runtimes", monkeypatch)
+    out = runtimes.main(["--size", "65", "--rounds", "1", "--models", "mobilenet_v3", "--no-compile"])
+    result = out["mobilenet_v3"]
+    assert set(result["ms"]) == {"eager", "onnxruntime"} and result["speedup"]["onnxruntime"] > 0
+    assert "speed-up over eager: onnxruntime" in capsys.readouterr().out
+
+
+@pytest.mark.slow  # two processes build ResNet-101
+def test_activation_checkpointing_benchmark_prints_both_ratios(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    bench = load("activation_checkpointing", monkeypatch)
+    out = bench.main(["--crop", "65", "--batch", "2"])
+    assert out["memory_ratio"] > 0 and out["time_ratio"] > 0
+    assert "checkpointing / plain: peak memory" in capsys.readouterr().out

@@ -1,0 +1,182 @@
+"""Export a trained model for deployment: `python -m deeplab.export checkpoint=PATH [format=onnx|exported_program]`.
+
+The exported model takes `images`, float32 (B, C, H, W) normalised as in training (dataset.mean / std), and
+returns `logits` (B, num_classes, H, W); batch, height and width are free. ONNX files carry the class names,
+the normalisation and the colours in their metadata (deeplab.onnx_model reads them back, and `deeplab.predict
+checkpoint=FILE.onnx` uses them). After writing, the command runs the file (ONNX Runtime, or the exported program)
+and PyTorch on two other input sizes, one of them with batch 2, and fails with one line if the logits differ by
+more than `tolerance`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from pathlib import Path
+
+import hydra
+import numpy as np
+import torch
+from omegaconf import DictConfig
+from torch import nn
+
+from deeplab.config import ExportConfig, TrainConfig, export_config
+from deeplab.errors import ExportError, first_line
+from deeplab.onnx_model import METADATA_KEY
+
+log = logging.getLogger(__name__)
+
+
+class LogitsOnly(nn.Module):
+    """The model's main logits as one tensor (what deployment wants; the aux head is training-only)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model(images)["out"]
+
+
+def metadata(cfg: TrainConfig) -> dict[str, object]:
+    """What a runtime needs besides the graph: class names, normalisation, colours, channels."""
+    from deeplab.data import palette
+
+    d = cfg.dataset
+    names = d.label_names()
+    return {
+        "class_names": names,
+        "num_classes": d.num_classes,
+        "in_channels": d.in_channels,
+        "mean": list(d.mean),
+        "std": list(d.std),
+        "ignore_index": d.ignore_index,
+        "palette": palette(d)[: max(len(names), 1)].tolist(),
+        "model": f"{cfg.model.name}/{cfg.backbone.name}",
+    }
+
+
+def check_sizes(trace_size: list[int]) -> list[tuple[int, int, int]]:
+    """(batch, height, width) of the check: two sizes other than the traced one, one with batch 2."""
+    h, w = trace_size
+    return [(1, h + 37, w - 23), (2, max(h - 61, 33), w + 45)]
+
+
+def export_onnx(
+    wrapper: nn.Module, example: torch.Tensor, path: Path, opset: int, meta: dict[str, object], exporter: str
+) -> None:
+    """exporter: torchscript (the tracer: seconds; deprecated by PyTorch, so its warnings are silenced here) or
+    dynamo (torch.export-based, the one PyTorch recommends: tens of seconds)."""
+    try:
+        import onnx
+    except ImportError:
+        raise ExportError('ONNX export needs onnx and onnxruntime: pip install -e ".[export]"') from None
+    names = {"input_names": ["images"], "output_names": ["logits"], "opset_version": opset}
+    try:
+        if exporter == "dynamo":
+            batch, height, width = (torch.export.Dim(n, min=1) for n in ("batch", "height", "width"))
+            logging.getLogger("onnx_ir").setLevel(
+                logging.WARNING
+            )  # an INFO line per deduplicated initializer
+            torch.onnx.export(
+                wrapper, (example,), str(path), dynamic_shapes={"images": {0: batch, 2: height, 3: width}},
+                dynamo=True, external_data=False, **names,
+            )  # fmt: skip
+        else:
+            free = {0: "batch", 2: "height", 3: "width"}
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", (DeprecationWarning, FutureWarning, torch.jit.TracerWarning))
+                torch.onnx.export(
+                    wrapper, (example,), str(path), dynamic_axes={"images": free, "logits": free}, dynamo=False,
+                    **names,
+                )  # fmt: skip
+    except Exception as e:  # the exporters' errors are many kinds; the user gets one line
+        raise ExportError(f"ONNX export of {path.name} failed: {first_line(e)}") from None
+    model = onnx.load(str(path))
+    entry = model.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, json.dumps(meta)
+    onnx.save(model, str(path))
+
+
+def export_program(wrapper: nn.Module, example: torch.Tensor, path: Path) -> None:
+    try:
+        auto = torch.export.Dim.AUTO  # free sizes, with the ranges the model allows inferred
+        program = torch.export.export(
+            wrapper, (example,), dynamic_shapes={"images": {0: auto, 2: auto, 3: auto}}
+        )
+    except Exception as e:
+        raise ExportError(f"torch.export of the model failed: {first_line(e)}") from None
+    torch.export.save(program, str(path))
+
+
+def max_difference(cfg: ExportConfig, wrapper: nn.Module, path: Path, in_channels: int) -> float:
+    """The largest |logit difference| between the exported file and PyTorch over the check sizes."""
+    generator = torch.Generator().manual_seed(0)
+    if cfg.format == "onnx":
+        from deeplab.onnx_model import OnnxSegmenter
+
+        exported = OnnxSegmenter(path)
+        run = lambda x: torch.from_numpy(exported.logits(x.numpy()))  # noqa: E731
+    else:
+        module = torch.export.load(str(path)).module()
+        run = lambda x: module(x)  # noqa: E731
+    worst = 0.0
+    for batch, height, width in check_sizes(cfg.trace_size):
+        x = torch.randn(batch, in_channels, height, width, generator=generator)
+        with torch.no_grad():
+            expected, got = wrapper(x), run(x)
+        if got.shape != expected.shape:
+            raise ExportError(f"{path} returns logits of shape {tuple(got.shape)} for input {tuple(x.shape)}")
+        difference = float((got - expected).abs().max())
+        print(f"check {batch}x{in_channels}x{height}x{width}: max |logits difference| {difference:.2e}")
+        worst = max(worst, difference)
+    return worst
+
+
+def export(cfg: ExportConfig | DictConfig, run_dir: Path) -> Path:
+    """Write the exported model and return its path (checked unless cfg.check is false)."""
+    from deeplab.restore import load_trained_model
+
+    cfg = export_config(cfg)
+    model, train_cfg = load_trained_model(cfg.checkpoint)
+    if cfg.output_stride is not None:
+        model.set_output_stride(cfg.output_stride)
+    model = model.eval().cpu()
+    wrapper = LogitsOnly(model).eval()
+    suffix = ".onnx" if cfg.format == "onnx" else ".pt2"
+    path = Path(cfg.output) if cfg.output else run_dir / f"model{suffix}"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    in_channels = train_cfg.dataset.in_channels
+    example = torch.randn(2, in_channels, *cfg.trace_size)  # batch 2: a traced 1 would become a constant
+    if cfg.format == "onnx":
+        export_onnx(wrapper, example, path, cfg.opset, metadata(train_cfg), cfg.exporter)
+    else:
+        export_program(wrapper, example, path)
+    print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MB, output stride {model.output_stride})")
+    if cfg.check:
+        check_export(cfg, wrapper, path, in_channels)
+    return path
+
+
+def check_export(cfg: ExportConfig, wrapper: nn.Module, path: Path, in_channels: int) -> None:
+    """ExportError unless the exported file's logits are within cfg.tolerance of PyTorch's."""
+    worst = max_difference(cfg, wrapper, path, in_channels)
+    if not np.isfinite(worst) or worst > cfg.tolerance:
+        raise ExportError(
+            f"{path} disagrees with PyTorch: max |logits difference| {worst:.3g} > tolerance {cfg.tolerance}"
+        )
+
+
+@hydra.main(version_base="1.3", config_path="../configs", config_name="export")
+def main(cfg: DictConfig) -> None:
+    from hydra.core.hydra_config import HydraConfig
+
+    from deeplab.cli import exit_on_user_error
+
+    with exit_on_user_error():
+        export(cfg, Path(HydraConfig.get().runtime.output_dir))
+
+
+if __name__ == "__main__":
+    main()
