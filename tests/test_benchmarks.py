@@ -33,6 +33,7 @@ def load(name: str, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
     return module
 
 
+@pytest.mark.slow  # builds two ResNet-50s; the FLOP count and the model names are checked by default
 def test_train_step_prints_rates_flops_and_the_ratio(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:

@@ -124,6 +124,7 @@ def _ddp_worker(rank: int, world: int, init_file: str, out_file: str, cfg_yaml: 
     dist.destroy_process_group()
 
 
+@pytest.mark.slow  # test_torchrun_two_processes_train_and_agree checks the same equality by default
 def test_two_process_ddp_evaluation_equals_one_process(setup, tmp_path):
     from omegaconf import OmegaConf
 
