@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import glob
 import os
 import pickle
@@ -83,6 +84,33 @@ def why_unreadable(path: Path, what: str, e: Exception) -> str:
     return f"{what} file {path} is corrupt and cannot be read ({type(e).__name__}: {first_line(e)})"
 
 
+# Keys added to the config after checkpoints were first written, with the value that reproduces how those
+# checkpoints were trained; filled in when an older checkpoint is read, so that it still evaluates, predicts,
+# exports and resumes.
+ADDED_KEYS: dict[str, Any] = {
+    "dataset.in_channels": 3,
+    "model.init_from": None,
+    "trainer.freeze_bn": False,
+    "trainer.activation_checkpointing": False,
+}
+
+
+def upgrade_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A checkpoint's config with the keys of ADDED_KEYS it lacks filled in (the loss group: see
+    deeplab.config)."""
+    upgraded = copy.deepcopy(dict(config))
+    for key, value in ADDED_KEYS.items():
+        *parents, leaf = key.split(".")
+        node = upgraded
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict) and leaf not in node:
+            node[leaf] = value
+    if isinstance(upgraded.get("loss"), dict) and "name" not in upgraded["loss"]:
+        upgraded["loss"] = {"name": "cross_entropy", "class_weights": None, **upgraded["loss"]}
+    return upgraded
+
+
 def load_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
     """Load a training checkpoint: a dict with at least "model" (state dict) and "config" (resolved).
 
@@ -90,12 +118,12 @@ def load_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
     read (they are when used)."""
     obj = load_file(path, "checkpoint", mmap=mmap)
     if isinstance(obj, Mapping) and "model" in obj and "config" in obj:
-        return dict(obj)
+        return {**obj, "config": upgrade_config(obj["config"])}
     if isinstance(obj, Mapping) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(
             f"checkpoint file {path} is a bare state dict ({len(obj)} tensors), not a checkpoint written by "
-            f"train.py (which also holds the config): use it as initial weights instead (backbone.pretrained="
-            f"PATH for ResNet weights, model.pretrained=PATH for torchvision's DeepLabV3)"
+            f"train.py (which also holds the config): use it as initial weights instead (model.init_from=PATH, "
+            f"backbone.pretrained=PATH for ImageNet weights, model.pretrained=PATH for torchvision's DeepLabV3)"
         )
     kind = f"a dict with keys {sorted(map(str, obj))[:8]}" if isinstance(obj, Mapping) else type(obj).__name__
     raise CheckpointError(

@@ -10,7 +10,7 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
 from torch import nn
 
-from deeplab.checkpoint import load_file, load_model_state
+from deeplab.checkpoint import load_file, load_model_state, upgrade_config
 from deeplab.config import EvalDatasetOverrides, TrainConfig, config_dir, flatten, train_config
 from deeplab.errors import CheckpointError, ConfigError
 from deeplab.models import build_model, convert_torchvision_state_dict
@@ -38,7 +38,7 @@ def load_trained_model(path: str | Path) -> tuple[nn.Module, TrainConfig]:
     obj = load_file(path, "checkpoint")
     if isinstance(obj, dict) and "model" in obj and "config" in obj:
         try:
-            cfg = train_config(obj["config"])
+            cfg = train_config(upgrade_config(obj["config"]))
         except ConfigError as e:
             raise CheckpointError(f"checkpoint {path} holds a config this version cannot use ({e})") from None
         state = obj["model"]

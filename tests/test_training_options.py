@@ -176,3 +176,21 @@ def test_adamw_trains_the_backbone_at_a_fraction_of_the_learning_rate() -> None:
 def test_option_mistakes_are_one_line(overrides: list[str], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         train_config(compose_config(overrides))
+
+
+def test_a_checkpoint_written_before_these_options_still_loads(trained_run, tmp_path: Path) -> None:
+    """Checkpoints lack the keys added since (in_channels, init_from, freeze_bn, activation_checkpointing, the
+    loss group): they are read with the values those runs trained with."""
+    from deeplab.restore import load_trained_model
+
+    run_dir, _, _ = trained_run
+    ckpt = torch.load(run_dir / "checkpoints" / "best.pt", weights_only=True)
+    cfg = ckpt["config"]
+    del cfg["dataset"]["in_channels"], cfg["model"]["init_from"]
+    del cfg["trainer"]["freeze_bn"], cfg["trainer"]["activation_checkpointing"]
+    cfg["loss"] = {"aux_weight": 0.4}
+    torch.save(ckpt, tmp_path / "old.pt")
+    _, restored = load_trained_model(tmp_path / "old.pt")
+    assert restored.dataset.in_channels == 3 and restored.loss.name == "cross_entropy"
+    assert not restored.trainer.freeze_bn and restored.model.init_from is None
+    assert load_checkpoint(tmp_path / "old.pt")["config"]["trainer"]["activation_checkpointing"] is False
