@@ -325,20 +325,23 @@ class DatasetBase(Section):
         return ["background", names[0]] if self.num_classes == 1 else names
 
 
-class VOCLayout(DatasetBase):
+class SplitLayout(DatasetBase):
+    """A dataset in an official layout under root, with named splits (VOC's split lists, Cityscapes' and
+    ADE20K's split folders)."""
+
     root: str
     train_split: str
-    """Split list of ImageSets/Segmentation used for training."""
+    """The split trained on (VOC: a list of ImageSets/Segmentation; Cityscapes, ADE20K: a folder)."""
     val_split: str
 
 
-class VOCDataset(VOCLayout):
+class VOCDataset(SplitLayout):
     """Pascal VOC 2012 segmentation (train 1,464 / val 1,449)."""
 
     name: Literal["voc"]
 
 
-class SBDDataset(VOCLayout):
+class SBDDataset(SplitLayout):
     """SBD's class segmentations (train 8,498 / val 2,857)."""
 
     name: Literal["sbd"]
@@ -346,7 +349,7 @@ class SBDDataset(VOCLayout):
     """benchmark_RELEASE when it is not under root."""
 
 
-class VOCAugDataset(VOCLayout):
+class VOCAugDataset(SplitLayout):
     """trainaug: VOC train + SBD train/val - VOC val (10,582 images), validated on VOC val."""
 
     name: Literal["voc_aug"]
@@ -359,7 +362,7 @@ SHAPES = ("disc", "square", "triangle", "ring", "cross", "star")
 """The shapes the synthetic generator draws (here so that checking a config does not import torch)."""
 
 
-class SyntheticDataset(VOCLayout):
+class SyntheticDataset(SplitLayout):
     """Generated once under root in the VOC layout: textured shapes on cluttered backgrounds."""
 
     name: Literal["synthetic"]
@@ -437,14 +440,10 @@ class FolderDataset(DatasetBase):
         return self
 
 
-class CityscapesDataset(DatasetBase):
+class CityscapesDataset(SplitLayout):
     """Cityscapes fine annotations (train 2,975 / val 500 / test 1,525), labelIds mapped to the 19 trainIds."""
 
     name: Literal["cityscapes"]
-    root: str
-    """The folder holding leftImg8bit and gtFine."""
-    train_split: str
-    val_split: str
     labels: Literal["labelIds", "labelTrainIds"]
     """Which gtFine masks to read: the official *_labelIds.png (mapped here), or *_labelTrainIds.png already
     converted by cityscapesScripts."""
@@ -458,14 +457,10 @@ class CityscapesDataset(DatasetBase):
         return self
 
 
-class ADE20KDataset(DatasetBase):
+class ADE20KDataset(SplitLayout):
     """ADE20K SceneParsing (ADEChallengeData2016: training 20,210 / validation 2,000), 150 classes."""
 
     name: Literal["ade20k"]
-    root: str
-    """ADEChallengeData2016, or the folder holding it."""
-    train_split: str
-    val_split: str
 
     @model_validator(mode="after")
     def _classes(self) -> ADE20KDataset:

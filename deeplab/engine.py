@@ -430,7 +430,7 @@ def _next_batch(
             pending = e
     n = t.batch_size // rt.dist.world_size
     height, width = t.crop()
-    images = torch.zeros((n, 3, height, width), dtype=torch.uint8, device=rt.device)
+    images = torch.zeros((n, run.cfg.dataset.in_channels, height, width), dtype=torch.uint8, device=rt.device)
     masks = torch.full((n, height, width), run.cfg.dataset.ignore_index, device=rt.device)
     return images, masks, pending
 

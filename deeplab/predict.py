@@ -73,6 +73,10 @@ class Segmenter:
     in_channels: int
     rt: Any
 
+    def __post_init__(self) -> None:
+        # Pixels of the background class are left as the photo in the overlays.
+        self.background = [i for i, n in enumerate(self.labels) if n.lower() == "background"]
+
     def __call__(self, image: np.ndarray, ev: EvalConfig) -> np.ndarray:
         """(H, W, C) uint8 image -> (H, W) uint8 class ids."""
         from deeplab.inference import predict_probs
@@ -123,7 +127,7 @@ def draw(
     the photo (its first three channels) in the overlay."""
     from deeplab.visualize import display_rgb, draw_legend, draw_segmentation_map, image_overlay
 
-    background = [i for i, n in enumerate(seg.labels) if n.lower() == "background"]
+    background = seg.background
     color = draw_segmentation_map(pred, seg.palette)
     overlay = image_overlay(display_rgb(image), color, alpha, keep=np.isin(pred, background))
     if legend:

@@ -82,20 +82,20 @@ def load_split(
             name=f"dataset.{split}.images {folders.images}", **common,
         )  # fmt: skip
         split_name = split
-    elif isinstance(d, CityscapesDataset):
-        split_name = d.train_split if split == "train" else d.val_split
-        root = find_cityscapes_dir(d.root)
-        label_map = cityscapes_label_map() if d.labels == "labelIds" else None
-        samples = cityscapes_samples(root, split_name, d.labels)
-        dataset = SegmentationDataset(samples, label_map=label_map, name=f"{root}/{split_name}", **common)
-    elif isinstance(d, ADE20KDataset):
-        split_name = d.train_split if split == "train" else d.val_split
-        root = find_ade20k_dir(d.root)
-        samples = ade20k_samples(root, split_name)
-        dataset = SegmentationDataset(samples, label_map=ade20k_label_map(), name=f"{root}/{split_name}", **common)
     else:
         split_name = d.train_split if split == "train" else d.val_split
-        if isinstance(d, VOCDataset):
+        if isinstance(d, CityscapesDataset):
+            root = find_cityscapes_dir(d.root)
+            label_map = cityscapes_label_map() if d.labels == "labelIds" else None
+            samples = cityscapes_samples(root, split_name, d.labels)
+            dataset = SegmentationDataset(samples, label_map=label_map, name=f"{root}/{split_name}", **common)
+        elif isinstance(d, ADE20KDataset):
+            root = find_ade20k_dir(d.root)
+            samples = ade20k_samples(root, split_name)
+            dataset = SegmentationDataset(
+                samples, label_map=ade20k_label_map(), name=f"{root}/{split_name}", **common
+            )
+        elif isinstance(d, VOCDataset):
             dataset = VOCSegmentation(d.root, split_name, **common)
         elif isinstance(d, SBDDataset):
             dataset = SBDSegmentation(d.sbd_root or d.root, split_name, **common)

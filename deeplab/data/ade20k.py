@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from deeplab.data.dataset import Sample
+from deeplab.data.dataset import Sample, split_folder
 from deeplab.errors import DatasetError
 
 ADE20K_COUNTS = {"training": 20210, "validation": 2000}
@@ -31,13 +31,7 @@ def find_ade20k_dir(root: str | Path) -> Path:
 
 def ade20k_samples(root: Path, split: str) -> list[Sample]:
     """Every image of images/<split>/ with annotations/<split>/<stem>.png, sorted by name."""
-    images_dir = root / "images" / split
-    if not images_dir.is_dir():
-        found = sorted(p.name for p in (root / "images").iterdir() if p.is_dir())
-        raise DatasetError(
-            f"ADE20K split {split!r} not found: {images_dir} does not exist (splits here: "
-            f"{', '.join(found) or 'none'}); set dataset.train_split / dataset.val_split to one of them"
-        )
+    images_dir = split_folder(root / "images", split, "ADE20K")
     samples = [
         Sample(image.stem, image, root / "annotations" / split / f"{image.stem}.png")
         for image in sorted(images_dir.glob("*.jpg"))

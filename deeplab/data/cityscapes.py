@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from deeplab.data.dataset import Sample
+from deeplab.data.dataset import Sample, split_folder
 from deeplab.errors import DatasetError
 
 CITYSCAPES_COUNTS = {"train": 2975, "val": 500, "test": 1525}
@@ -34,13 +34,7 @@ def find_cityscapes_dir(root: str | Path) -> Path:
 
 def cityscapes_samples(root: Path, split: str, labels: str = "labelIds") -> list[Sample]:
     """Every image of leftImg8bit/<split>/*/ with its gtFine mask, sorted by city and name."""
-    images_dir = root / "leftImg8bit" / split
-    if not images_dir.is_dir():
-        found = sorted(p.name for p in (root / "leftImg8bit").iterdir() if p.is_dir())
-        raise DatasetError(
-            f"Cityscapes split {split!r} not found: {images_dir} does not exist (splits here: "
-            f"{', '.join(found) or 'none'}); set dataset.train_split / dataset.val_split to one of them"
-        )
+    images_dir = split_folder(root / "leftImg8bit", split, "Cityscapes")
     samples = []
     for image in sorted(images_dir.glob(f"*/*{IMAGE_SUFFIX}")):
         stem = image.name[: -len(IMAGE_SUFFIX)]

@@ -50,6 +50,18 @@ def missing_files(samples: Sequence[Sample]) -> list[str]:
     return problems
 
 
+def split_folder(parent: Path, split: str, dataset: str) -> Path:
+    """parent/split, or a one-line DatasetError listing the splits that parent holds."""
+    folder = parent / split
+    if not folder.is_dir():
+        found = sorted(p.name for p in parent.iterdir() if p.is_dir()) if parent.is_dir() else []
+        raise DatasetError(
+            f"{dataset} split {split!r} not found: {folder} does not exist (splits here: "
+            f"{', '.join(found) or 'none'}); set dataset.train_split / dataset.val_split to one of them"
+        )
+    return folder
+
+
 def raise_if_missing(samples: Sequence[Sample], where: str, listing_problems: Sequence[str] = ()) -> None:
     """One-line DatasetError summarising missing files of a split list (first ones named, then a count)."""
     problems = [*listing_problems, *missing_files(samples)]

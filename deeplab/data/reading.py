@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -25,6 +27,20 @@ def exif_orientation(path: Path) -> int:
             return int(im.getexif().get(EXIF_ORIENTATION, 1))
     except (OSError, SyntaxError, ValueError):
         return 1
+
+
+@contextlib.contextmanager
+def decoding(path: Path, what: str) -> Iterator[None]:
+    """A missing or undecodable file (image, mask) read inside the block is a one-line DatasetError naming it."""
+    try:
+        yield
+    except FileNotFoundError:
+        raise DatasetError(f"{what} {path} does not exist") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise DatasetError(
+            f"cannot read {what} {path}: {first_line(e)} (the file is corrupt or truncated: replace it, or "
+            "re-extract the dataset)"
+        ) from None
 
 
 def _to_rgb8(im: Image.Image, path: Path) -> np.ndarray:
@@ -51,17 +67,9 @@ def read_image(path: Path, channels: int = 3) -> np.ndarray:
     channels != 3 (or a .npy file): an (H, W, channels) uint8 array, see read_bands."""
     if channels != 3 or path.suffix.lower() == ".npy":
         return read_bands(path, channels)
-    try:
-        with Image.open(path) as im:
-            im.load()  # decode now, so a truncated file fails here and not later
-            return _to_rgb8(ImageOps.exif_transpose(im), path)
-    except FileNotFoundError:
-        raise DatasetError(f"image {path} does not exist") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise DatasetError(
-            f"cannot read image {path}: {first_line(e)} (the file is corrupt or truncated: replace it, or "
-            "re-extract the dataset)"
-        ) from None
+    with decoding(path, "image"), Image.open(path) as im:
+        im.load()  # decode now, so a truncated file fails here and not later
+        return _to_rgb8(ImageOps.exif_transpose(im), path)
 
 
 def _to_uint8(values: np.ndarray, path: Path) -> np.ndarray:
@@ -80,7 +88,7 @@ def read_bands(path: Path, channels: int) -> np.ndarray:
     """An (H, W, channels) uint8 image of any channel count: a .npy array (H, W, C) of uint8 or uint16, or
     the pages of a (multi-page) TIFF or other image stacked in order (each page gray, RGB or RGBA). 16-bit
     bands are scaled to 8 bits. A count other than `channels` is a DatasetError naming the file."""
-    try:
+    with decoding(path, "image"):
         if path.suffix.lower() == ".npy":
             array = np.load(path, allow_pickle=False)
             if array.ndim == 2:
@@ -109,12 +117,6 @@ def read_bands(path: Path, channels: int) -> np.ndarray:
                 if len({p.shape[:2] for p in pages}) != 1:
                     raise DatasetError(f"image {path}: its pages differ in size; every band must have the same size")
                 bands = np.concatenate(pages, axis=2)
-    except FileNotFoundError:
-        raise DatasetError(f"image {path} does not exist") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise DatasetError(
-            f"cannot read image {path}: {first_line(e)} (the file is corrupt or truncated: replace it)"
-        ) from None
     if bands.shape[2] != channels:
         raise DatasetError(
             f"image {path} has {bands.shape[2]} channels but dataset.in_channels is {channels}; give every "
@@ -181,7 +183,7 @@ def read_mask(
     `binary_values` = (background, foreground) pixel values (0/255) become 0/1."""
     if path.suffix.lower() == ".mat":
         return read_sbd_label(path)
-    try:
+    with decoding(path, "mask"):
         with Image.open(path) as im:
             im.load()
             mode = im.mode
@@ -198,12 +200,6 @@ def read_mask(
                     f"mask {path} has image mode {mode}; masks must be palette, grayscale or 16-bit PNGs of "
                     "class ids (or RGB with dataset.palette for dataset=folder)"
                 )
-    except FileNotFoundError:
-        raise DatasetError(f"mask {path} does not exist") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise DatasetError(
-            f"cannot read mask {path}: {first_line(e)} (the file is corrupt or truncated: replace it)"
-        ) from None
     if mode in _RGB_MODES:
         if colors is None or color_ids is None:
             raise DatasetError(
