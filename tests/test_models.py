@@ -420,10 +420,11 @@ def test_imagenet_download_failure_says_how_to_pass_a_local_file(offline) -> Non
     assert "backbone.pretrained=/path/to/resnet50-11ad3fa6.pth" in message
     assert "https://download.pytorch.org/models/resnet50-11ad3fa6.pth" in message
     assert "name resolution" in message and "\n" not in message
+    assert "or train from random weights with backbone.pretrained=false" in message  # both fixes offered
 
 
 def test_torchvision_deeplabv3_download_failure_says_how_to_pass_a_local_file(offline) -> None:
     with pytest.raises(
-        ConfigError, match=r"model.pretrained=/path/to/deeplabv3_resnet101_coco-586e9e4e\.pth"
+        ConfigError, match=r"model.pretrained=/path/to/deeplabv3_resnet101_coco-586e9e4e\.pth.*model\.pretrained=null"
     ):
         build("experiment=torchvision_deeplabv3_r101", "model.pretrained=torchvision")

@@ -47,7 +47,9 @@ def download_weights(weights: WeightsEnum, key: str) -> dict[str, Any]:
     except (OSError, RuntimeError) as e:  # URLError and socket errors are OSErrors; a bad hash RuntimeError
         raise ConfigError(
             f"{key}: could not download {weights.url} ({first_line(e)}); on a machine without internet "
-            f"download that file elsewhere and pass {key}=/path/to/{filename} (or copy it to {cached})"
+            f"download that file elsewhere and pass {key}=/path/to/{filename} (or copy it to {cached}), or "
+            f"train from random weights with {key}={'null' if key.startswith('model.') else 'false'} (much lower "
+            "accuracy)"
         ) from None
 
 

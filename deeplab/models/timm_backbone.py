@@ -59,7 +59,7 @@ def create_features(name: str, output_stride: int, pretrained: bool | str = Fals
         raise ConfigError(
             f"backbone.pretrained: could not download timm's {name} weights ({first_line(e)}); on a machine "
             f"without internet, download its weights file elsewhere and pass backbone.pretrained=/path/to/file"
-            ".safetensors"
+            ".safetensors, or train from random weights with backbone.pretrained=false (much lower accuracy)"
         ) from None
 
 
