@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import glob
 import os
 import pickle
 import random
 import re
-import uuid
 import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -23,6 +20,7 @@ from pydantic import BaseModel
 from torch import nn
 from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
+from deeplab.atomicfile import atomic_path
 from deeplab.config import flatten
 from deeplab.errors import CheckpointError, ConfigError, first_line
 
@@ -135,21 +133,12 @@ def load_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     """Write state to path atomically: a crash leaves either the old file or the new one, never a mix."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # os.open with 0o666 lets the umask decide permissions, as for any other output file.
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        try:
+        with atomic_path(path) as tmp:
+            # os.open with 0o666 lets the umask decide permissions, as for any other output file.
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
             with os.fdopen(fd, "wb") as f:
                 torch.save(state, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-            raise
     except OSError as e:
         raise CheckpointError(
             f"could not write checkpoint {path}: {e.strerror or e}; check free disk space and that the "
@@ -163,40 +152,6 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
             f"could not write checkpoint {path}: {first_line(e)}; check free disk space and that the "
             f"directory is writable (any previous {path.name} was left intact)"
         ) from e
-    _fsync_dir(path.parent)
-    _remove_stale_temps(path)
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make the rename durable; not possible on every platform or file system, hence best effort."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        with contextlib.suppress(OSError):
-            os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _remove_stale_temps(path: Path) -> None:
-    """Delete temporary files of earlier writes of path that were killed before their rename."""
-    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
-        pid = tmp.name[len(path.name) + 2 :].split(".")[0]
-        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # e.g. PermissionError: it exists but belongs to another user
-        return True
-    return True
 
 
 class _Missing:

@@ -739,7 +739,8 @@ class EvaluateConfig(Section):
 
     task_name: str
     checkpoint: str
-    """A checkpoint train.py wrote (last.pt or best.pt), or torchvision's DeepLabV3 .pth."""
+    """A checkpoint train.py wrote (last.pt or best.pt), torchvision's DeepLabV3 .pth, or an ONNX file of
+    python -m deeplab.export (run with ONNX Runtime, on the dataset its metadata records)."""
     device: Device
     num_workers: NonNegativeInt
     dataset: EvalDatasetOverrides

@@ -1,4 +1,4 @@
-"""`python evaluate.py checkpoint=PATH`: a checkpoint's metrics on its validation set."""
+"""`python evaluate.py checkpoint=PATH`: a checkpoint's (or an exported ONNX file's) metrics on its validation set."""
 
 from __future__ import annotations
 
@@ -10,27 +10,76 @@ from typing import Any
 from omegaconf import DictConfig
 
 from deeplab import data
-from deeplab.config import EvaluateConfig, evaluate_config
+from deeplab.config import EvaluateConfig, TrainConfig, evaluate_config, to_plain, train_config
+from deeplab.errors import ConfigError, ExportError
 from deeplab.evaluation import evaluate
 from deeplab.loaders import build_val_loader, shut_down_workers
 from deeplab.metrics import format_table, write_metrics_json
 from deeplab.restore import load_trained_model, with_dataset_overrides
-from deeplab.runtime import make_runtime
+from deeplab.runtime import Runtime, make_runtime
 
 log = logging.getLogger(__name__)
 
 
 def evaluate_checkpoint(cfg: EvaluateConfig | DictConfig, run_dir: Path) -> dict[str, Any]:
-    """Evaluate cfg.checkpoint with the options in cfg.eval; writes run_dir/metrics.json and returns it."""
+    """Evaluate cfg.checkpoint (a checkpoint, or an ONNX file) with the options in cfg.eval; writes
+    run_dir/metrics.json and returns it, with the confusion matrix added."""
     cfg = evaluate_config(cfg)
+    if cfg.checkpoint.lower().endswith(".onnx"):
+        return evaluate_onnx(cfg, run_dir)
     rt = make_runtime(cfg.device, cfg.amp, cfg.channels_last, key="")
     model, train_cfg = load_trained_model(cfg.checkpoint)
     train_cfg = with_dataset_overrides(train_cfg, cfg.dataset)
-    ev, d = cfg.eval, train_cfg.dataset
-    if ev.output_stride is not None:
-        model.set_output_stride(ev.output_stride)
+    if cfg.eval.output_stride is not None:
+        model.set_output_stride(cfg.eval.output_stride)
     rt.place(model)
+    return evaluate_model(model, train_cfg, cfg, rt, run_dir)
 
+
+def evaluate_onnx(cfg: EvaluateConfig, run_dir: Path) -> dict[str, Any]:
+    """An exported model, run with ONNX Runtime, on the validation set its metadata records (the training
+    config's dataset section; cfg.dataset overrides where it lies)."""
+    from deeplab.onnx_model import OnnxSegmenter, onnx_providers
+
+    for key, value, why in (
+        ("eval.output_stride", cfg.eval.output_stride, "export it at that stride with `python -m deeplab.export "
+         "output_stride=N`"),
+        ("amp", None if cfg.amp == "off" else cfg.amp, "the graph runs in the precision it was exported in"),
+        ("channels_last", cfg.channels_last or None, "ONNX Runtime chooses its own memory layout"),
+    ):  # fmt: skip
+        if value is not None and value != "auto":
+            raise ConfigError(f"{key}={value} does not apply to an ONNX model ({why}); drop it")
+    model = OnnxSegmenter(cfg.checkpoint, providers=onnx_providers(cfg.device))
+    train_cfg = with_dataset_overrides(onnx_train_config(model.meta, cfg.checkpoint), cfg.dataset)
+    rt = make_runtime("cpu", "off", False, key="")  # ONNX Runtime takes and returns host arrays
+    return evaluate_model(model, train_cfg, cfg, rt, run_dir)
+
+
+def onnx_train_config(meta: dict[str, Any], path: str) -> TrainConfig:
+    """The default training config with the dataset section an ONNX file's metadata records (what building
+    the validation split reads)."""
+    from deeplab.checkpoint import upgrade_config
+    from deeplab.restore import compose_train_config
+
+    if meta.get("dataset") is None:
+        raise ExportError(
+            f"model {path} does not record the dataset it was trained on (it was exported by an older version); "
+            "export it again with `python -m deeplab.export checkpoint=...`, or evaluate the checkpoint"
+        )
+    plain = to_plain(compose_train_config([]))
+    try:
+        return train_config(upgrade_config({**plain, "dataset": meta["dataset"]}))
+    except ConfigError as e:
+        raise ExportError(f"model {path} records a dataset section this version cannot use ({e})") from None
+
+
+def evaluate_model(
+    model: Any, train_cfg: TrainConfig, cfg: EvaluateConfig, rt: Runtime, run_dir: Path
+) -> dict[str, Any]:
+    """Evaluate a loaded model (an nn.Module placed by rt, or a model-like object such as OnnxSegmenter:
+    model(x)["out"] are logits, and it has output_stride) on train_cfg's validation split with cfg.eval;
+    writes run_dir/metrics.json and returns it, with the confusion matrix (rows = truth) added."""
+    ev, d = cfg.eval, train_cfg.dataset
     dataset = data.build_dataset(train_cfg, "val")
     loader = build_val_loader(
         dataset,
@@ -63,4 +112,4 @@ def evaluate_checkpoint(cfg: EvaluateConfig | DictConfig, run_dir: Path) -> dict
     path = run_dir / "metrics.json"
     write_metrics_json(path, metrics | record)
     print(f"metrics written to {path}")
-    return metrics
+    return metrics | record | {"confusion_matrix": result.cm.matrix.cpu().tolist()}

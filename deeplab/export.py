@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import warnings
 from pathlib import Path
 
@@ -21,6 +22,7 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
+from deeplab.atomicfile import atomic_path
 from deeplab.config import ExportConfig, TrainConfig, export_config
 from deeplab.errors import ExportError, first_line
 from deeplab.onnx_model import METADATA_KEY
@@ -39,8 +41,9 @@ class LogitsOnly(nn.Module):
         return self.model(images)["out"]
 
 
-def metadata(cfg: TrainConfig) -> dict[str, object]:
-    """What a runtime needs besides the graph: class names, normalisation, colours, channels."""
+def metadata(cfg: TrainConfig, output_stride: int | None = None) -> dict[str, object]:
+    """What a runtime needs besides the graph: class names, normalisation, colours, channels; and the dataset
+    section (as a checkpoint holds it), so that evaluate.py scores the file on the same validation set."""
     from deeplab.data import palette
 
     d = cfg.dataset
@@ -54,6 +57,8 @@ def metadata(cfg: TrainConfig) -> dict[str, object]:
         "ignore_index": d.ignore_index,
         "palette": palette(d)[: max(len(names), 1)].tolist(),
         "model": f"{cfg.model.name}/{cfg.backbone.name}",
+        "output_stride": output_stride or cfg.backbone.output_stride,
+        "dataset": d.model_dump(),
     }
 
 
@@ -73,6 +78,19 @@ def export_onnx(
     except ImportError:
         raise ExportError('ONNX export needs onnx and onnxruntime: pip install -e ".[export]"') from None
     names = {"input_names": ["images"], "output_names": ["logits"], "opset_version": opset}
+    with atomic_path(path) as tmp:
+        write_onnx(wrapper, example, tmp, exporter, names)
+        model = onnx.load(str(tmp))
+        # The tracer leaves the class count symbolic ("Resizelogits_dim_1"); stated, loaders can check it.
+        model.graph.output[0].type.tensor_type.shape.dim[1].dim_value = int(str(meta["num_classes"]))
+        entry = model.metadata_props.add()
+        entry.key, entry.value = METADATA_KEY, json.dumps(meta)
+        onnx.save(model, str(tmp))
+
+
+def write_onnx(
+    wrapper: nn.Module, example: torch.Tensor, path: Path, exporter: str, names: dict[str, object]
+) -> None:
     try:
         if exporter == "dynamo":
             batch, height, width = (torch.export.Dim(n, min=1) for n in ("batch", "height", "width"))
@@ -92,11 +110,7 @@ def export_onnx(
                     **names,
                 )  # fmt: skip
     except Exception as e:  # the exporters' errors are many kinds; the user gets one line
-        raise ExportError(f"ONNX export of {path.name} failed: {first_line(e)}") from None
-    model = onnx.load(str(path))
-    entry = model.metadata_props.add()
-    entry.key, entry.value = METADATA_KEY, json.dumps(meta)
-    onnx.save(model, str(path))
+        raise ExportError(f"ONNX export failed: {first_line(e)}") from None
 
 
 def export_program(wrapper: nn.Module, example: torch.Tensor, path: Path) -> None:
@@ -107,7 +121,8 @@ def export_program(wrapper: nn.Module, example: torch.Tensor, path: Path) -> Non
         )
     except Exception as e:
         raise ExportError(f"torch.export of the model failed: {first_line(e)}") from None
-    torch.export.save(program, str(path))
+    with atomic_path(path) as tmp:
+        torch.export.save(program, str(tmp))
 
 
 def max_difference(cfg: ExportConfig, wrapper: nn.Module, path: Path, in_channels: int) -> float:
@@ -139,24 +154,43 @@ def export(cfg: ExportConfig | DictConfig, run_dir: Path) -> Path:
     from deeplab.restore import load_trained_model
 
     cfg = export_config(cfg)
+    suffix = ".onnx" if cfg.format == "onnx" else ".pt2"
+    path = Path(cfg.output) if cfg.output else run_dir / f"model{suffix}"
+    refuse_overwriting(path, Path(cfg.checkpoint), suffix)
     model, train_cfg = load_trained_model(cfg.checkpoint)
     if cfg.output_stride is not None:
         model.set_output_stride(cfg.output_stride)
     model = model.eval().cpu()
     wrapper = LogitsOnly(model).eval()
-    suffix = ".onnx" if cfg.format == "onnx" else ".pt2"
-    path = Path(cfg.output) if cfg.output else run_dir / f"model{suffix}"
-    path.parent.mkdir(parents=True, exist_ok=True)
     in_channels = train_cfg.dataset.in_channels
     example = torch.randn(2, in_channels, *cfg.trace_size)  # batch 2: a traced 1 would become a constant
-    if cfg.format == "onnx":
-        export_onnx(wrapper, example, path, cfg.opset, metadata(train_cfg), cfg.exporter)
-    else:
-        export_program(wrapper, example, path)
+    try:
+        if cfg.format == "onnx":
+            meta = metadata(train_cfg, model.output_stride)
+            export_onnx(wrapper, example, path, cfg.opset, meta, cfg.exporter)
+        else:
+            export_program(wrapper, example, path)
+    except OSError as e:
+        raise ExportError(
+            f"could not write {path}: {e.strerror or e}; check free disk space and that the folder is writable "
+            f"(any previous {path.name} was left intact)"
+        ) from None
     print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MB, output stride {model.output_stride})")
     if cfg.check:
         check_export(cfg, wrapper, path, in_channels)
     return path
+
+
+def refuse_overwriting(output: Path, checkpoint: Path, suffix: str) -> None:
+    """ExportError when the output is the checkpoint itself (the same path, or through a link)."""
+    same = output.resolve() == checkpoint.resolve()
+    if not same and output.exists() and checkpoint.exists():
+        same = os.path.samefile(output, checkpoint)  # a hard link: another name of the same file
+    if same:
+        raise ExportError(
+            f"output={output} is the checkpoint being exported ({checkpoint}); writing it would destroy the "
+            f"checkpoint: give another file, e.g. output={output.with_name(output.stem + '_exported' + suffix)}"
+        )
 
 
 def check_export(cfg: ExportConfig, wrapper: nn.Module, path: Path, in_channels: int) -> None:

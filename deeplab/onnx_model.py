@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from deeplab.errors import ExportError, first_line
+from deeplab.errors import ConfigError, ExportError, first_line
 
 METADATA_KEY = "deeplab"
 
@@ -40,8 +41,10 @@ class OnnxSegmenter:
                 f"model {path} has no deeplab metadata (class names, normalisation); export it with "
                 "`python -m deeplab.export`"
             )
-        self.meta: dict[str, Any] = json.loads(props[METADATA_KEY])
+        self.meta: dict[str, Any] = read_metadata(props[METADATA_KEY], path)
+        check_against_graph(self.meta, self.session, path)
         self.path = path
+        self.training = False  # the eval loop asks, as of an nn.Module
 
     @property
     def label_names(self) -> list[str]:
@@ -55,5 +58,114 @@ class OnnxSegmenter:
         out = self.logits(x.detach().float().cpu().numpy())
         return {"out": torch.from_numpy(out).to(x.device)}
 
+    @property
+    def output_stride(self) -> int | None:
+        """The stride built into the graph (None for files exported before it was recorded)."""
+        return self.meta.get("output_stride")
+
     def eval(self) -> OnnxSegmenter:  # deeplab.inference treats models alike
         return self
+
+    def train(self, mode: bool = True) -> OnnxSegmenter:
+        if mode:
+            raise ValueError("an ONNX model cannot be trained")
+        return self
+
+
+def onnx_providers(device: str) -> list[Any] | None:
+    """ONNX Runtime's execution providers for a `device` setting (auto: CUDA when offered, else the CPU)."""
+    if device == "auto":
+        return None
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return None  # OnnxSegmenter says how to install it
+    kind, _, index = device.partition(":")
+    if kind != "cuda" or "CUDAExecutionProvider" not in ort.get_available_providers():
+        raise ConfigError(
+            f"device={device}: this ONNX Runtime runs on {', '.join(ort.get_available_providers())}; use "
+            "device=cpu (or pip install onnxruntime-gpu for device=cuda)"
+        )
+    return [("CUDAExecutionProvider", {"device_id": int(index or 0)}), "CPUExecutionProvider"]
+
+
+class OnnxMetadata(BaseModel):
+    """The `deeplab` metadata entry deeplab.export writes (see deeplab.export.metadata); keys added later
+    are optional, so that older files still load, and keys this version does not know are kept."""
+
+    model_config = ConfigDict(extra="allow")
+
+    class_names: list[str]
+    num_classes: Annotated[int, Field(ge=1)]
+    in_channels: Annotated[int, Field(ge=1)]
+    mean: list[float]
+    std: list[Annotated[float, Field(gt=0)]]
+    ignore_index: int
+    palette: list[Annotated[list[Annotated[int, Field(ge=0, le=255)]], Field(min_length=3, max_length=3)]]
+    model: str | None = None
+    output_stride: int | None = None
+    dataset: dict[str, Any] | None = None
+    """The training config's dataset section: what evaluate.py scores the file on."""
+
+
+def read_metadata(text: str, path: Path) -> dict[str, Any]:
+    """The parsed, checked metadata; anything malformed is an ExportError of one line."""
+    fix = "re-export it with `python -m deeplab.export checkpoint=...`"
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ExportError(f"model {path}: its deeplab metadata is not valid JSON ({e}); {fix}") from None
+    if not isinstance(raw, dict):
+        raise ExportError(f"model {path}: its deeplab metadata is {type(raw).__name__}, not an object; {fix}")
+    try:
+        meta = OnnxMetadata.model_validate(raw)
+    except ValidationError as e:
+        err = e.errors()[0]
+        key = ".".join(str(part) for part in err["loc"])
+        raise ExportError(
+            f"model {path}: its deeplab metadata's {key}: {err['msg'].lower()}; {fix}"
+        ) from None
+    labels = 2 if meta.num_classes == 1 else meta.num_classes  # a binary model: background + the class
+    if len(meta.class_names) != labels:
+        raise ExportError(
+            f"model {path}: its metadata lists {len(meta.class_names)} class names but num_classes "
+            f"{meta.num_classes} needs {labels}; {fix}"
+        )
+    for key in ("mean", "std"):
+        values = getattr(meta, key)
+        if len(values) != meta.in_channels:
+            raise ExportError(
+                f"model {path}: its metadata has {len(values)} {key} values but in_channels {meta.in_channels}; {fix}"
+            )
+    return meta.model_dump()
+
+
+def check_against_graph(meta: dict[str, Any], session: Any, path: Path) -> None:
+    """The metadata's channel and class counts against the graph's input and logits (when the graph fixes
+    them), so that a mismatch is blamed on the file and not on the images."""
+    inputs = {i.name: i.shape for i in session.get_inputs()}
+    outputs = {o.name: o.shape for o in session.get_outputs()}
+    if "images" not in inputs or "logits" not in outputs:
+        raise ExportError(
+            f"model {path} takes {sorted(inputs)} and returns {sorted(outputs)}, not images -> logits; "
+            "export it with `python -m deeplab.export`"
+        )
+    for what, shape, key in (
+        ("input", inputs["images"], "in_channels"),
+        ("logits", outputs["logits"], "num_classes"),
+    ):
+        channels = shape[1] if len(shape) == 4 else None
+        if what == "logits" and not isinstance(channels, int):
+            # Files exported before the count was stated in the graph: one small run tells it.
+            probe = np.zeros((1, meta["in_channels"], 64, 64), np.float32)
+            try:
+                channels = session.run(["logits"], {"images": probe})[0].shape[1]
+            except Exception as e:  # onnxruntime's own exception kinds
+                raise ExportError(f"cannot run model {path}: {first_line(e)}") from None
+        if isinstance(channels, int) and channels != meta[key]:
+            raise ExportError(
+                f"model {path}: its metadata says {key} {meta[key]} but the graph's {what} has {channels} "
+                "channels; re-export it with `python -m deeplab.export checkpoint=...`"
+            )

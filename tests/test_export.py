@@ -3,6 +3,11 @@ traced one, the metadata, predict with checkpoint=FILE.onnx against checkpoint=F
 
 from __future__ import annotations
 
+import errno
+import json
+import os
+import shutil
+import sys
 from pathlib import Path
 
 import cv2
@@ -15,7 +20,7 @@ from PIL import Image
 from deeplab.config import export_config as export_config_model
 from deeplab.errors import ExportError
 from deeplab.export import LogitsOnly, check_export, export
-from deeplab.onnx_model import OnnxSegmenter
+from deeplab.onnx_model import METADATA_KEY, OnnxSegmenter
 from deeplab.predict import predict
 from deeplab.restore import load_trained_model
 
@@ -190,3 +195,213 @@ def test_export_of_a_missing_checkpoint_names_it(tmp_path: Path) -> None:
 
     with pytest.raises(CheckpointError, match=r"none.pt"):
         export(export_config(tmp_path / "none.pt", tmp_path / "m.onnx"), tmp_path)
+
+
+# --- the export never replaces its checkpoint, and writes whole files -------------------------------------
+
+
+def run_entry(entry: str, args: list[str], run_dir: Path, capsys, monkeypatch) -> tuple[int, str]:
+    """`python ENTRY ARGS` (a script of the repository root, or `-m MODULE`) run in this process, Hydra's logging
+    set-up left out: (exit status, stderr)."""
+    import runpy
+    import warnings
+
+    from hydra.core.global_hydra import GlobalHydra
+
+    argv = ["entry", *args, f"hydra.run.dir={run_dir}", "hydra/job_logging=none", "hydra/hydra_logging=none"]
+    monkeypatch.setattr(sys, "argv", argv)
+    capsys.readouterr()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # runpy: the module was imported before
+            if entry.endswith(".py"):
+                runpy.run_path(str(Path(__file__).resolve().parents[1] / entry), run_name="__main__")
+            else:
+                runpy.run_module(entry, run_name="__main__")
+        code = 0
+    except SystemExit as e:
+        code = int(e.code or 0)
+    finally:
+        GlobalHydra.instance().clear()
+    return code, capsys.readouterr().err
+
+
+def test_export_refuses_an_output_that_is_its_checkpoint(
+    onnx_file, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    checkpoint = tmp_path / "best.pt"
+    shutil.copy(onnx_file[0], checkpoint)
+    before = checkpoint.read_bytes()
+    (tmp_path / "link.pt").symlink_to(checkpoint)
+    os.link(checkpoint, tmp_path / "hard.pt")
+    for output in (
+        checkpoint,
+        tmp_path / "link.pt",
+        tmp_path / "hard.pt",
+        tmp_path / "sub" / ".." / "best.pt",
+    ):
+        args = [f"checkpoint={checkpoint}", f"output={output}"]
+        code, err = run_entry("deeplab.export", args, tmp_path / "run", capsys, monkeypatch)
+        assert code == 2, err
+        assert err.startswith(f"error: output={output} is the checkpoint being exported")
+        assert err.count("\n") == 1 and "output=" in err.split("e.g.")[1]
+    assert checkpoint.read_bytes() == before
+
+
+def test_a_failed_export_write_leaves_the_previous_file(onnx_file, tmp_path: Path, monkeypatch) -> None:
+    import onnx
+
+    checkpoint, good = onnx_file
+    out = tmp_path / "m.onnx"
+    shutil.copy(good, out)
+    before = out.read_bytes()
+
+    def save_half_then_fail(model, f, *args, **kwargs) -> None:
+        Path(f).write_bytes(b"half a model")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(onnx, "save", save_half_then_fail)
+    with one_thread(), pytest.raises(ExportError, match=r"could not write .*m.onnx: No space left on device"):
+        export(export_config(checkpoint, out), tmp_path)
+    assert out.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+
+
+# --- the metadata is checked when a file is loaded --------------------------------------------------------
+
+
+def with_metadata(source: Path, path: Path, **changes: object) -> Path:
+    """A copy of an exported file whose deeplab metadata has `changes` (text=...: that exact text)."""
+    import onnx
+
+    model = onnx.load(str(source))
+    (entry,) = [p for p in model.metadata_props if p.key == METADATA_KEY]
+    meta = json.loads(entry.value)
+    meta.update({k: v for k, v in changes.items() if k != "text"})
+    meta = {k: v for k, v in meta.items() if v is not None}
+    entry.value = str(changes["text"]) if "text" in changes else json.dumps(meta)
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"text": "{'class_names': ['a']"}, r"deeplab metadata is not valid JSON \(Expecting"),
+        ({"text": "[1, 2]"}, "deeplab metadata is list, not an object"),
+        ({"class_names": None}, r"metadata's class_names: field required"),
+        ({"num_classes": "four"}, r"metadata's num_classes: input should be a valid integer"),
+        (
+            {"palette": [[0, 0, 300]] * 4},
+            r"metadata's palette.0.2: input should be less than or equal to 255",
+        ),
+        ({"class_names": ["background", "disc", "square"]}, "lists 3 class names but num_classes 4 needs 4"),
+        ({"mean": [0.5] * 2}, "has 2 mean values but in_channels 3"),
+        (
+            {"in_channels": 4, "mean": [0.5] * 4, "std": [0.2] * 4},
+            r"in_channels 4 but the graph's input has 3 ",
+        ),
+        (
+            {"num_classes": 5, "class_names": list("abcde")},
+            r"num_classes 5 but the graph's logits has 4 channels",
+        ),
+    ],
+)
+def test_bad_metadata_is_one_line(onnx_file, tmp_path: Path, changes: dict, message: str) -> None:
+    path = with_metadata(onnx_file[1], tmp_path / "bad.onnx", **changes)
+    with pytest.raises(ExportError, match=message) as info:
+        OnnxSegmenter(path)
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
+    assert str(info.value).endswith("re-export it with `python -m deeplab.export checkpoint=...`")
+
+
+def test_an_older_file_without_the_class_count_in_its_graph_is_checked_by_a_run(
+    onnx_file, tmp_path: Path
+) -> None:
+    import onnx
+
+    model = onnx.load(str(onnx_file[1]))
+    model.graph.output[0].type.tensor_type.shape.dim[1].dim_param = "classes"  # as the tracer left it
+    onnx.save(model, str(tmp_path / "old.onnx"))
+    assert OnnxSegmenter(tmp_path / "old.onnx").meta["num_classes"] == 4
+    bad = with_metadata(
+        tmp_path / "old.onnx", tmp_path / "bad.onnx", num_classes=5, class_names=list("abcde")
+    )
+    with pytest.raises(ExportError, match=r"num_classes 5 but the graph's logits has 4 channels"):
+        OnnxSegmenter(bad)
+
+
+def test_predict_names_the_file_for_bad_metadata(onnx_file, tmp_path: Path, capsys, monkeypatch) -> None:
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.fromarray(np.zeros((40, 48, 3), np.uint8)).save(photos / "a.png")
+    for changes, message in (
+        ({"text": "not json"}, "deeplab metadata is not valid JSON"),
+        (
+            {"in_channels": 4, "mean": [0.5] * 4, "std": [0.2] * 4},
+            "in_channels 4 but the graph's input has 3",
+        ),
+    ):
+        path = with_metadata(onnx_file[1], tmp_path / "bad.onnx", **changes)
+        args = [f"checkpoint={path}", f"input={photos}", f"output={tmp_path / 'out'}"]
+        code, err = run_entry("deeplab.predict", args, tmp_path / "run", capsys, monkeypatch)
+        assert (
+            code == 2 and err.startswith(f"error: model {path}: ") and message in err and err.count("\n") == 1
+        )
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+# --- evaluate.py scores an ONNX file as it scores the checkpoint ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "settings", [[], ["eval.scales=[0.75,1.0]", "eval.flip=true"]], ids=["whole", "ms_flip"]
+)
+def test_evaluating_the_onnx_file_equals_evaluating_the_checkpoint(
+    onnx_file, tmp_path: Path, settings
+) -> None:
+    from deeplab.evaluate import evaluate_checkpoint
+
+    results, files = {}, {}
+    for name, source in zip(("pt", "onnx"), onnx_file):
+        run_dir = tmp_path / name
+        run_dir.mkdir()
+        cfg = compose_config([f"checkpoint={source}", "num_workers=0", *settings], config_name="evaluate")
+        with one_thread():
+            results[name] = evaluate_checkpoint(cfg, run_dir)
+        files[name] = sorted(p.name for p in run_dir.iterdir())
+        written = json.loads((run_dir / "metrics.json").read_text())
+        assert written["checkpoint"] == str(source) and written["num_images"] == 4
+    pt, ox = results["pt"], results["onnx"]
+    assert files["pt"] == files["onnx"] and "metrics.json" in files["pt"]
+    assert ox["miou"] == pytest.approx(pt["miou"], abs=1e-3)
+    assert ox["pixel_acc"] == pytest.approx(pt["pixel_acc"], abs=1e-3)
+    assert (ox["flip"], ox["scales"], ox["output_stride"]) == (pt["flip"], pt["scales"], pt["output_stride"])
+    a, b = np.array(pt["confusion_matrix"]), np.array(ox["confusion_matrix"])
+    assert a.sum() == b.sum() > 0.8 * 4 * 40 * 56  # the pixels of the 4 val images (the 255 ones left out)
+    assert np.abs(a - b).sum() <= 0.001 * a.sum()  # argmax ties may flip a few pixels
+
+
+def test_evaluate_entry_point_on_an_onnx_file(onnx_file, tmp_path: Path, capsys, monkeypatch) -> None:
+    path = onnx_file[1]
+    # The validation set the metadata records, or the one dataset.* points to: here a fresh copy generated
+    # at another root.
+    elsewhere = tmp_path / "elsewhere"
+    code, err = run_entry("evaluate.py", [f"checkpoint={path}", f"dataset.root={elsewhere}", "num_workers=0"],
+                         tmp_path / "run", capsys, monkeypatch)  # fmt: skip
+    assert code == 0, err
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["num_images"] == 4
+    assert len(list(elsewhere.rglob("*.png"))) >= 8  # the override was used: the images were made there
+    for args, message in (
+        (
+            ["eval.output_stride=8"],
+            "error: eval.output_stride=8 does not apply to an ONNX model (export it at",
+        ),
+        (["amp=bf16"], "error: amp=bf16 does not apply to an ONNX model"),
+    ):
+        code, err = run_entry(
+            "evaluate.py", [f"checkpoint={path}", *args], tmp_path / "run2", capsys, monkeypatch
+        )
+        assert code == 2 and err.startswith(message) and err.count("\n") == 1
+    old = with_metadata(path, tmp_path / "old.onnx", dataset=None)
+    code, err = run_entry("evaluate.py", [f"checkpoint={old}"], tmp_path / "run3", capsys, monkeypatch)
+    assert code == 2 and "does not record the dataset it was trained on" in err and err.count("\n") == 1

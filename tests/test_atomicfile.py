@@ -1,0 +1,34 @@
+"""deeplab.atomicfile: a write replaces the file whole or leaves it as it was, and keeps a link in place."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from deeplab.atomicfile import atomic_path
+
+
+def test_a_failed_write_leaves_the_file_and_no_temporary(tmp_path: Path) -> None:
+    path = tmp_path / "model.onnx"
+    path.write_bytes(b"old")
+    with pytest.raises(RuntimeError, match="exporter failed"), atomic_path(path) as tmp:
+        tmp.write_bytes(b"half")
+        raise RuntimeError("exporter failed")
+    assert path.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["model.onnx"]
+    with atomic_path(path) as tmp:
+        assert tmp.parent == tmp_path and not tmp.exists()
+        tmp.write_bytes(b"new")
+        assert path.read_bytes() == b"old"  # not visible before the block ends
+    assert path.read_bytes() == b"new" and [p.name for p in tmp_path.iterdir()] == ["model.onnx"]
+
+
+def test_writing_through_a_link_replaces_its_target(tmp_path: Path) -> None:
+    (tmp_path / "models").mkdir()
+    target = tmp_path / "models" / "v1.onnx"
+    target.write_bytes(b"old")
+    link = tmp_path / "current.onnx"
+    link.symlink_to(target)
+    with atomic_path(link) as tmp:
+        tmp.write_bytes(b"new")
+    assert link.is_symlink() and link.resolve() == target and target.read_bytes() == b"new"
