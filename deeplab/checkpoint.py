@@ -87,6 +87,7 @@ def why_unreadable(path: Path, what: str, e: Exception) -> str:
 # exports and resumes.
 ADDED_KEYS: dict[str, Any] = {
     "dataset.in_channels": 3,
+    "dataset.overlay_background": None,
     "model.init_from": None,
     "trainer.freeze_bn": False,
     "trainer.activation_checkpointing": False,

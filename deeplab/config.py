@@ -227,6 +227,14 @@ def default_aspp_rates(output_stride: int) -> list[int]:
 # ----------------------------------------------------------------------------- data
 
 
+def overlay_background_ids(names: list[str], chosen: list[str] | None) -> list[int]:
+    """Ids of the classes `chosen` by name, or (None) of the class named background if there is one: the
+    classes an overlay leaves as the photo (also for ONNX files, whose metadata may predate the key)."""
+    if chosen is None:
+        return [i for i, n in enumerate(names) if n.lower() == "background"]
+    return [i for i, n in enumerate(names) if n in chosen]
+
+
 class AugmentConfig(Section):
     """The train pipeline: random scale, pad with the mean / ignore index, random crop, flip, jitter."""
 
@@ -250,9 +258,13 @@ class DatasetBase(Section):
     ignore_index: Label
     """The label the loss and the metrics skip, and the mask padding: 255, or a class id (CamVid: 11)."""
     class_names: list[str] | None
-    """null: the 21 VOC names for the VOC datasets, class_0, class_1, ... otherwise."""
+    """null: the 21 VOC names for the VOC datasets (Cityscapes', ADE20K's), foreground for one class,
+    class_0, class_1, ... otherwise."""
     palette: list[Color] | None
     """[r, g, b] of each class for drawing (and, for dataset=folder, to read colour-coded masks)."""
+    overlay_background: list[str] | None
+    """Classes an overlay (deeplab.predict) leaves as the photo, by name: null = the class named `background`
+    if there is one, else none (CamVid's class 0 is sky: it is tinted); [] = none."""
     in_channels: Annotated[int, Field(ge=1, le=64)]
     """Channels of the input images: 3 (RGB), or others for dataset=folder (multi-page TIFF, .npy, RGBA)."""
     mean: Annotated[list[Annotated[float, Field(ge=0, le=1)]], Field(min_length=1)]
@@ -296,6 +308,22 @@ class DatasetBase(Section):
             )
         return self
 
+    @model_validator(mode="after")
+    def _overlay_background(self) -> DatasetBase:
+        if self.overlay_background is not None:
+            names = self.label_names()
+            unknown = [n for n in self.overlay_background if n not in names]
+            if unknown:
+                raise ConfigError(
+                    f"dataset.overlay_background: {unknown[0]!r} is not a class name; choose from {names} "
+                    "(dataset.class_names), or [] for none"
+                )
+        return self
+
+    def overlay_background_ids(self) -> list[int]:
+        """Ids of the classes an overlay leaves as the photo (dataset.overlay_background)."""
+        return overlay_background_ids(self.label_names(), self.overlay_background)
+
     def names(self) -> list[str]:
         """Class names, one per class (for one class, the foreground's name)."""
         if self.class_names is not None:
@@ -313,6 +341,8 @@ class DatasetBase(Section):
             from deeplab.data.classes import ADE20K_CLASSES
 
             return list(ADE20K_CLASSES)
+        if self.num_classes == 1:  # a binary model: background (logit < 0) and this class
+            return ["foreground"]
         return [f"class_{i}" for i in range(self.num_classes)]
 
     def mean_pixel(self) -> tuple[int, ...]:
@@ -775,11 +805,7 @@ class ExportConfig(Section):
 
     task_name: str
     checkpoint: str
-    format: Literal["onnx", "onnx_int8", "exported_program"]
-    """onnx_int8: ONNX quantised to INT8 by ONNX Runtime (static, QDQ, per-channel weights) for the CPU."""
-    calibration: PositiveInt
-    """onnx_int8: how many training images (through the evaluation transform) calibrate the activation
-    ranges; as many validation images measure how often int8 and fp32 agree."""
+    format: Literal["onnx", "exported_program"]
     exporter: Literal["dynamo", "torchscript"]
     """ONNX: the TorchScript tracer (seconds; PyTorch has deprecated it), or PyTorch's torch.export-based
     exporter (tens of seconds for a ResNet-101; the one PyTorch recommends). Both are checked in the tests."""

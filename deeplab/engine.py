@@ -127,7 +127,7 @@ class Run:
         distributed.broadcast_buffers(self.model)
         result = evaluate(
             self.model, self.val_loader, self.rt, self.normalize, num_classes=d.num_classes,
-            ignore_index=d.ignore_index, num_examples=self.cfg.logger.num_images if main else 0,
+            ignore_index=d.ignore_index, num_examples=self.cfg.logger.num_images if main else 0, progress=main,
         )  # fmt: skip
         metrics = result.cm.compute() | {"iteration": iteration, "num_images": result.num_images}
         if main:
@@ -505,11 +505,20 @@ def _finish(run: Run, it: int, stop_signum: int) -> dict[str, Any]:
         if run.writer is not None:
             tblog.log_hparams(run.writer, tblog.flat_hparams(run.cfg.model_dump()), metrics)
             run.writer.close()
-        print(format_table(metrics, names))
+        print(format_table(metrics, names, _table_title(run, it, metrics)))
         print(f"checkpoints: {run.ckpt_dir}")
         if run.writer is not None:
             print(f"tensorboard --logdir {run.run_dir / 'tensorboard'}")
     return metrics
+
+
+def _table_title(run: Run, iteration: int, metrics: dict[str, Any]) -> str:
+    """Which weights the final table scores: last.pt at its iteration, and whether best.pt differs."""
+    title = f"validation at iteration {iteration} of {run.cfg.trainer.max_iters}: {run.ckpt_dir / 'last.pt'}"
+    best = run.progress.best_miou
+    if best > metrics["miou"] and (run.ckpt_dir / "best.pt").is_file():
+        title += f" (best.pt has a higher mIoU, {100 * best:.2f})"
+    return title
 
 
 def _divergence(iteration: int, run: Run, losses: dict[str, Any], where: str) -> str:

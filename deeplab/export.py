@@ -2,10 +2,10 @@
 
 The exported model takes `images`, float32 (B, C, H, W) normalised as in training (dataset.mean / std), and
 returns `logits` (B, num_classes, H, W); batch, height and width are free. ONNX files carry the class names,
-the normalisation and the colours in their metadata (deeplab.onnx_model reads them back, and `deeplab.predict
-checkpoint=FILE.onnx` uses them). After writing, the command runs the file (ONNX Runtime, or the exported program)
-and PyTorch on two other input sizes, one of them with batch 2, and fails with one line if the logits differ by
-more than `tolerance`.
+the normalisation, the colours and the overlay background classes in their metadata (deeplab.onnx_model reads
+them back, and `deeplab.predict checkpoint=FILE.onnx` uses them). After writing, the command runs the file (ONNX
+Runtime, or the exported program) and PyTorch on two other input sizes, one of them with batch 2, and fails with
+one line if the logits differ by more than `tolerance`.
 """
 
 from __future__ import annotations
@@ -56,6 +56,7 @@ def metadata(cfg: TrainConfig, output_stride: int | None = None) -> dict[str, ob
         "std": list(d.std),
         "ignore_index": d.ignore_index,
         "palette": palette(d)[: max(len(names), 1)].tolist(),
+        "overlay_background": d.overlay_background_ids(),
         "model": f"{cfg.model.name}/{cfg.backbone.name}",
         "output_stride": output_stride or cfg.backbone.output_stride,
         "dataset": d.model_dump(),
@@ -128,7 +129,7 @@ def export_program(wrapper: nn.Module, example: torch.Tensor, path: Path) -> Non
 def max_difference(cfg: ExportConfig, wrapper: nn.Module, path: Path, in_channels: int) -> float:
     """The largest |logit difference| between the exported file and PyTorch over the check sizes."""
     generator = torch.Generator().manual_seed(0)
-    if cfg.format != "exported_program":  # onnx, or the fp32 file of onnx_int8
+    if cfg.format == "onnx":
         from deeplab.onnx_model import OnnxSegmenter
 
         exported = OnnxSegmenter(path)
@@ -154,7 +155,7 @@ def export(cfg: ExportConfig | DictConfig, run_dir: Path) -> Path:
     from deeplab.restore import load_trained_model
 
     cfg = export_config(cfg)
-    suffix = ".pt2" if cfg.format == "exported_program" else ".onnx"
+    suffix = ".onnx" if cfg.format == "onnx" else ".pt2"
     path = Path(cfg.output) if cfg.output else run_dir / f"model{suffix}"
     refuse_overwriting(path, Path(cfg.checkpoint), suffix)
     model, train_cfg = load_trained_model(cfg.checkpoint)
@@ -165,16 +166,6 @@ def export(cfg: ExportConfig | DictConfig, run_dir: Path) -> Path:
     in_channels = train_cfg.dataset.in_channels
     example = torch.randn(2, in_channels, *cfg.trace_size)  # batch 2: a traced 1 would become a constant
     try:
-        if cfg.format == "onnx_int8":
-            from deeplab.quantize import export_int8
-
-            def write_fp32(fp32: Path) -> None:  # the file quantised, checked as format=onnx is
-                meta = metadata(train_cfg, model.output_stride)
-                export_onnx(wrapper, example, fp32, cfg.opset, meta, cfg.exporter)
-                if cfg.check:
-                    check_export(cfg, wrapper, fp32, in_channels)
-
-            return export_int8(write_fp32, train_cfg.dataset, path, cfg.calibration)
         if cfg.format == "onnx":
             meta = metadata(train_cfg, model.output_stride)
             export_onnx(wrapper, example, path, cfg.opset, meta, cfg.exporter)

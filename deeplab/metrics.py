@@ -130,8 +130,9 @@ def json_safe(metrics: dict[str, Any]) -> dict[str, Any]:
     return clean(metrics)
 
 
-def format_table(metrics: dict[str, Any], class_names: list[str]) -> str:
-    """Per-class IoU and the four metrics as a text table, in percent with two decimals."""
+def format_table(metrics: dict[str, Any], class_names: list[str], title: str = "") -> str:
+    """Per-class IoU and the four metrics as a text table, in percent with two decimals, under `title` (what
+    was scored: the iteration and checkpoint)."""
     ious = metrics["iou_per_class"]
     if len(class_names) != len(ious):
         raise ValueError(f"{len(class_names)} class names for {len(ious)} classes")
@@ -143,7 +144,8 @@ def format_table(metrics: dict[str, Any], class_names: list[str]) -> str:
             return "-".rjust(7)  # class absent from truth and prediction
         return f"{100.0 * value:7.2f}"
 
-    lines = [f"{'class'.ljust(width)}  {'IoU %'.rjust(7)}", "-" * (width + 9)]
+    lines = [title] if title else []
+    lines += [f"{'class'.ljust(width)}  {'IoU %'.rjust(7)}", "-" * (width + 9)]
     lines += [f"{name.ljust(width)}  {pct(iou)}" for name, iou in zip(class_names, ious)]
     lines.append("-" * (width + 9))
     lines += [f"{labels[key].ljust(width)}  {pct(metrics[key])}" for key in METRIC_NAMES]

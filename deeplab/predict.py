@@ -25,9 +25,17 @@ from omegaconf import DictConfig
 from PIL import Image
 from tqdm import tqdm
 
-from deeplab.config import EvalConfig, PredictConfig, predict_config
+from deeplab.config import EvalConfig, PredictConfig, overlay_background_ids, predict_config
 from deeplab.data.reading import read_image
 from deeplab.errors import ConfigError, DatasetError
+from deeplab.visualize import (
+    Legend,
+    display_rgb,
+    draw_segmentation_map,
+    image_overlay,
+    make_legend,
+    place_legend,
+)
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +45,14 @@ VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm"}
 
 def list_images(path: Path) -> list[Path]:
     if path.is_file():
+        if path.suffix.lower() not in IMAGE_SUFFIXES:
+            raise ConfigError(
+                f"input: {path} is not a file type predict reads; give an image "
+                f"({', '.join(sorted(IMAGE_SUFFIXES))}), a video ({', '.join(sorted(VIDEO_SUFFIXES))}) or a folder "
+                "of images"
+            )
         return [path]
+
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if files:
@@ -72,10 +87,16 @@ class Segmenter:
     palette: np.ndarray  # (>= 256, 3) uint8
     in_channels: int
     rt: Any
+    background: list[int]  # classes the overlays leave as the photo (dataset.overlay_background)
 
-    def __post_init__(self) -> None:
-        # Pixels of the background class are left as the photo in the overlays.
-        self.background = [i for i, n in enumerate(self.labels) if n.lower() == "background"]
+    def legend_entries(self, classes: list[int]) -> list[tuple[str, np.ndarray]]:
+        """(name, colour) of each of `classes` that is not background, for a legend."""
+        return [
+            (self.labels[c], self.palette[c])
+            for c in classes
+            if c < len(self.labels) and c not in self.background
+        ]
+
 
     def __call__(self, image: np.ndarray, ev: EvalConfig) -> np.ndarray:
         """(H, W, C) uint8 image -> (H, W) uint8 class ids."""
@@ -108,7 +129,7 @@ def load_segmenter(cfg: PredictConfig) -> Segmenter:
         meta = onnx.meta
         palette = color_table(meta["palette"], max(256, meta["num_classes"]))
         return Segmenter(onnx, rt.normalizer(meta["mean"], meta["std"]), onnx.label_names, palette,
-                         int(meta["in_channels"]), rt)  # fmt: skip
+                         int(meta["in_channels"]), rt, onnx_background(meta))  # fmt: skip
     from deeplab.restore import load_trained_model
 
     rt = make_runtime(cfg.device, cfg.amp, cfg.channels_last, key="")
@@ -117,27 +138,34 @@ def load_segmenter(cfg: PredictConfig) -> Segmenter:
         model.set_output_stride(cfg.eval.output_stride)
     rt.place(model)
     d = train_cfg.dataset
-    return Segmenter(model, rt.normalizer(d.mean, d.std), d.label_names(), data.palette(d), d.in_channels, rt)
+    return Segmenter(
+        model, rt.normalizer(d.mean, d.std), d.label_names(), data.palette(d), d.in_channels, rt,
+        d.overlay_background_ids(),
+    )  # fmt: skip
+
+
+def onnx_background(meta: dict[str, Any]) -> list[int]:
+    """The overlay background classes of an ONNX file's metadata; files exported before the key was written
+    get the default rule (the class named background, if any)."""
+    if "overlay_background" in meta:
+        return [int(i) for i in meta["overlay_background"]]
+    return overlay_background_ids(list(meta["class_names"]), None)
 
 
 def draw(
-    seg: Segmenter, image: np.ndarray, pred: np.ndarray, alpha: float, legend: bool = True
+    seg: Segmenter, image: np.ndarray, pred: np.ndarray, alpha: float, legend: Legend | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(colour mask, overlay) of a prediction, both (H, W, 3) uint8: pixels of the background class stay as
-    the photo (its first three channels) in the overlay."""
-    from deeplab.visualize import display_rgb, draw_legend, draw_segmentation_map, image_overlay
-
-    background = seg.background
+    """(colour mask (H, W, 3), overlay (H, W' >= W, 3)), uint8: pixels of the background classes stay as the
+    photo (its first three channels) in the overlay. The overlay carries `legend` (a video's, the same on
+    every frame), or by default a legend of the classes found, in the corner where it hides the fewest of
+    their pixels; a legend too large for the image is put beside it (W' > W)."""
+    keep = np.isin(pred, seg.background)
     color = draw_segmentation_map(pred, seg.palette)
-    overlay = image_overlay(display_rgb(image), color, alpha, keep=np.isin(pred, background))
-    if legend:
-        found = [
-            (seg.labels[c], seg.palette[c])
-            for c in np.unique(pred).tolist()
-            if c < len(seg.labels) and c not in background
-        ]
-        overlay = draw_legend(overlay, found)
-    return color, overlay
+    overlay = image_overlay(display_rgb(image), color, alpha, keep=keep)
+    if legend is not None:
+        return color, place_legend(overlay, legend)
+    found = make_legend(seg.legend_entries(np.unique(pred).tolist()), *pred.shape)
+    return color, place_legend(overlay, found, avoid=~keep)
 
 
 def save_ids(pred: np.ndarray, palette: np.ndarray, path: Path) -> None:
@@ -145,6 +173,34 @@ def save_ids(pred: np.ndarray, palette: np.ndarray, path: Path) -> None:
     ids = Image.frombytes("P", (pred.shape[1], pred.shape[0]), pred.tobytes())
     ids.putpalette(palette[:256].reshape(-1).tolist())
     ids.save(path)
+
+
+# How each video container starts (ISO base media / QuickTime: a box whose type is ftyp, or an mdat/moov/wide
+# box in older QuickTime files; Matroska and WebM: the EBML id; AVI: a RIFF chunk of form AVI).
+def _container(head: bytes) -> str | None:
+    if head[4:8] in (b"ftyp", b"moov", b"mdat", b"wide", b"free"):
+        return "MP4/QuickTime"
+    if head[:4] == b"\x1a\x45\xdf\xa3":
+        return "Matroska/WebM"
+    if head[:4] == b"RIFF" and head[8:11] == b"AVI":
+        return "AVI"
+    return None
+
+
+def unopened_video(path: Path) -> str:
+    """Why OpenCV could not open a video file, in one line: it is empty, it is a video container without
+    frames (a recording stopped before its first frame), or it is not a video."""
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if not head:
+        return f"video {path} is empty (0 bytes): it has no frames"
+    kind = _container(head)
+    if kind is not None:
+        return (
+            f"video {path} has no frames: its {kind} container holds no video stream OpenCV can read (a "
+            "recording stopped before its first frame, or an unfinished copy?)"
+        )
+    return f"cannot read video {path}: it is not a video file OpenCV can open ({', '.join(sorted(VIDEO_SUFFIXES))})"
 
 
 def predict_video(cfg: PredictConfig, seg: Segmenter, path: Path, output: Path) -> Path:
@@ -156,12 +212,16 @@ def predict_video(cfg: PredictConfig, seg: Segmenter, path: Path, output: Path) 
         raise ConfigError(f"input: videos are RGB, but the model takes {seg.in_channels} channels")
     capture = cv2.VideoCapture(str(path))
     if not capture.isOpened():
-        raise DatasetError(f"cannot read video {path} (OpenCV could not open it; is it a video file?)")
+        raise DatasetError(unopened_video(path))
     fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
     frames = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or None
     width, height = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)), int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
+    # One legend of every class for the whole video (entries that came and went would flicker), in the
+    # top-left corner or beside the frames.
+    legend = make_legend(seg.legend_entries(list(range(len(seg.labels)))), height, width)
+    beside = legend.tile.shape[1] if legend is not None and legend.beside else 0
     target = output / f"{path.stem}_overlay.mp4"
-    writer = cv2.VideoWriter(str(target), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
+    writer = cv2.VideoWriter(str(target), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width + beside, height))
     masks = output / path.stem
     if cfg.save_masks:
         masks.mkdir(exist_ok=True)
@@ -174,8 +234,7 @@ def predict_video(cfg: PredictConfig, seg: Segmenter, path: Path, output: Path) 
                     break
                 rgb = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
                 pred = seg(rgb, cfg.eval)
-                # No legend on video: its entries would come and go from frame to frame.
-                _, overlay = draw(seg, rgb, pred, cfg.alpha, legend=False)
+                _, overlay = draw(seg, rgb, pred, cfg.alpha, legend)
                 writer.write(cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR))
                 if cfg.save_masks:
                     save_ids(pred, seg.palette, masks / f"{count:06d}.png")
@@ -185,7 +244,8 @@ def predict_video(cfg: PredictConfig, seg: Segmenter, path: Path, output: Path) 
         capture.release()
         writer.release()
     if count == 0:
-        raise DatasetError(f"video {path} has no frame that OpenCV can decode")
+        target.unlink(missing_ok=True)
+        raise DatasetError(f"video {path} has no frames: OpenCV opened it but decoded none")
     print(f"wrote {target} ({count} frames at {fps:g} frames/s)")
     return target
 

@@ -52,7 +52,9 @@ def collect_runs(sweep_dir: Path) -> list[dict[str, Any]]:
 
 
 def write_summary(sweep_dir: Path) -> list[dict[str, Any]]:
-    """Writes sweep_summary.csv and sweep_summary.md in sweep_dir; rows sorted by mIoU, best first."""
+    """Writes sweep_summary.csv and sweep_summary.md in sweep_dir; rows sorted by mIoU, best first. The CSV
+    holds the metrics as metrics.json does (fractions in [0, 1], under the same keys), the Markdown table in
+    percent (its header says so)."""
     rows = collect_runs(sweep_dir)
     rows.sort(key=lambda r: -(r["miou"] if isinstance(r["miou"], int | float) else -1.0))
     fields = ["run", "overrides", "status", *METRICS, "iteration", "error"]
@@ -65,7 +67,7 @@ def write_summary(sweep_dir: Path) -> list[dict[str, Any]]:
         return f"{100 * v:.2f}" if isinstance(v, float) else ("-" if v is None else str(v))
 
     lines = [
-        "| run | overrides | status | mIoU | pixel acc | mean acc | FWIoU | iteration | error |",
+        "| run | overrides | status | mIoU % | pixel acc % | mean acc % | FWIoU % | iteration | error |",
         "|---|---|---|---|---|---|---|---|---|",
         *(
             f"| {r['run']} | `{r['overrides']}` | {r['status']} | "

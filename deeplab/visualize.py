@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 IGNORE_COLOR = (255, 255, 255)
 
@@ -44,21 +45,95 @@ def image_overlay(
     return out
 
 
-def draw_legend(image: np.ndarray, entries: Sequence[tuple[str, Sequence[int]]]) -> np.ndarray:
-    """The image with a legend in its top-left corner: a swatch of each class's colour and its name.
-    Left out where it would cover more than half the image (tiny images)."""
+LEGEND_SHARE = 0.15  # most of an image a legend may cover; a larger one goes beside the image
+MIN_FONT, MAX_FONT = 8, 32  # font sizes in pixels: the smallest that reads well, and enough for 4K photos
+
+
+@dataclass
+class Legend:
+    """A legend drawn once, for images of one size: an RGBA tile laid over a corner of the image, or (beside)
+    an opaque panel put to the right of it."""
+
+    tile: np.ndarray  # (h, w, 4) uint8
+    beside: bool
+
+
+def make_legend(entries: Sequence[tuple[str, Sequence[int]]], height: int, width: int) -> Legend | None:
+    """A legend of (name, colour) entries for (height, width) images: scaled with the image, and as large as
+    fits in LEGEND_SHARE of it, down to MIN_FONT; beside the image (in columns) where even that is too large.
+    None without entries, or for images lower than one line."""
     if not entries:
-        return image
-    canvas = Image.fromarray(image)
-    draw = ImageDraw.Draw(canvas, "RGBA")
-    line, pad = 14, 4
-    width = pad * 3 + 10 + max(int(draw.textlength(name)) for name, _ in entries)
-    height = pad * 2 + line * len(entries)
-    if width * height > image.shape[0] * image.shape[1] / 2:
-        return image
-    draw.rectangle((0, 0, width, height), fill=(0, 0, 0, 160))
+        return None
+    start = min(max(round(height / 24), MIN_FONT), MAX_FONT)
+    for size in range(start, MIN_FONT - 1, -1):
+        font, line, pad, column = _legend_metrics(entries, size)
+        box_h, box_w = pad * 2 + line * len(entries), column
+        if box_h <= height and box_w <= width and box_h * box_w <= LEGEND_SHARE * height * width:
+            tile = _legend_tile(entries, font, size, len(entries), box_h, (0, 0, 0, 160))
+            return Legend(tile, beside=False)
+    font, line, pad, _ = _legend_metrics(entries, start)  # beside the image, there is room for this size
+    rows = (height - pad * 2) // line
+    if rows < 1:
+        return None
+    return Legend(_legend_tile(entries, font, start, rows, height, (32, 32, 32, 255)), beside=True)
+
+
+def _legend_metrics(
+    entries: Sequence[tuple[str, Sequence[int]]], size: int
+) -> tuple[ImageFont.FreeTypeFont, int, int, int]:
+    """(font, line height, padding, column width) of a legend at font size `size`."""
+    font = ImageFont.load_default(size=size)
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    line, pad = size + size // 2, max(2, size // 3)
+    column = pad * 3 + size + max(int(measure.textlength(name, font=font)) + 1 for name, _ in entries)
+    return font, line, pad, column
+
+
+def _legend_tile(
+    entries: Sequence[tuple[str, Sequence[int]]],
+    font: ImageFont.FreeTypeFont,
+    size: int,
+    rows: int,
+    height: int,
+    fill: tuple[int, int, int, int],
+) -> np.ndarray:
+    """(height, w, 4) RGBA: a swatch of each entry's colour and its name, in columns of `rows` lines."""
+    _, line, pad, column = _legend_metrics(entries, size)
+    columns = -(-len(entries) // rows)
+    tile = Image.new("RGBA", (column * columns, height), fill)
+    draw = ImageDraw.Draw(tile)
     for k, (name, color) in enumerate(entries):
-        y = pad + k * line
-        draw.rectangle((pad, y + 2, pad + 10, y + 12), fill=tuple(int(c) for c in color))
-        draw.text((pad * 2 + 10, y), name, fill=(255, 255, 255))
-    return np.asarray(canvas)
+        x, y = (k // rows) * column + pad, pad + (k % rows) * line
+        top = y + (line - size) // 2
+        draw.rectangle((x, top, x + size - 1, top + size - 1), fill=tuple(int(c) for c in color))
+        draw.text((x + size + pad, y + line // 2), name, fill=(255, 255, 255, 255), font=font, anchor="lm")
+    return np.asarray(tile)
+
+
+def place_legend(image: np.ndarray, legend: Legend | None, avoid: np.ndarray | None = None) -> np.ndarray:
+    """The (H, W, 3) uint8 image with the legend: in the corner covering the fewest pixels of the (H, W)
+    bool `avoid` (the predicted classes; None: the top-left corner), or as a panel to its right."""
+    if legend is None:
+        return image
+    tile = legend.tile
+    if legend.beside:
+        return np.concatenate([image, tile[..., :3]], axis=1)
+    (h, w), (th, tw) = image.shape[:2], tile.shape[:2]
+    corners = [(0, 0), (0, w - tw), (h - th, 0), (h - th, w - tw)]
+    if avoid is not None:
+        # sorted is stable: the top-left corner wins ties
+        corners.sort(key=lambda c: int(avoid[c[0] : c[0] + th, c[1] : c[1] + tw].sum()))
+    top, left = corners[0]
+    out = image.copy()
+    region = out[top : top + th, left : left + tw].astype(np.float32)
+    alpha = tile[..., 3:].astype(np.float32) / 255.0
+    blended = region * (1.0 - alpha) + tile[..., :3].astype(np.float32) * alpha
+    out[top : top + th, left : left + tw] = np.clip(blended + 0.5, 0, 255).astype(np.uint8)
+    return out
+
+
+def draw_legend(
+    image: np.ndarray, entries: Sequence[tuple[str, Sequence[int]]], avoid: np.ndarray | None = None
+) -> np.ndarray:
+    """The (H, W, 3) uint8 image with a legend of (name, colour) entries (see make_legend, place_legend)."""
+    return place_legend(image, make_legend(entries, *image.shape[:2]), avoid)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -169,7 +170,8 @@ def test_predict_writes_ids_colour_and_overlay(trained_run, tmp_path):
         assert ids.mode == "P" and ids.size == photo.size
         assert int(np.asarray(ids).max()) < 4
         assert Image.open(out / f"{p.stem}_color.png").size == photo.size
-        assert Image.open(out / f"{p.stem}_overlay.jpg").size == photo.size
+        overlay = Image.open(out / f"{p.stem}_overlay.jpg")  # a legend too large for the photo goes beside it
+        assert overlay.height == photo.height and overlay.width >= photo.width
 
 
 def test_multirun_records_each_job_and_a_failed_one_does_not_end_the_sweep(tiny_data, tmp_path):
@@ -193,7 +195,15 @@ def test_multirun_records_each_job_and_a_failed_one_does_not_end_the_sweep(tiny_
         by_job["1"]["status"] == "failed" and by_job["1"]["miou"] == "" and "optim.lr" in by_job["1"]["error"]
     )
     assert by_job["0"]["status"] == by_job["2"]["status"] == "finished" and float(by_job["0"]["miou"]) >= 0
-    assert "| failed |" in (sweep / "sweep_summary.md").read_text()
+    summary = (sweep / "sweep_summary.md").read_text()
+    assert "| failed |" in summary
+    # The CSV in metrics.json's units (fractions), the Markdown table in percent, as its header says.
+    metrics = json.loads((sweep / "0" / "metrics.json").read_text())
+    assert float(by_job["0"]["miou"]) == pytest.approx(metrics["miou"])
+    assert "| mIoU % |" in summary and f"| {100 * metrics['miou']:.2f} |" in summary
+    # Validation inside training shows its progress; the final table names the iteration and checkpoint.
+    assert re.search(r"eval: +\d+%", proc.stderr)
+    assert f"validation at iteration 2 of 2: {sweep / '0' / 'checkpoints' / 'last.pt'}" in proc.stdout
 
 
 def test_torchrun_two_processes_train_and_agree(tiny_data, tmp_path):

@@ -21,7 +21,7 @@ from deeplab.config import (
     train_config,
 )
 from deeplab.data.ade20k import ade20k_samples, find_ade20k_dir
-from deeplab.data.cityscapes import cityscapes_samples, find_cityscapes_dir
+from deeplab.data.cityscapes import cityscapes_samples, find_cityscapes_dir, unlisted_label_ids
 from deeplab.data.classes import CITYSCAPES_COLORS, ade20k_label_map, cityscapes_label_map, color_table
 from deeplab.data.collate import collate_eval
 from deeplab.data.dataset import SegmentationDataset
@@ -47,10 +47,17 @@ def palette(dataset: DatasetBase) -> np.ndarray:
 
 
 def load_split(
-    cfg: TrainConfig | DictConfig, split: str, *, augment: bool = True, check_files: bool = True
+    cfg: TrainConfig | DictConfig,
+    split: str,
+    *,
+    augment: bool = True,
+    check_files: bool = True,
+    strict_labels: bool = False,
 ) -> SegmentationDataset:
-    """build_dataset with switches: augment=False reads the train split without the train pipeline, and
-    check_files=False skips the existence checks (the check command reports missing files itself)."""
+    """build_dataset with switches: augment=False reads the train split without the train pipeline,
+    check_files=False skips the existence checks (the check command reports missing files itself), and
+    strict_labels=True makes mask values outside the official label table (Cityscapes) a problem of the mask
+    rather than a warning."""
     if split not in ("train", "val"):
         raise ValueError(f"split must be 'train' or 'val', got {split!r}")
     cfg = train_config(cfg)
@@ -86,9 +93,13 @@ def load_split(
         split_name = d.train_split if split == "train" else d.val_split
         if isinstance(d, CityscapesDataset):
             root = find_cityscapes_dir(d.root)
-            label_map = cityscapes_label_map() if d.labels == "labelIds" else None
+            label_ids = d.labels == "labelIds"
             samples = cityscapes_samples(root, split_name, d.labels)
-            dataset = SegmentationDataset(samples, label_map=label_map, name=f"{root}/{split_name}", **common)
+            dataset = SegmentationDataset(
+                samples, label_map=cityscapes_label_map() if label_ids else None,
+                unlisted=unlisted_label_ids if label_ids else None, strict_labels=strict_labels,
+                name=f"{root}/{split_name}", **common,
+            )  # fmt: skip
         elif isinstance(d, ADE20KDataset):
             root = find_ade20k_dir(d.root)
             samples = ade20k_samples(root, split_name)

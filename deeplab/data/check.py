@@ -43,7 +43,7 @@ def check(cfg: TrainConfig, splits: list[str], workers: int = 0) -> int:
     names, ignore = cfg.dataset.label_names(), cfg.dataset.ignore_index
     n_problems = 0
     for split in splits:
-        dataset = load_split(cfg, split, augment=False, check_files=False)
+        dataset = load_split(cfg, split, augment=False, check_files=False, strict_labels=True)
         result = scan(dataset, workers, desc=f"checking {split}")
         problems = dataset.listing_problems + result.problems
         if split == "train" and result.good:

@@ -6,7 +6,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
+from deeplab.data.classes import CITYSCAPES_NUM_LABEL_IDS
 from deeplab.data.dataset import Sample, split_folder
+from deeplab.data.reading import class_pixel_counts
 from deeplab.errors import DatasetError
 
 CITYSCAPES_COUNTS = {"train": 2975, "val": 500, "test": 1525}
@@ -43,3 +47,17 @@ def cityscapes_samples(root: Path, split: str, labels: str = "labelIds") -> list
     if not samples:
         raise DatasetError(f"no *{IMAGE_SUFFIX} images in {images_dir}/<city>/; re-extract leftImg8bit_trainvaltest.zip")
     return samples
+
+
+def unlisted_label_ids(mask: np.ndarray, path: Path) -> str | None:
+    """What is wrong with a labelIds mask (H, W) uint8 holding values that are not labelIds of the official
+    table (0..33), which the label map reads as ignored; None when it holds none."""
+    counts = class_pixel_counts(mask, 256, 255)
+    found = np.flatnonzero(counts[CITYSCAPES_NUM_LABEL_IDS:]) + CITYSCAPES_NUM_LABEL_IDS
+    if not len(found):
+        return None
+    shown = ", ".join(map(str, found[:6].tolist())) + (", ..." if len(found) > 6 else "")
+    return (
+        f"mask {path} has values {{{shown}}} that are not Cityscapes labelIds (0..{CITYSCAPES_NUM_LABEL_IDS - 1}), "
+        f"so {int(counts[found].sum())} pixels are ignored; regenerate it with cityscapesScripts (json2labelImg)"
+    )

@@ -67,6 +67,7 @@ CITYSCAPES_COLORS: tuple[tuple[int, int, int], ...] = (
     (255, 0, 0), (0, 0, 142), (0, 0, 70), (0, 60, 100), (0, 80, 100), (0, 0, 230), (119, 11, 32),
 )  # fmt: skip
 CITYSCAPES_LABEL_IDS: tuple[int, ...] = (7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 32, 33)
+CITYSCAPES_NUM_LABEL_IDS = 34  # labels.py's table: labelIds 0..33 (license plate's -1 is never drawn)
 
 # ADE20K's SceneParsing benchmark (ADEChallengeData2016, objectInfo150.txt): annotation k is class k - 1,
 # annotation 0 ("other objects") is ignored.

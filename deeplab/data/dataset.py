@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -90,6 +90,8 @@ class SegmentationDataset(Dataset):
         color_ids: np.ndarray | None = None,
         binary_values: tuple[int, int] | None = None,
         label_map: np.ndarray | None = None,
+        unlisted: Callable[[np.ndarray, Path], str | None] | None = None,
+        strict_labels: bool = False,
         in_channels: int = 3,
         skip_bad: bool = False,
         substitute: bool = True,
@@ -108,6 +110,13 @@ class SegmentationDataset(Dataset):
         self.color_ids = color_ids
         self.binary_values = binary_values  # (background, foreground) pixel values of 0/255-style masks
         self.label_map = label_map  # (256,) uint8 lookup table from stored values to ids (Cityscapes, ADE20K)
+        # Names stored values outside the official label table, which label_map reads as ignored (Cityscapes):
+        # a problem with strict_labels (python -m deeplab.data.check), else a warning, once per dataset.
+        self.unlisted = unlisted
+        self.strict_labels = strict_labels
+        self._warned = torch.zeros(1, dtype=torch.bool)
+        if unlisted is not None:
+            self._warned.share_memory_()  # DataLoader workers warn once between them
         self.in_channels = in_channels
         self.skip_bad = skip_bad
         # With skip_bad, a bad training sample is replaced by the next good one (a batch keeps its size); a bad
@@ -140,6 +149,12 @@ class SegmentationDataset(Dataset):
         if self.label_map is not None:
             if mask.dtype != np.uint8:
                 raise DatasetError(f"mask {path} holds values above 255; this dataset's masks are 8-bit ids")
+            problem = self.unlisted(mask, path) if self.unlisted is not None else None
+            if problem is not None and self.strict_labels:
+                raise DatasetError(problem)
+            if problem is not None and not bool(self._warned[0]):
+                self._warned[0] = True
+                log.warning("%s (warned once; python -m deeplab.data.check lists every such mask)", problem)
             mask = self.label_map[mask]
         counts = class_pixel_counts(mask, self.num_labels, self.ignore_index)
         check_mask_values(counts, self.num_labels, self.ignore_index, path)

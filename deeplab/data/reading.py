@@ -95,6 +95,16 @@ def read_bands(path: Path, channels: int) -> np.ndarray:
                 array = array[..., None]
             if array.ndim != 3:
                 raise DatasetError(f"image {path} holds an array of shape {array.shape}; save it as (height, width, channels)")
+            if array.shape[2] != channels and array.shape[0] == channels:
+                raise DatasetError(
+                    f"image {path} holds an array of shape {array.shape}, which looks channels-first (C, H, W); "
+                    f"expected (height, width, {channels}): save it with np.moveaxis(array, 0, -1)"
+                )
+            if array.shape[2] != channels:
+                raise DatasetError(
+                    f"image {path} holds an array of shape {array.shape} but dataset.in_channels is {channels}; "
+                    f"expected (height, width, {channels}), the channels on the last axis"
+                )
             bands = _to_uint8(array, path)
         else:
             with Image.open(path) as im:
