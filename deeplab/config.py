@@ -805,7 +805,11 @@ class ExportConfig(Section):
 
     task_name: str
     checkpoint: str
-    format: Literal["onnx", "exported_program"]
+    format: Literal["onnx", "onnx_int8", "exported_program"]
+    """onnx_int8: ONNX quantised to INT8 by ONNX Runtime (static, QDQ, per-channel weights) for the CPU."""
+    calibration: PositiveInt
+    """onnx_int8: how many training images (through the evaluation transform) calibrate the activation
+    ranges; as many validation images measure how often int8 and fp32 agree."""
     exporter: Literal["dynamo", "torchscript"]
     """ONNX: the TorchScript tracer (seconds; PyTorch has deprecated it), or PyTorch's torch.export-based
     exporter (tens of seconds for a ResNet-101; the one PyTorch recommends). Both are checked in the tests."""

@@ -129,7 +129,7 @@ def export_program(wrapper: nn.Module, example: torch.Tensor, path: Path) -> Non
 def max_difference(cfg: ExportConfig, wrapper: nn.Module, path: Path, in_channels: int) -> float:
     """The largest |logit difference| between the exported file and PyTorch over the check sizes."""
     generator = torch.Generator().manual_seed(0)
-    if cfg.format == "onnx":
+    if cfg.format != "exported_program":  # onnx, or the fp32 file of onnx_int8
         from deeplab.onnx_model import OnnxSegmenter
 
         exported = OnnxSegmenter(path)
@@ -155,7 +155,7 @@ def export(cfg: ExportConfig | DictConfig, run_dir: Path) -> Path:
     from deeplab.restore import load_trained_model
 
     cfg = export_config(cfg)
-    suffix = ".onnx" if cfg.format == "onnx" else ".pt2"
+    suffix = ".pt2" if cfg.format == "exported_program" else ".onnx"
     path = Path(cfg.output) if cfg.output else run_dir / f"model{suffix}"
     refuse_overwriting(path, Path(cfg.checkpoint), suffix)
     model, train_cfg = load_trained_model(cfg.checkpoint)
@@ -166,6 +166,16 @@ def export(cfg: ExportConfig | DictConfig, run_dir: Path) -> Path:
     in_channels = train_cfg.dataset.in_channels
     example = torch.randn(2, in_channels, *cfg.trace_size)  # batch 2: a traced 1 would become a constant
     try:
+        if cfg.format == "onnx_int8":
+            from deeplab.quantize import export_int8
+
+            def write_fp32(fp32: Path) -> None:  # the file quantised, checked as format=onnx is
+                meta = metadata(train_cfg, model.output_stride)
+                export_onnx(wrapper, example, fp32, cfg.opset, meta, cfg.exporter)
+                if cfg.check:
+                    check_export(cfg, wrapper, fp32, in_channels)
+
+            return export_int8(write_fp32, train_cfg.dataset, path, cfg.calibration)
         if cfg.format == "onnx":
             meta = metadata(train_cfg, model.output_stride)
             export_onnx(wrapper, example, path, cfg.opset, meta, cfg.exporter)

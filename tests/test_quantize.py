@@ -1,0 +1,90 @@
+"""format=onnx_int8: ONNX Runtime static quantisation (QDQ, per-channel weights) calibrated on training images,
+its agreement with fp32 printed, and the int8 file scored by evaluate.py and run by predict."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from conftest import compose_config, one_thread
+from onnx import numpy_helper
+
+from deeplab.evaluate import evaluate_checkpoint
+from deeplab.export import export
+from deeplab.onnx_model import OnnxSegmenter
+
+
+@pytest.fixture(scope="module")
+def int8_file(trained_run, tmp_path_factory) -> tuple[Path, str]:
+    """(the tiny run's INT8 export, what the command printed)."""
+    import contextlib
+    import io
+
+    run_dir, _, _ = trained_run
+    out = tmp_path_factory.mktemp("int8") / "tiny_int8.onnx"
+    cfg = compose_config(
+        [f"checkpoint={run_dir / 'checkpoints' / 'best.pt'}", f"output={out}", "trace_size=[64,80]",
+         "format=onnx_int8", "calibration=3"],
+        config_name="export",
+    )  # fmt: skip
+    printed = io.StringIO()
+    with one_thread(), contextlib.redirect_stdout(printed):
+        export(cfg, out.parent)
+    return out, printed.getvalue()
+
+
+def test_int8_export_is_qdq_per_channel_calibrated_and_reports_agreement(int8_file) -> None:
+    path, printed = int8_file
+    model = onnx.load(str(path))
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count("QuantizeLinear") > 10 and ops.count("DequantizeLinear") > 10  # QDQ format
+    assert "Conv" in ops  # the float ops stay, wrapped in Q/DQ pairs that ONNX Runtime fuses
+    init = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    # Conv weights are stored as int8 with one scale per output channel.
+    conv_weights = [n.input[1] for n in model.graph.node if n.op_type == "Conv"]
+    producers = {out: n for n in model.graph.node for out in n.output}
+    per_channel = 0
+    for name in conv_weights:
+        dq = producers[name]
+        assert dq.op_type == "DequantizeLinear"
+        weights, scale = init[dq.input[0]], init[dq.input[1]]
+        assert weights.dtype == np.int8
+        per_channel += scale.size == weights.shape[0] > 1
+    assert per_channel >= len(conv_weights) - 1  # every conv but a 1-output one
+    assert "calibrated on 3 training images" in printed
+    share = float(re.search(r"([\d.]+)% of pixels agree on (\d+) validation images", printed).group(1))
+    assert share > 90.0
+    session = OnnxSegmenter(path)  # the metadata came along: class names, normalisation
+    assert session.label_names == ["background", "disc", "square", "triangle"]
+
+
+def test_evaluate_scores_the_int8_file_close_to_fp32(int8_file, onnx_fp32, tmp_path) -> None:
+    path, _ = int8_file
+    scores = {}
+    for name, model in (("int8", path), ("fp32", onnx_fp32)):
+        cfg = compose_config([f"checkpoint={model}", "num_workers=0"], config_name="evaluate")
+        with one_thread():
+            scores[name] = evaluate_checkpoint(cfg, tmp_path / name)
+    assert scores["int8"]["num_images"] == scores["fp32"]["num_images"] > 0
+    assert abs(scores["int8"]["pixel_acc"] - scores["fp32"]["pixel_acc"]) < 0.1
+
+
+@pytest.fixture(scope="module")
+def onnx_fp32(trained_run, tmp_path_factory) -> Path:
+    run_dir, _, _ = trained_run
+    out = tmp_path_factory.mktemp("fp32") / "tiny.onnx"
+    cfg = compose_config(
+        [
+            f"checkpoint={run_dir / 'checkpoints' / 'best.pt'}",
+            f"output={out}",
+            "trace_size=[64,80]",
+            "check=false",
+        ],
+        config_name="export",
+    )
+    with one_thread():
+        export(cfg, out.parent)
+    return out
