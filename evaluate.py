@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from deeplab.cli import hydra_main
 
-@hydra.main(version_base="1.3", config_path="configs", config_name="evaluate")
+
+@hydra_main(config_path="configs", config_name="evaluate")
 def main(cfg: DictConfig) -> float:
     from deeplab.cli import exit_on_user_error
     from deeplab.evaluate import evaluate_checkpoint

@@ -6,13 +6,14 @@ import math
 import sys
 from pathlib import Path
 
-import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from deeplab.cli import hydra_main
 
-@hydra.main(version_base="1.3", config_path="configs", config_name="train")
+
+@hydra_main(config_path="configs", config_name="train")
 def main(cfg: DictConfig) -> float:
     # Imported after Hydra has set up logging.
     from deeplab.config import train_config

@@ -16,13 +16,13 @@ import os
 import warnings
 from pathlib import Path
 
-import hydra
 import numpy as np
 import torch
 from omegaconf import DictConfig
 from torch import nn
 
 from deeplab.atomicfile import atomic_path
+from deeplab.cli import hydra_main
 from deeplab.config import ExportConfig, TrainConfig, export_config
 from deeplab.errors import ExportError, first_line
 from deeplab.onnx_model import METADATA_KEY
@@ -213,7 +213,7 @@ def check_export(cfg: ExportConfig, wrapper: nn.Module, path: Path, in_channels:
         )
 
 
-@hydra.main(version_base="1.3", config_path="../configs", config_name="export")
+@hydra_main(config_path="../configs", config_name="export")
 def main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 

@@ -18,13 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import hydra
 import numpy as np
 import torch
 from omegaconf import DictConfig
 from PIL import Image
 from tqdm import tqdm
 
+from deeplab.cli import hydra_main
 from deeplab.config import EvalConfig, PredictConfig, overlay_background_ids, predict_config
 from deeplab.data.reading import read_image
 from deeplab.errors import ConfigError, DatasetError
@@ -292,7 +292,7 @@ def predict(cfg: PredictConfig | DictConfig, output: Path) -> list[Path]:
     return written
 
 
-@hydra.main(version_base="1.3", config_path="../configs", config_name="predict")
+@hydra_main(config_path="../configs", config_name="predict")
 def main(cfg: DictConfig) -> None:
     from deeplab.cli import exit_on_user_error
 

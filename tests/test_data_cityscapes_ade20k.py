@@ -154,8 +154,9 @@ def test_prepare_cityscapes_from_the_hand_downloaded_zips(
     zip_folder(cityscapes / "gtFine", archives / "gtFine_trainvaltest.zip", "gtFine")
     root = tmp_path / "data"
     # without the archives: the login is named, nothing is downloaded
-    assert prepare.main(["cityscapes", "--root", str(root)]) == 1
+    assert prepare.main(["cityscapes", "--root", str(root)]) == 2
     assert "needs a login" in capsys.readouterr().err
+    assert not root.exists()  # the folders it made (data/, data/cityscapes/) are removed again
     monkeypatch.setitem(prepare.EXPECTED, "cityscapes", {"train": 3, "val": 2, "test": 1})
     assert prepare.main(["cityscapes", "--root", str(root), "--archives", str(archives)]) == 0
     assert "cityscapes: train 3, val 2, test 1" in capsys.readouterr().out
@@ -163,7 +164,7 @@ def test_prepare_cityscapes_from_the_hand_downloaded_zips(
     assert not [p for p in (root / "cityscapes").iterdir() if p.name.startswith(".unpack")]
     # the real counts are checked
     monkeypatch.setitem(prepare.EXPECTED, "cityscapes", dict(prepare.CITYSCAPES_COUNTS))
-    assert prepare.main(["cityscapes", "--root", str(root), "--archives", str(archives)]) == 1
+    assert prepare.main(["cityscapes", "--root", str(root), "--archives", str(archives)]) == 2
     assert "train has 3 ids, expected 2,975" in capsys.readouterr().err
 
 
@@ -176,7 +177,7 @@ def test_prepare_ade20k_checks_the_zip(
     path = zip_folder(ade20k, archives / "ADEChallengeData2016.zip", "ADEChallengeData2016")
     root = tmp_path / "data"
     assert (
-        prepare.main(["ade20k", "--root", str(root), "--archives", str(archives)]) == 1
+        prepare.main(["ade20k", "--root", str(root), "--archives", str(archives)]) == 2
     )  # not the official md5
     assert "checksum of" in capsys.readouterr().err
     official = prepare.ARCHIVES["ade20k"]
@@ -195,5 +196,5 @@ def test_prepare_ade20k_checks_the_zip(
     monkeypatch.setitem(
         prepare.ARCHIVES, "ade20k", prepare.Archive(official.filename, official.url, None, official.top)
     )
-    assert prepare.main(["ade20k", "--root", str(tmp_path / "r2"), "--archives", str(broken)]) == 1
+    assert prepare.main(["ade20k", "--root", str(tmp_path / "r2"), "--archives", str(broken)]) == 2
     assert "not a zip file" in capsys.readouterr().err

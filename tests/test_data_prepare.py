@@ -59,7 +59,7 @@ def test_voc_aug_from_archives(archives: Path, tmp_path: Path, capsys: pytest.Ca
 
 
 def test_checksum_mismatch_fails_without_no_verify(archives: Path, tmp_path: Path, capsys) -> None:
-    assert prepare.main(["voc", "--root", str(tmp_path), "--archives", str(archives)]) == 1
+    assert prepare.main(["voc", "--root", str(tmp_path), "--archives", str(archives)]) == 2
     err = capsys.readouterr().err
     assert "error: checksum of" in err and "VOCtrainval_11-May-2012.tar" in err and "--no-verify" in err
     assert not (tmp_path / "VOCdevkit").exists()
@@ -75,7 +75,7 @@ def test_strict_run_passes_when_checksums_and_counts_match(
     monkeypatch.setitem(prepare.EXPECTED, "voc", {"train": 3, "val": 2})
     assert prepare.main(["voc", "--root", str(tmp_path), "--archives", str(archives)]) == 0
     monkeypatch.setitem(prepare.EXPECTED, "voc", {"train": 1464, "val": 1449})
-    assert prepare.main(["voc", "--root", str(tmp_path), "--archives", str(archives)]) == 1  # counts differ
+    assert prepare.main(["voc", "--root", str(tmp_path), "--archives", str(archives)]) == 2  # counts differ
 
 
 @pytest.fixture(scope="module")
@@ -109,18 +109,19 @@ def test_download_with_checksum(
 def test_missing_archive_and_failed_download(
     server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:
-    assert prepare.main(["sbd", "--root", str(tmp_path / "r"), "--archives", str(tmp_path)]) == 1
+    assert prepare.main(["sbd", "--root", str(tmp_path / "r"), "--archives", str(tmp_path)]) == 2
     assert "benchmark.tgz not found" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()  # the root it made is removed again
     sbd = prepare.ARCHIVES["sbd"]
     missing = f"{server}/gone.tgz"  # 404
     monkeypatch.setitem(prepare.ARCHIVES, "sbd", prepare.Archive(sbd.filename, missing, sbd.md5, sbd.top))
-    assert prepare.main(["sbd", "--root", str(tmp_path / "r")]) == 1
+    assert prepare.main(["sbd", "--root", str(tmp_path / "r")]) == 2
     assert "cannot download" in capsys.readouterr().err and not list((tmp_path / "r").glob("*.part"))
 
 
 def test_damaged_archive(tmp_path: Path, capsys) -> None:
     (tmp_path / "benchmark.tgz").write_bytes(b"\x1f\x8b not really gzip")
     assert (
-        prepare.main(["sbd", "--root", str(tmp_path / "r"), "--archives", str(tmp_path), "--no-verify"]) == 1
+        prepare.main(["sbd", "--root", str(tmp_path / "r"), "--archives", str(tmp_path), "--no-verify"]) == 2
     )
     assert "cannot unpack" in capsys.readouterr().err

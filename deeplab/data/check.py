@@ -8,13 +8,13 @@ data, 2 for a mistake in the config.
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 import numpy as np
 from hydra.errors import HydraException
 
-from deeplab.config import TrainConfig, train_config
+from deeplab.cli import ArgumentParser, composition_error
+from deeplab.config import TrainConfig, config_dir, train_config
 from deeplab.data import load_split
 from deeplab.data.stats import check_labels, scan
 from deeplab.errors import ConfigError, DatasetError, UserError, first_line
@@ -67,7 +67,7 @@ def check(cfg: TrainConfig, splits: list[str], workers: int = 0) -> int:
 def main(argv: list[str] | None = None) -> int:
     from deeplab.restore import compose_train_config
 
-    parser = argparse.ArgumentParser(prog="python -m deeplab.data.check", description=__doc__.split("\n")[0])
+    parser = ArgumentParser(prog="python -m deeplab.data.check", description=__doc__.split("\n")[0])
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. dataset=voc dataset.root=/data")
     parser.add_argument("--split", choices=("train", "val", "all"), default="all")
     parser.add_argument("--workers", type=int, default=0, help="reader processes (0: in this process)")
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = train_config(compose_train_config(args.overrides))
     except (HydraException, ConfigError) as e:
-        print(f"error: {first_line(e)}", file=sys.stderr)
+        print(f"error: {composition_error(e, config_dir=config_dir()) or first_line(e)}", file=sys.stderr)
         return 2
     splits = ["train", "val"] if args.split == "all" else [args.split]
     try:

@@ -13,7 +13,7 @@ Then train with dataset=voc|sbd|voc_aug|cityscapes|ade20k dataset.root=DIR.
 
 from __future__ import annotations
 
-import argparse
+import contextlib
 import os
 import shutil
 import sys
@@ -21,12 +21,14 @@ import tarfile
 import time
 import uuid
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from torchvision.datasets.utils import calculate_md5, check_integrity, download_url
 from tqdm import tqdm
 
+from deeplab.cli import ArgumentParser
 from deeplab.data.ade20k import ADE20K_COUNTS, ade20k_samples, find_ade20k_dir, is_ade20k_dir
 from deeplab.data.cityscapes import CITYSCAPES_COUNTS, cityscapes_samples, find_cityscapes_dir
 from deeplab.data.dataset import missing_files
@@ -88,6 +90,23 @@ EXPECTED = {
     "cityscapes": dict(CITYSCAPES_COUNTS),
     "ade20k": dict(ADE20K_COUNTS),
 }
+
+
+@contextlib.contextmanager
+def new_folder(path: Path) -> Iterator[Path]:
+    """path, created with its missing parents; if the block fails, the folders created here are removed again
+    while empty (an archive downloaded into them stays, so that a second run does not download it again)."""
+    created = [p for p in (path, *path.parents) if not p.exists()]  # deepest first
+    path.mkdir(parents=True, exist_ok=True)
+    try:
+        yield path
+    except BaseException:
+        for folder in created:
+            try:
+                folder.rmdir()
+            except OSError:  # not empty
+                break
+        raise
 
 
 def warn(message: str) -> None:
@@ -233,15 +252,14 @@ def prepare_sbd(root: Path, archives: Path | None, verify: bool) -> Path:
 
 def prepare_cityscapes(root: Path, archives: Path | None, verify: bool) -> Path:
     """Both archives unpack their top folder (leftImg8bit, gtFine) into root/cityscapes."""
-    dest = root / "cityscapes"
-    dest.mkdir(parents=True, exist_ok=True)
-    for key, inner in (("cityscapes_images", "leftImg8bit"), ("cityscapes_labels", "gtFine")):
-        if (dest / inner / "train").is_dir() and (dest / inner / "val").is_dir():
-            print(f"found {dest / inner}; not unpacking again")
-            continue
-        archive = ARCHIVES[key]
-        install(archive, fetch(archive, root, archives, verify), dest, inner)
-    return find_cityscapes_dir(dest)
+    with new_folder(root / "cityscapes") as dest:
+        for key, inner in (("cityscapes_images", "leftImg8bit"), ("cityscapes_labels", "gtFine")):
+            if (dest / inner / "train").is_dir() and (dest / inner / "val").is_dir():
+                print(f"found {dest / inner}; not unpacking again")
+                continue
+            archive = ARCHIVES[key]
+            install(archive, fetch(archive, root, archives, verify), dest, inner)
+        return find_cityscapes_dir(dest)
 
 
 def prepare_ade20k(root: Path, archives: Path | None, verify: bool) -> Path:
@@ -315,7 +333,12 @@ def write_trainaug(voc_dir: Path, sbd_dir: Path, verify: bool) -> Path:
 
 
 def run(what: str, root: Path, archives: Path | None, verify: bool) -> None:
-    root.mkdir(parents=True, exist_ok=True)
+    with new_folder(root):
+        prepare_dataset(what, root, archives, verify)
+    print(f"ready: train with dataset={what} dataset.root={root}")
+
+
+def prepare_dataset(what: str, root: Path, archives: Path | None, verify: bool) -> None:
     if what in ("voc", "voc_aug"):
         voc_dir = prepare_voc(root, archives, verify)
         verify_voc(voc_dir, verify)
@@ -331,13 +354,10 @@ def run(what: str, root: Path, archives: Path | None, verify: bool) -> None:
     if what == "ade20k":
         ade = prepare_ade20k(root, archives, verify)
         verify_listed(what, lambda split: ade20k_samples(ade, split), list(ADE20K_COUNTS), verify)
-    print(f"ready: train with dataset={what} dataset.root={root}")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m deeplab.data.prepare", description=__doc__.split("\n")[0]
-    )
+    parser = ArgumentParser(prog="python -m deeplab.data.prepare", description=__doc__.split("\n")[0])
     parser.add_argument("dataset", choices=("voc", "sbd", "voc_aug", "cityscapes", "ade20k"))
     parser.add_argument(
         "--root",
@@ -364,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 1
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
