@@ -71,11 +71,14 @@ def make_legend(entries: Sequence[tuple[str, Sequence[int]]], height: int, width
         if box_h <= height and box_w <= width and box_h * box_w <= LEGEND_SHARE * height * width:
             tile = _legend_tile(entries, font, size, len(entries), box_h, (0, 0, 0, 160))
             return Legend(tile, beside=False)
-    font, line, pad, _ = _legend_metrics(entries, start)  # beside the image, there is room for this size
-    rows = (height - pad * 2) // line
-    if rows < 1:
-        return None
-    return Legend(_legend_tile(entries, font, start, rows, height, (32, 32, 32, 255)), beside=True)
+    # Beside the image: in columns as high as the image, at the largest size whose panel is not wider than
+    # the image (many classes, e.g. ADE20K's 150 on a video's every frame), else the smallest.
+    for size in range(start, MIN_FONT - 1, -1):
+        font, line, pad, column = _legend_metrics(entries, size)
+        rows = (height - pad * 2) // line
+        if rows >= 1 and (column * -(-len(entries) // rows) <= width or size == MIN_FONT):
+            return Legend(_legend_tile(entries, font, size, rows, height, (32, 32, 32, 255)), beside=True)
+    return None  # lower than one line
 
 
 def _legend_metrics(

@@ -14,6 +14,7 @@ from conftest import compose_config, one_thread
 from PIL import Image
 
 from deeplab.config import TrainConfig, to_plain, train_config
+from deeplab.data.classes import ADE20K_CLASSES
 from deeplab.errors import ConfigError
 from deeplab.export import metadata
 from deeplab.models import build_model
@@ -126,6 +127,9 @@ def test_the_legend_covers_little_of_a_small_image_or_goes_beside_it() -> None:
     predicted[:48, :64] = True
     placed = draw_legend(photo, ENTRIES[:1], avoid=predicted)
     assert (placed[:48, :64] == photo[:48, :64]).all() and (placed != photo).any()
+    # ADE20K's 150 classes (a video's legend lists them all) beside a 640x480 frame: in columns, no wider than it.
+    ade = make_legend([(n, (0, 0, 0)) for n in ADE20K_CLASSES], 480, 640)
+    assert ade is not None and ade.beside and ade.tile.shape[0] == 480 and ade.tile.shape[1] <= 640
     # It scales with the image: larger text on a larger photo.
     small, large = make_legend(ENTRIES, 96, 128), make_legend(ENTRIES, 768, 1024)
     assert small is not None and large is not None and large.tile.shape[0] > 2 * small.tile.shape[0]
