@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import copy
+import functools
 import os
 import pickle
 import random
@@ -21,19 +21,15 @@ from torch import nn
 from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
 from deeplab.atomicfile import atomic_path
-from deeplab.config import flatten
+from deeplab.config import TrainConfig, flatten
 from deeplab.errors import CheckpointError, ConfigError, first_line
+from deeplab.roles import Kind, key_roles, role_of, upgrade
 
-# Config subtrees that decide the model's parameters, and leaves under them that do not (weights to
-# start from), so they are not reported as differences.
-ARCH_KEYS = ("model", "backbone", "dataset.num_classes")
-NOT_ARCH_KEYS = ("model.pretrained", "backbone.pretrained", "backbone.weights")
-# What a resumed run must share with its checkpoint besides the model: the data (where it lies may change)
-# and the optimiser, whose state (lr, momentum, weight decay) comes from the checkpoint.
-DATA_KEYS = ("dataset",)
-DATA_PATHS = ("dataset.root", "dataset.sbd_root", "dataset.aug_list", "dataset.train", "dataset.val",
-              "dataset.skip_bad")  # fmt: skip
-OPTIM_KEYS = ("optim",)
+
+@functools.cache
+def _roles() -> dict[str, Kind]:
+    """The role of every key of the training config, as deeplab/config.py declares it."""
+    return key_roles(TrainConfig)
 
 
 def _looks_truncated(path: Path) -> bool:
@@ -82,32 +78,11 @@ def why_unreadable(path: Path, what: str, e: Exception) -> str:
     return f"{what} file {path} is corrupt and cannot be read ({type(e).__name__}: {first_line(e)})"
 
 
-# Keys added to the config after checkpoints were first written, with the value that reproduces how those
-# checkpoints were trained; filled in when an older checkpoint is read, so that it still evaluates, predicts,
-# exports and resumes.
-ADDED_KEYS: dict[str, Any] = {
-    "dataset.in_channels": 3,
-    "dataset.overlay_background": None,
-    "model.init_from": None,
-    "trainer.freeze_bn": False,
-    "trainer.activation_checkpointing": False,
-}
-
-
 def upgrade_config(config: Mapping[str, Any]) -> dict[str, Any]:
-    """A checkpoint's config with the keys of ADDED_KEYS it lacks filled in (the loss group: see
-    deeplab.config)."""
-    upgraded = copy.deepcopy(dict(config))
-    for key, value in ADDED_KEYS.items():
-        *parents, leaf = key.split(".")
-        node = upgraded
-        for part in parents:
-            node = node.get(part) if isinstance(node, dict) else None
-        if isinstance(node, dict) and leaf not in node:
-            node[leaf] = value
-    if isinstance(upgraded.get("loss"), dict) and "name" not in upgraded["loss"]:
-        upgraded["loss"] = {"name": "cross_entropy", "class_weights": None, **upgraded["loss"]}
-    return upgraded
+    """A checkpoint's config with the keys added since it was written filled in, with the values that
+    reproduce how it was trained (declared next to each key in deeplab/config.py; the loss group: see
+    LossConfig)."""
+    return upgrade(TrainConfig, config)
 
 
 def load_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
@@ -174,16 +149,14 @@ def _plain(cfg: Mapping | DictConfig | BaseModel) -> dict[str, Any]:
 def config_diff(
     saved: Mapping | DictConfig | BaseModel,
     current: Mapping | DictConfig | BaseModel,
-    keys: Sequence[str] = ARCH_KEYS,
-    ignore: Sequence[str] = NOT_ARCH_KEYS,
+    roles: Sequence[Kind] = ("architecture",),
 ) -> list[str]:
-    """Differing leaf values under the dotted keys, e.g. "backbone.output_stride: checkpoint 16, config 8"."""
+    """Differing leaf values of the keys with these roles, e.g. "backbone.output_stride: checkpoint 16,
+    config 8"."""
     old, new = flatten(_plain(saved)), flatten(_plain(current))
     diffs = []
     for leaf in sorted(set(old) | set(new)):
-        if not any(leaf == k or leaf.startswith(k + ".") for k in keys):
-            continue
-        if any(leaf == i or leaf.startswith(i + ".") for i in ignore):
+        if role_of(leaf, _roles()) not in roles:
             continue
         a, b = old.get(leaf, _MISSING), new.get(leaf, _MISSING)
         if a != b:
@@ -195,10 +168,9 @@ def check_compatible(
     saved_cfg: Mapping | DictConfig | BaseModel,
     cfg: Mapping | DictConfig | BaseModel,
     path: str | Path,
-    keys: Sequence[str] = ARCH_KEYS,
 ) -> None:
-    """Raise CheckpointError listing the config keys whose values differ from the checkpoint's."""
-    diffs = config_diff(saved_cfg, cfg, keys)
+    """Raise CheckpointError listing the architecture keys whose values differ from the checkpoint's."""
+    diffs = config_diff(saved_cfg, cfg)
     if diffs:
         raise CheckpointError(
             f"checkpoint {path} was made for a different model: {'; '.join(diffs)} "
@@ -348,13 +320,13 @@ def check_resumable(saved_cfg: Mapping[str, Any], cfg: Mapping[str, Any], path: 
     """A resumed run continues the same model, on the same data, with the same optimiser: else one line
     naming the keys that differ."""
     check_compatible(saved_cfg, cfg, path)
-    data = config_diff(saved_cfg, cfg, DATA_KEYS, DATA_PATHS)
+    data = config_diff(saved_cfg, cfg, ("data",))
     if data:
         raise CheckpointError(
             f"checkpoint {path} was trained on other data: {'; '.join(data)}; a resumed run continues on the "
             "same data: drop these overrides, or start a new run in another hydra.run.dir"
         )
-    optim = config_diff(saved_cfg, cfg, OPTIM_KEYS, ())
+    optim = config_diff(saved_cfg, cfg, ("optimiser",))
     if optim:
         raise CheckpointError(
             f"{'; '.join(optim)} (checkpoint {path}): a resumed run continues the checkpoint's optimiser "

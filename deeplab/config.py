@@ -19,6 +19,7 @@ from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from deeplab.errors import ConfigError, first_line
+from deeplab.roles import ARCHITECTURE, DATA, LOCATION, OPTIMISER, WEIGHTS, Added, key_roles, keys_with  # noqa: I001
 
 PositiveInt = Annotated[int, Field(ge=1)]
 NonNegativeInt = Annotated[int, Field(ge=0)]
@@ -100,10 +101,10 @@ class TorchvisionBackbone(Section):
 
     output_stride: Literal[8, 16]
     """16: the last stage dilated; 8: the last two stages dilated (arXiv 1706.05587 Sec. 3.1)."""
-    pretrained: Pretrained
+    pretrained: Annotated[Pretrained, WEIGHTS]
     """true: torchvision's ImageNet weights (`weights`); false: random; a path: a local state dict of the
     torchvision network."""
-    weights: str
+    weights: Annotated[str, WEIGHTS]
     """Member of the network's torchvision weights enum (ResNet50_Weights, MobileNet_V2_Weights, ...)."""
 
     @model_validator(mode="after")
@@ -155,7 +156,7 @@ class TimmConfig(Section):
     model: str
     """timm's model name (for backbone=timm; xception65 is the DeepLabv3+ paper's aligned Xception-65)."""
     output_stride: Literal[8, 16]
-    pretrained: Pretrained
+    pretrained: Annotated[Pretrained, WEIGHTS]
     """true: timm's ImageNet weights (from the Hugging Face hub); false: random; a path: a local
     .safetensors or .pth file of that model."""
 
@@ -192,9 +193,9 @@ class ModelConfig(Section):
     decoder: DecoderConfig
     aux_head: bool
     """Auxiliary FCN head on layer3, trained with loss.aux_weight (training only)."""
-    pretrained: Annotated[str | None, _flag_or_path((None, "torchvision"), "null, torchvision")]
+    pretrained: Annotated[str | None, _flag_or_path((None, "torchvision"), "null, torchvision"), WEIGHTS]
     """null; torchvision (its published COCO/VOC-label DeepLabV3 weights); or a path to that .pth file."""
-    init_from: str | None
+    init_from: Annotated[str | None, WEIGHTS, Added(None)]
     """A new run's starting weights: one of our checkpoints (.pt) or torchvision's DeepLabV3 .pth, any class
     count. Every tensor whose name and shape fit is loaded, the rest keep their initialisation (one log line
     lists them). Not a resume: the optimiser and the iteration start afresh."""
@@ -253,7 +254,7 @@ class AugmentConfig(Section):
 class DatasetBase(Section):
     """Keys every dataset has (configs/dataset/common.yaml)."""
 
-    num_classes: Annotated[int, Field(ge=1, le=256)]
+    num_classes: Annotated[int, Field(ge=1, le=256), ARCHITECTURE]
     """Number of classes, the ignore label not counted; 1 = binary (one logit channel, BCE)."""
     ignore_index: Label
     """The label the loss and the metrics skip, and the mask padding: 255, or a class id (CamVid: 11)."""
@@ -262,16 +263,16 @@ class DatasetBase(Section):
     class_0, class_1, ... otherwise."""
     palette: list[Color] | None
     """[r, g, b] of each class for drawing (and, for dataset=folder, to read colour-coded masks)."""
-    overlay_background: list[str] | None
+    overlay_background: Annotated[list[str] | None, Added(None)]
     """Classes an overlay (deeplab.predict) leaves as the photo, by name: null = the class named `background`
     if there is one, else none (CamVid's class 0 is sky: it is tinted); [] = none."""
-    in_channels: Annotated[int, Field(ge=1, le=64)]
+    in_channels: Annotated[int, Field(ge=1, le=64), ARCHITECTURE, Added(3)]
     """Channels of the input images: 3 (RGB), or others for dataset=folder (multi-page TIFF, .npy, RGBA)."""
     mean: Annotated[list[Annotated[float, Field(ge=0, le=1)]], Field(min_length=1)]
     """Per channel, in [0, 1] pixel units (ImageNet's for RGB)."""
     std: Annotated[list[Annotated[float, Field(gt=0)]], Field(min_length=1)]
     augment: AugmentConfig
-    skip_bad: bool
+    skip_bad: Annotated[bool, LOCATION]
     """true: a corrupt training sample is skipped with a warning (and counted), a corrupt validation sample
     left out of the metrics, instead of stopping the run."""
     check_labels: bool
@@ -359,10 +360,10 @@ class SplitLayout(DatasetBase):
     """A dataset in an official layout under root, with named splits (VOC's split lists, Cityscapes' and
     ADE20K's split folders)."""
 
-    root: str
+    root: Annotated[str, LOCATION]
     train_split: str
     """The split trained on (VOC: a list of ImageSets/Segmentation; Cityscapes, ADE20K: a folder)."""
-    val_split: str
+    val_split: Annotated[str, LOCATION]
 
 
 class VOCDataset(SplitLayout):
@@ -375,7 +376,7 @@ class SBDDataset(SplitLayout):
     """SBD's class segmentations (train 8,498 / val 2,857)."""
 
     name: Literal["sbd"]
-    sbd_root: str | None
+    sbd_root: Annotated[str | None, LOCATION]
     """benchmark_RELEASE when it is not under root."""
 
 
@@ -383,8 +384,8 @@ class VOCAugDataset(SplitLayout):
     """trainaug: VOC train + SBD train/val - VOC val (10,582 images), validated on VOC val."""
 
     name: Literal["voc_aug"]
-    sbd_root: str | None
-    aug_list: str | None
+    sbd_root: Annotated[str | None, LOCATION]
+    aug_list: Annotated[str | None, LOCATION]
     """An explicit trainaug id list (one id per line) instead of the one derived from VOC and SBD."""
 
 
@@ -425,8 +426,8 @@ class FolderDataset(DatasetBase):
     """Your own data: per split an images folder and a masks folder, matched by file stem."""
 
     name: Literal["folder"]
-    train: FolderSplit
-    val: FolderSplit
+    train: Annotated[FolderSplit, LOCATION]
+    val: Annotated[FolderSplit, LOCATION]
     ignore_color: Color | None
     """[r, g, b] of ignored pixels in colour-coded masks (they become ignore_index)."""
     binary_values: (
@@ -644,10 +645,10 @@ class TrainerConfig(Section):
     deterministic: bool
     sync_bn: bool
     """SyncBatchNorm under DDP."""
-    freeze_bn: bool
+    freeze_bn: Annotated[bool, Added(False)]
     """Every BatchNorm keeps its running statistics and affine parameters (the DeepLabv3 paper's second stage:
     fine-tuning at output stride 8 with BatchNorm frozen)."""
-    activation_checkpointing: bool
+    activation_checkpointing: Annotated[bool, Added(False)]
     """Recompute the backbone's deepest stages in the backward pass instead of storing their activations:
     less memory (OS 8 on a small GPU) for more time."""
     max_nonfinite_skips: NonNegativeInt
@@ -693,10 +694,10 @@ class TrainConfig(Section):
     """configs/train.yaml, composed: everything `python train.py` runs on."""
 
     task_name: str
-    model: ModelConfig
-    backbone: BackboneConfig
-    dataset: DatasetConfig
-    optim: OptimConfig
+    model: Annotated[ModelConfig, ARCHITECTURE]
+    backbone: Annotated[BackboneConfig, ARCHITECTURE]
+    dataset: Annotated[DatasetConfig, DATA]
+    optim: Annotated[OptimConfig, OPTIMISER]
     schedule: ScheduleConfig
     trainer: TrainerConfig
     eval: EvalConfig
@@ -751,17 +752,10 @@ class TrainConfig(Section):
         return list(self.model.aspp.rates or default_aspp_rates(self.backbone.output_stride))
 
 
-class EvalDatasetOverrides(Section):
-    """evaluate.yaml's dataset: non-null values replace the checkpoint's dataset settings."""
-
-    root: str | None = None
-    sbd_root: str | None = None
-    aug_list: str | None = None
-    val_split: str | None = None
-    train: dict[str, str | None] | None = None
-    val: dict[str, str | None] | None = None
-    skip_bad: bool | None = None
-    """true: an unreadable image is left out of the metrics (and counted) instead of stopping."""
+def location_keys() -> list[str]:
+    """The dataset keys declared LOCATION (where the data lies and how it is read): what evaluate.py may
+    override in a model's dataset section."""
+    return keys_with(key_roles(TrainConfig), "location", "dataset")
 
 
 class EvaluateConfig(Section):
@@ -773,11 +767,24 @@ class EvaluateConfig(Section):
     python -m deeplab.export (run with ONNX Runtime, on the dataset its metadata records)."""
     device: Device
     num_workers: NonNegativeInt
-    dataset: EvalDatasetOverrides
+    dataset: dict[str, Any]
+    """Non-null values replace the model's dataset settings; only location keys (location_keys()), e.g.
+    dataset.root=/data/VOCdevkit, dataset.skip_bad=true (an unreadable image left out of the metrics)."""
     amp: Amp
     channels_last: Flag
     eval: EvalConfig
     paths: PathsConfig
+
+    @model_validator(mode="after")
+    def _dataset(self) -> EvaluateConfig:
+        allowed = location_keys()
+        for key, value in self.dataset.items():
+            if key not in allowed and value is not None:
+                raise ConfigError(
+                    f"dataset.{key}: evaluate.py may change where the model's data lies ({', '.join(allowed)}), "
+                    f"not what it is; drop dataset.{key}"
+                )
+        return self
 
 
 class PredictConfig(Section):
@@ -805,8 +812,9 @@ class ExportConfig(Section):
 
     task_name: str
     checkpoint: str
-    format: Literal["onnx", "onnx_int8", "exported_program"]
-    """onnx_int8: ONNX quantised to INT8 by ONNX Runtime (static, QDQ, per-channel weights) for the CPU."""
+    format: Literal["onnx", "onnx_int8", "exported_program", "hub"]
+    """onnx_int8: ONNX quantised to INT8 by ONNX Runtime (static, QDQ, per-channel weights) for the CPU; hub: the
+    model folder Hugging Face tooling reads (config.json = the model card, model.safetensors, README.md)."""
     calibration: PositiveInt
     """onnx_int8: how many training images (through the evaluation transform) calibrate the activation
     ranges; as many validation images measure how often int8 and fp32 agree."""
@@ -814,7 +822,7 @@ class ExportConfig(Section):
     """ONNX: the TorchScript tracer (seconds; PyTorch has deprecated it), or PyTorch's torch.export-based
     exporter (tens of seconds for a ResNet-101; the one PyTorch recommends). Both are checked in the tests."""
     output: str | None
-    """null: model.onnx (model.pt2) in the run dir."""
+    """null: model.onnx (model.pt2, the folder model/ for format=hub) in the run dir."""
     output_stride: Literal[8, 16] | None
     opset: Annotated[int, Field(ge=17)]
     trace_size: Annotated[list[Annotated[int, Field(ge=32)]], Field(min_length=2, max_length=2)]

@@ -23,6 +23,7 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from deeplab import data, distributed, rundir, tblog
+from deeplab.card import run_card
 from deeplab.checkpoint import (
     Resumed,
     best_so_far,
@@ -117,6 +118,7 @@ class Run:
         """checkpoints/<name>: the resumable state (last.pt), or the weights only (best.pt)."""
         extra = (self.optimizer, self.scheduler, self.scaler) if resumable else ()
         state = training_state(self.model, self.cfg.model_dump(), self.progress, *extra)
+        state["card"] = run_card(self.cfg, self.run_dir, self.progress.iteration, self.progress.metrics)
         if self.writer is not None:
             self.writer.flush()  # the curves up to this checkpoint survive a crash that keeps it
         save_checkpoint(self.ckpt_dir / name, state)

@@ -10,12 +10,13 @@ from typing import Any
 from omegaconf import DictConfig
 
 from deeplab import data
-from deeplab.config import EvaluateConfig, TrainConfig, evaluate_config, to_plain, train_config
+from deeplab.config import DatasetConfig, EvaluateConfig, evaluate_config
 from deeplab.errors import ConfigError, ExportError
 from deeplab.evaluation import evaluate
 from deeplab.loaders import build_val_loader, shut_down_workers
+from deeplab.locate import locate
 from deeplab.metrics import format_table, write_metrics_json
-from deeplab.restore import load_trained_model, with_dataset_overrides
+from deeplab.restore import dataset_with_overrides, load_trained_model
 from deeplab.runtime import Runtime, make_runtime
 
 log = logging.getLogger(__name__)
@@ -25,15 +26,16 @@ def evaluate_checkpoint(cfg: EvaluateConfig | DictConfig, run_dir: Path) -> dict
     """Evaluate cfg.checkpoint (a checkpoint, or an ONNX file) with the options in cfg.eval; writes
     run_dir/metrics.json and returns it, with the confusion matrix added."""
     cfg = evaluate_config(cfg)
-    if cfg.checkpoint.lower().endswith(".onnx"):
+    located = locate(cfg.checkpoint)
+    if located.kind == "onnx":
         return evaluate_onnx(cfg, run_dir)
     rt = make_runtime(cfg.device, cfg.amp, cfg.channels_last, key="")
-    model, train_cfg = load_trained_model(cfg.checkpoint)
-    train_cfg = with_dataset_overrides(train_cfg, cfg.dataset)
+    model, card = load_trained_model(cfg.checkpoint)
+    dataset = dataset_with_overrides(card.dataset, cfg.dataset)
     if cfg.eval.output_stride is not None:
         model.set_output_stride(cfg.eval.output_stride)
     rt.place(model)
-    return evaluate_model(model, train_cfg, cfg, rt, run_dir)
+    return evaluate_model(model, dataset, cfg, rt, run_dir)
 
 
 def evaluate_onnx(cfg: EvaluateConfig, run_dir: Path) -> dict[str, Any]:
@@ -50,37 +52,32 @@ def evaluate_onnx(cfg: EvaluateConfig, run_dir: Path) -> dict[str, Any]:
         if value is not None and value != "auto":
             raise ConfigError(f"{key}={value} does not apply to an ONNX model ({why}); drop it")
     model = OnnxSegmenter(cfg.checkpoint, providers=onnx_providers(cfg.device))
-    train_cfg = with_dataset_overrides(onnx_train_config(model.meta, cfg.checkpoint), cfg.dataset)
+    dataset = dataset_with_overrides(onnx_dataset(model.meta, cfg.checkpoint), cfg.dataset)
     rt = make_runtime("cpu", "off", False, key="")  # ONNX Runtime takes and returns host arrays
-    return evaluate_model(model, train_cfg, cfg, rt, run_dir)
+    return evaluate_model(model, dataset, cfg, rt, run_dir)
 
 
-def onnx_train_config(meta: dict[str, Any], path: str) -> TrainConfig:
-    """The default training config with the dataset section an ONNX file's metadata records (what building
-    the validation split reads)."""
+def onnx_dataset(meta: dict[str, Any], path: str) -> dict[str, Any]:
+    """The dataset section an ONNX file's metadata records (what building the validation split reads),
+    upgraded as a checkpoint's is."""
     from deeplab.checkpoint import upgrade_config
-    from deeplab.restore import compose_train_config
 
     if meta.get("dataset") is None:
         raise ExportError(
             f"model {path} does not record the dataset it was trained on (it was exported by an older version); "
             "export it again with `python -m deeplab.export checkpoint=...`, or evaluate the checkpoint"
         )
-    plain = to_plain(compose_train_config([]))
-    try:
-        return train_config(upgrade_config({**plain, "dataset": meta["dataset"]}))
-    except ConfigError as e:
-        raise ExportError(f"model {path} records a dataset section this version cannot use ({e})") from None
+    return upgrade_config({"dataset": meta["dataset"]})["dataset"]
 
 
 def evaluate_model(
-    model: Any, train_cfg: TrainConfig, cfg: EvaluateConfig, rt: Runtime, run_dir: Path
+    model: Any, d: DatasetConfig, cfg: EvaluateConfig, rt: Runtime, run_dir: Path
 ) -> dict[str, Any]:
     """Evaluate a loaded model (an nn.Module placed by rt, or a model-like object such as OnnxSegmenter:
-    model(x)["out"] are logits, and it has output_stride) on train_cfg's validation split with cfg.eval;
-    writes run_dir/metrics.json and returns it, with the confusion matrix (rows = truth) added."""
-    ev, d = cfg.eval, train_cfg.dataset
-    dataset = data.build_dataset(train_cfg, "val")
+    model(x)["out"] are logits, and it has output_stride) on the validation split of the dataset section d
+    with cfg.eval; writes run_dir/metrics.json and returns it, with the confusion matrix (rows = truth) added."""
+    ev = cfg.eval
+    dataset = data.build_dataset(d, "val")
     loader = build_val_loader(
         dataset,
         ev.batch_size,

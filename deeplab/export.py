@@ -22,9 +22,10 @@ from omegaconf import DictConfig
 from torch import nn
 
 from deeplab.atomicfile import atomic_path
+from deeplab.card import ModelCard
 from deeplab.cli import hydra_main
 from deeplab.config import ExportConfig, TrainConfig, export_config
-from deeplab.errors import ExportError, first_line
+from deeplab.errors import ConfigError, ExportError, first_line
 from deeplab.onnx_model import METADATA_KEY
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,7 @@ class LogitsOnly(nn.Module):
         return self.model(images)["out"]
 
 
-def metadata(cfg: TrainConfig, output_stride: int | None = None) -> dict[str, object]:
+def metadata(cfg: ModelCard | TrainConfig, output_stride: int | None = None) -> dict[str, object]:
     """What a runtime needs besides the graph: class names, normalisation, colours, channels; and the dataset
     section (as a checkpoint holds it), so that evaluate.py scores the file on the same validation set."""
     from deeplab.data import palette
@@ -155,29 +156,31 @@ def export(cfg: ExportConfig | DictConfig, run_dir: Path) -> Path:
     from deeplab.restore import load_trained_model
 
     cfg = export_config(cfg)
+    if cfg.format == "hub":
+        return export_model_folder(cfg, run_dir)
     suffix = ".pt2" if cfg.format == "exported_program" else ".onnx"
     path = Path(cfg.output) if cfg.output else run_dir / f"model{suffix}"
     refuse_overwriting(path, Path(cfg.checkpoint), suffix)
-    model, train_cfg = load_trained_model(cfg.checkpoint)
+    model, card = load_trained_model(cfg.checkpoint)
     if cfg.output_stride is not None:
         model.set_output_stride(cfg.output_stride)
     model = model.eval().cpu()
     wrapper = LogitsOnly(model).eval()
-    in_channels = train_cfg.dataset.in_channels
+    in_channels = card.dataset.in_channels
     example = torch.randn(2, in_channels, *cfg.trace_size)  # batch 2: a traced 1 would become a constant
     try:
         if cfg.format == "onnx_int8":
             from deeplab.quantize import export_int8
 
             def write_fp32(fp32: Path) -> None:  # the file quantised, checked as format=onnx is
-                meta = metadata(train_cfg, model.output_stride)
+                meta = metadata(card, model.output_stride)
                 export_onnx(wrapper, example, fp32, cfg.opset, meta, cfg.exporter)
                 if cfg.check:
                     check_export(cfg, wrapper, fp32, in_channels)
 
-            return export_int8(write_fp32, train_cfg.dataset, path, cfg.calibration)
+            return export_int8(write_fp32, card.dataset, path, cfg.calibration)
         if cfg.format == "onnx":
-            meta = metadata(train_cfg, model.output_stride)
+            meta = metadata(card, model.output_stride)
             export_onnx(wrapper, example, path, cfg.opset, meta, cfg.exporter)
         else:
             export_program(wrapper, example, path)
@@ -190,6 +193,38 @@ def export(cfg: ExportConfig | DictConfig, run_dir: Path) -> Path:
     if cfg.check:
         check_export(cfg, wrapper, path, in_channels)
     return path
+
+
+def export_model_folder(cfg: ExportConfig, run_dir: Path) -> Path:
+    """format=hub: the model folder (config.json, model.safetensors, README.md; deeplab.hub), checked to load
+    back with the same weights unless cfg.check is false."""
+    from deeplab.hub import write_model_folder
+    from deeplab.locate import locate
+    from deeplab.restore import load_trained_model, read_model_folder
+
+    if cfg.output_stride is not None:
+        raise ConfigError(
+            "output_stride: the model folder keeps the stride the model was trained at; evaluate or predict at "
+            "another with eval.output_stride=N"
+        )
+    folder = Path(cfg.output) if cfg.output else run_dir / "model"
+    source = locate(cfg.checkpoint).path
+    if folder.resolve() == source.resolve():
+        raise ExportError(f"output={folder} is the model folder being exported; give another folder")
+    model, card = load_trained_model(cfg.checkpoint)
+    state = model.state_dict()
+    try:
+        write_model_folder(state, card, folder)
+    except OSError as e:
+        raise ExportError(
+            f"could not write {folder}: {e.strerror or e}; check free disk space and that the folder is writable"
+        ) from None
+    if cfg.check:
+        _, written = read_model_folder(folder)
+        if written.keys() != state.keys() or not all(torch.equal(written[k], state[k]) for k in state):
+            raise ExportError(f"{folder / 'model.safetensors'} does not hold the checkpoint's weights")
+    print(f"wrote {folder} (config.json, model.safetensors, README.md)")
+    return folder
 
 
 def refuse_overwriting(output: Path, checkpoint: Path, suffix: str) -> None:

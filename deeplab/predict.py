@@ -112,11 +112,11 @@ class Segmenter:
 
 
 def load_segmenter(cfg: PredictConfig) -> Segmenter:
-    from deeplab import data
     from deeplab.data.classes import color_table
+    from deeplab.locate import locate
     from deeplab.runtime import make_runtime
 
-    if cfg.checkpoint.lower().endswith(".onnx"):
+    if locate(cfg.checkpoint).kind == "onnx":
         from deeplab.onnx_model import OnnxSegmenter
 
         if cfg.eval.output_stride is not None:
@@ -133,14 +133,14 @@ def load_segmenter(cfg: PredictConfig) -> Segmenter:
     from deeplab.restore import load_trained_model
 
     rt = make_runtime(cfg.device, cfg.amp, cfg.channels_last, key="")
-    model, train_cfg = load_trained_model(cfg.checkpoint)
+    model, card = load_trained_model(cfg.checkpoint)
     if cfg.eval.output_stride is not None:
         model.set_output_stride(cfg.eval.output_stride)
     rt.place(model)
-    d = train_cfg.dataset
+    labels = card.labels
     return Segmenter(
-        model, rt.normalizer(d.mean, d.std), d.label_names(), data.palette(d), d.in_channels, rt,
-        d.overlay_background_ids(),
+        model, rt.normalizer(labels.mean, labels.std), labels.class_names,
+        color_table(labels.palette, max(256, labels.num_classes)), labels.in_channels, rt, labels.overlay_background,
     )  # fmt: skip
 
 

@@ -1,20 +1,36 @@
-"""Rebuild a trained model from a file: our checkpoint (config inside) or torchvision's published weights."""
+"""Rebuild a trained model from what `checkpoint=` names: read the card and the weights, build, load.
+
+A checkpoint of ours (its card, or for one written before cards, the card made from its model, backbone and
+dataset sections), an exported model folder (config.json + model.safetensors) or torchvision's published
+DeepLabV3 weights. No training-only section is validated and nothing is downloaded: the weights come from
+the file.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
-from torch import nn
 
-from deeplab.checkpoint import load_file, load_model_state, upgrade_config
-from deeplab.config import EvalDatasetOverrides, TrainConfig, config_dir, flatten, train_config
+from deeplab.card import ModelCard, card_of_checkpoint, make_card, read_card
+from deeplab.checkpoint import load_file, load_model_state
+from deeplab.config import DatasetBase, DatasetConfig, Section, config_dir, flatten, to_plain, validate
 from deeplab.errors import CheckpointError, ConfigError
-from deeplab.models import build_model, convert_torchvision_state_dict
+from deeplab.locate import CARD_FILE, WEIGHTS_FILE, Located, locate, read_weights_file
+from deeplab.models import DeepLab, build_architecture, convert_torchvision_state_dict
+from deeplab.models.input_channels import widen_input
 from deeplab.models.pretrained import is_torchvision_mobilenet
+
+
+class _DatasetNode(Section):
+    """A dataset section on its own, so that a mistake is reported under its key (dataset.root: ...)."""
+
+    dataset: DatasetConfig
 
 
 def compose_train_config(overrides: list[str]) -> DictConfig:
@@ -33,43 +49,73 @@ def _torchvision_experiment(state: dict[str, Any]) -> str:
     return "torchvision_deeplabv3_r101" if len(units) == 23 else "torchvision_deeplabv3_r50"
 
 
-def load_trained_model(path: str | Path) -> tuple[nn.Module, TrainConfig]:
-    """(model with the file's weights, in eval mode, on CPU; the config that built it)."""
+def read_model_folder(folder: Path) -> tuple[ModelCard, dict[str, torch.Tensor]]:
+    """(card, weights) of a folder written by `python -m deeplab.export format=hub`."""
+    import json
+
+    try:
+        card = json.loads((folder / CARD_FILE).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"model card {folder / CARD_FILE} cannot be read ({e})") from None
+    if not isinstance(card, dict):
+        raise CheckpointError(f"model card {folder / CARD_FILE} holds {type(card).__name__}, not an object")
+    return read_card(card, folder / CARD_FILE), read_weights_file(folder / WEIGHTS_FILE)
+
+
+def read_trained(located: Located) -> tuple[ModelCard, dict[str, torch.Tensor]]:
+    """(card, weights) of a checkpoint or model folder (not an ONNX file: callers run those themselves)."""
+    path = located.path
+    if located.kind == "hub":
+        return read_model_folder(path)
+    if located.kind == "onnx":
+        raise CheckpointError(f"{path} is an exported ONNX graph, not PyTorch weights; give the checkpoint")
     obj = load_file(path, "checkpoint")
     if isinstance(obj, dict) and "model" in obj and "config" in obj:
-        try:
-            cfg = train_config(upgrade_config(obj["config"]))
-        except ConfigError as e:
-            raise CheckpointError(f"checkpoint {path} holds a config this version cannot use ({e})") from None
-        state = obj["model"]
-    elif isinstance(obj, dict) and any(k.startswith("classifier.0.convs") for k in obj):
-        cfg = train_config(
-            compose_train_config([f"experiment={_torchvision_experiment(obj)}", "dataset=voc"])
-        )
-        state = convert_torchvision_state_dict(obj)
-    else:
-        raise CheckpointError(
-            f"checkpoint {path} is neither a deeplab checkpoint (a dict with 'model' and 'config', as train.py "
-            "writes) nor torchvision's DeepLabV3 weights (deeplabv3_resnet50/101, deeplabv3_mobilenet_v3_large)"
-        )
-    # The weights come from the file: nothing to download.
-    cfg.backbone.pretrained = False
-    cfg.model.pretrained = None
-    model = build_model(cfg)
-    load_model_state(model, state, path)
+        return card_of_checkpoint(obj, path), obj["model"]
+    if isinstance(obj, dict) and any(k.startswith("classifier.0.convs") for k in obj):
+        config = compose_train_config([f"experiment={_torchvision_experiment(obj)}", "dataset=voc"])
+        return make_card(to_plain(config), stamp=False), convert_torchvision_state_dict(obj)
+    raise CheckpointError(
+        f"checkpoint {path} is neither a deeplab checkpoint (a dict with 'model' and 'config', as train.py "
+        "writes) nor torchvision's DeepLabV3 weights (deeplabv3_resnet50/101, deeplabv3_mobilenet_v3_large)"
+    )
+
+
+def build_from_card(card: ModelCard) -> DeepLab:
+    """The card's model with random weights: nothing is downloaded, whatever the card says about pretrained
+    weights (the trained ones are loaded next)."""
+    backbone = card.backbone.model_copy(update={"pretrained": False})
+    model = build_architecture(card.model, backbone, card.dataset.num_classes)
+    if card.dataset.in_channels != 3:
+        widen_input(model.backbone, card.dataset.in_channels)
+    return model
+
+
+def load_trained_model(setting: str | Path, key: str = "checkpoint") -> tuple[DeepLab, ModelCard]:
+    """(model with the trained weights, in eval mode, on the CPU; its card) of what `key=setting` names."""
+    located = locate(setting, key)
+    card, state = read_trained(located)
+    model = build_from_card(card)
+    load_model_state(model, state, located.path)
     model.eval()
-    return model, cfg
+    return model, card
 
 
-def with_dataset_overrides(cfg: TrainConfig, overrides: EvalDatasetOverrides) -> TrainConfig:
-    """cfg with every non-null value of evaluate's `dataset` node put in its dataset node, validated."""
-    plain = cfg.model_dump()
-    for key, value in flatten(overrides.model_dump()).items():
+def dataset_with_overrides(
+    section: DatasetBase | Mapping[str, Any], overrides: Mapping[str, Any]
+) -> DatasetConfig:
+    """A dataset section with the non-null values of evaluate's `dataset` node (where the data lies) put in,
+    validated."""
+    plain = section.model_dump() if isinstance(section, DatasetBase) else dict(section)
+    for key, value in flatten(dict(overrides)).items():
         if value is None:
             continue
-        node = plain["dataset"]
+        node = plain
         *parents, leaf = key.split(".")
         for part in parents:
             node = node.setdefault(part, {})
         node[leaf] = value
-    return train_config(plain)
+    try:
+        return validate(_DatasetNode, {"dataset": plain}).dataset
+    except ConfigError as e:
+        raise ConfigError(f"{e} (the model's dataset section with evaluate's dataset overrides)") from None

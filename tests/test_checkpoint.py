@@ -201,8 +201,13 @@ def test_config_diff_names_the_differing_keys(cfg_factory):
     # Plain dicts work the same, and a config equal to itself has no differences.
     plain = OmegaConf.to_container(saved, resolve=False)
     assert config_diff(plain, saved) == []
-    assert config_diff({"model": {"aux_head": True}}, {"model": {}}, keys=["model"]) == [
+    assert config_diff({"model": {"aux_head": True}}, {"model": {}}) == [
         "model.aux_head: checkpoint True, config <missing>"
+    ]
+    # The roles declared in the schema choose what is compared: the optimiser only when asked for.
+    assert config_diff({"optim": {"lr": 0.1}}, {"optim": {"lr": 0.2}}) == []
+    assert config_diff({"optim": {"lr": 0.1}}, {"optim": {"lr": 0.2}}, ("optimiser",)) == [
+        "optim.lr: checkpoint 0.1, config 0.2"
     ]
 
 

@@ -114,6 +114,7 @@ def test_torchvision_weights_load_inside_the_hydra_app(tmp_path, monkeypatch) ->
     torch.manual_seed(0)
     state = deeplabv3_resnet50(weights=None, weights_backbone=None, aux_loss=True).state_dict()
     monkeypatch.setattr(restore, "load_file", lambda path, what: state)  # the 168 MB file, without the disk
+    (tmp_path / "deeplabv3_resnet50_coco-cd0a2569.pth").touch()  # checkpoint= names an existing file
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):  # as inside @hydra.main
         model, cfg = restore.load_trained_model(tmp_path / "deeplabv3_resnet50_coco-cd0a2569.pth")
     assert cfg.backbone.name == "resnet50" and cfg.dataset.num_classes == 21 and not model.training

@@ -47,7 +47,7 @@ def palette(dataset: DatasetBase) -> np.ndarray:
 
 
 def load_split(
-    cfg: TrainConfig | DictConfig,
+    cfg: TrainConfig | DictConfig | DatasetBase,
     split: str,
     *,
     augment: bool = True,
@@ -60,10 +60,13 @@ def load_split(
     rather than a warning."""
     if split not in ("train", "val"):
         raise ValueError(f"split must be 'train' or 'val', got {split!r}")
-    cfg = train_config(cfg)
-    d = cfg.dataset
+    if isinstance(cfg, DatasetBase):  # a dataset section alone (a model card's): whole images, no pipeline
+        d, augment = cfg, False
+    else:
+        cfg = train_config(cfg)
+        d = cfg.dataset
     transform = None  # evaluation sees whole images; batches are padded by collate_eval
-    if split == "train" and augment:
+    if split == "train" and augment and not isinstance(cfg, DatasetBase):
         from deeplab.data.transforms import train_transform  # albumentations: imported when training needs it
 
         transform = train_transform(
@@ -129,7 +132,7 @@ def load_split(
     return dataset
 
 
-def build_dataset(cfg: TrainConfig | DictConfig, split: str) -> SegmentationDataset:
+def build_dataset(cfg: TrainConfig | DictConfig | DatasetBase, split: str) -> SegmentationDataset:
     """The train or val split of cfg.dataset. Items: image (3, H, W) uint8 and mask (H, W) uint8 (int64 if
     labels exceed 255); the device normalises images. Train applies the train pipeline at trainer.crop_size;
     val gives whole images."""

@@ -12,7 +12,15 @@ from torchvision.models.segmentation import (
 )
 
 from deeplab.checkpoint import load_file
-from deeplab.config import TimmConfig, TrainConfig, torchvision_weights, train_config
+from deeplab.config import (
+    BackboneConfig,
+    ModelConfig,
+    TimmConfig,
+    TrainConfig,
+    default_aspp_rates,
+    torchvision_weights,
+    train_config,
+)
 from deeplab.models.aspp import ASPP
 from deeplab.models.backbone import Backbone, build_backbone
 from deeplab.models.deeplab import DeepLab
@@ -38,6 +46,7 @@ __all__ = [
     "MobileNetBackbone",
     "ResNetBackbone",
     "TimmBackbone",
+    "build_architecture",
     "build_model",
     "build_network",
     "convert_torchvision_state_dict",
@@ -55,13 +64,17 @@ DEEPLABV3_WEIGHTS = {
 
 def build_network(cfg: TrainConfig) -> DeepLab:
     """The randomly initialised model of a validated config (torchvision's initialisation in the backbone)."""
-    b, m = cfg.backbone, cfg.model
-    num_classes = cfg.dataset.num_classes
+    return build_architecture(cfg.model, cfg.backbone, cfg.dataset.num_classes)
+
+
+def build_architecture(m: ModelConfig, b: BackboneConfig, num_classes: int) -> DeepLab:
+    """The randomly initialised model of the architecture sections (a timm backbone with b.pretrained loads
+    its weights as it builds)."""
     backbone = build_backbone(b)
+    rates = m.aspp.rates or default_aspp_rates(b.output_stride)
     aspp = ASPP(
-        backbone.out_channels, cfg.aspp_rates(), m.aspp.channels, m.aspp.image_pooling, m.aspp.separable,
-        m.aspp.dropout,
-    )  # fmt: skip
+        backbone.out_channels, rates, m.aspp.channels, m.aspp.image_pooling, m.aspp.separable, m.aspp.dropout
+    )
     head: DeepLabV3Head | DeepLabV3PlusDecoder
     if m.decoder.enabled:
         d = m.decoder

@@ -15,6 +15,7 @@ from torchvision.models import WeightsEnum
 
 from deeplab.checkpoint import load_file, why_unreadable
 from deeplab.errors import CheckpointError, ConfigError, first_line
+from deeplab.locate import WEIGHTS_FILE, locate, read_weights_file
 
 log = logging.getLogger(__name__)
 
@@ -174,10 +175,19 @@ def load_torchvision_deeplabv3(model: nn.Module, obj: Any, source: str) -> list[
 
 
 def load_matching(model: nn.Module, path: str | Path) -> list[str]:
-    """model.init_from: load every tensor of one of our checkpoints (or torchvision's DeepLabV3 weights) whose
-    name and shape fit `model`; the rest keep their initialisation. Returns the model's keys not loaded."""
-    obj = load_file(path, "model.init_from")
-    source = f"model.init_from file {path}"
+    """model.init_from: load every tensor of one of our checkpoints (a file, run folder or exported model folder)
+    or of torchvision's DeepLabV3 weights whose name and shape fit `model`; the rest keep their initialisation. Returns the model's keys not loaded."""
+    located = locate(path, "model.init_from")
+    source = f"model.init_from {located.path}"
+    if located.kind == "onnx":
+        raise CheckpointError(
+            f"{source} is an exported ONNX graph; give the checkpoint or model folder it was exported from"
+        )
+    obj = (
+        read_weights_file(located.path / WEIGHTS_FILE)
+        if located.kind == "hub"
+        else load_file(located.path, "model.init_from")
+    )
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict) and "config" in obj:
         state = unwrap_state_dict(obj["model"], source)  # ours
     else:

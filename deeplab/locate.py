@@ -1,0 +1,76 @@
+"""What `checkpoint=` (and model.init_from) may name, and the one function that finds the file behind it.
+
+Accepted: a .pt/.pth file; an .onnx file (run with ONNX Runtime where the command can); a run folder or its
+checkpoints/ folder (best.pt, or last.pt while no best.pt exists yet); the model folder written by
+`python -m deeplab.export format=hub` (config.json + model.safetensors).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from deeplab.errors import CheckpointError
+
+log = logging.getLogger(__name__)
+
+CARD_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+@dataclass(frozen=True)
+class Located:
+    """checkpoint: a torch file (ours, or torchvision's weights); hub: a model folder; onnx: an exported graph."""
+
+    path: Path
+    kind: Literal["checkpoint", "hub", "onnx"]
+
+
+def is_model_folder(folder: Path) -> bool:
+    return (folder / CARD_FILE).is_file() and (folder / WEIGHTS_FILE).is_file()
+
+
+def locate(setting: str | Path, key: str = "checkpoint") -> Located:
+    """The file or model folder `key=setting` names; a folder holding none of them is one CheckpointError
+    saying what was looked for."""
+    path = Path(setting).expanduser()
+    if path.is_file():
+        return Located(path, "onnx" if path.suffix.lower() == ".onnx" else "checkpoint")
+    if not path.is_dir():
+        raise CheckpointError(
+            f"{key}: {path} does not exist; give a checkpoint (.pt), a run folder, an exported model folder "
+            "or an .onnx file"
+        )
+    if is_model_folder(path):
+        return Located(path, "hub")
+    for folder in (path / "checkpoints", path):
+        if (folder / "best.pt").is_file():
+            return Located(folder / "best.pt", "checkpoint")
+        if (folder / "last.pt").is_file():
+            # A run still training (or stopped before its first validation) has no best.pt yet.
+            log.warning("%s: %s has no best.pt yet; using %s", key, folder, folder / "last.pt")
+            return Located(folder / "last.pt", "checkpoint")
+    raise CheckpointError(
+        f"{key}: folder {path} holds no model: looked for checkpoints/best.pt, checkpoints/last.pt, best.pt, "
+        f"last.pt and {CARD_FILE} + {WEIGHTS_FILE} (python -m deeplab.export format=hub); give one of them"
+    )
+
+
+def read_weights_file(path: Path) -> dict[str, torch.Tensor]:
+    """model.safetensors as a state dict; a damaged file is one CheckpointError."""
+    try:
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file as load_safetensors
+    except ImportError:
+        raise CheckpointError(f'reading {path} needs safetensors: pip install -e ".[hub]"') from None
+
+    try:
+        return load_safetensors(str(path))
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(
+            f"weights file {path} cannot be read ({e}); export the model folder again"
+        ) from None

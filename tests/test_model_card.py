@@ -1,0 +1,253 @@
+"""The model card: the exported model folder round trip, an older checkpoint, no downloads, what `checkpoint=`
+accepts, and the roles of the config keys that resume, evaluate and the upgrade of old checkpoints read."""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import shutil
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from conftest import compose_config, one_thread, tiny_config
+from PIL import Image
+
+import deeplab
+from deeplab.card import make_card
+from deeplab.checkpoint import check_resumable, load_checkpoint
+from deeplab.config import location_keys, train_config
+from deeplab.errors import CheckpointError, ConfigError
+from deeplab.evaluate import evaluate_checkpoint
+from deeplab.export import export
+from deeplab.locate import locate
+from deeplab.predict import predict
+
+OLD = Path(__file__).parent / "data" / "checkpoint_866ce4c" / "last.pt"
+# Its validation at iteration 2 on the tiny experiment's data (tests/data/checkpoint_866ce4c/README.md).
+OLD_PIXEL_ACC, OLD_MIOU = 0.08320987654320988, 0.02080246913580247
+SCORES = ("pixel_acc", "mean_acc", "miou", "fwiou", "iou_per_class", "confusion_matrix", "num_images")
+
+
+@pytest.fixture(scope="module")
+def model_folder(trained_run, tmp_path_factory) -> Path:
+    """The tiny run's best.pt exported with format=hub."""
+    folder = tmp_path_factory.mktemp("hub") / "model"
+    cfg = compose_config(
+        [f"checkpoint={trained_run[0]}", "format=hub", f"output={folder}"], config_name="export"
+    )
+    assert export(cfg, folder.parent) == folder
+    return folder
+
+
+def _evaluate(checkpoint: Path | str, out: Path, *extra: str) -> dict:
+    cfg = compose_config([f"checkpoint={checkpoint}", "num_workers=0", *extra], config_name="evaluate")
+    with one_thread():
+        return evaluate_checkpoint(cfg, out)
+
+
+def test_the_model_folder_evaluates_and_predicts_as_best_pt(trained_run, model_folder, tmp_path) -> None:
+    from safetensors.torch import load_file
+
+    run_dir = trained_run[0]
+    best = run_dir / "checkpoints" / "best.pt"
+    assert sorted(p.name for p in model_folder.iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    # The weights open with safetensors and are best.pt's.
+    weights, ckpt = load_file(str(model_folder / "model.safetensors")), torch.load(best, weights_only=True)
+    assert weights.keys() == ckpt["model"].keys()
+    assert all(torch.equal(weights[k], ckpt["model"][k]) for k in weights)
+    # evaluate.py on the folder gives exactly the metrics of best.pt.
+    from_best = _evaluate(best, tmp_path / "best")
+    from_folder = _evaluate(model_folder, tmp_path / "folder")
+    assert {k: from_folder[k] for k in SCORES} == {k: from_best[k] for k in SCORES}
+    # The README: YAML front matter, and its tables are the metrics evaluate.py wrote for the folder.
+    text = (model_folder / "README.md").read_text()
+    _, header, body = text.split("---\n", 2)
+    meta = yaml.safe_load(header)
+    assert meta["library_name"] == "deeplab" and meta["datasets"] == ["synthetic"]
+    written = json.loads((tmp_path / "folder" / "metrics.json").read_text())
+    rows = dict(
+        line.strip("|").replace(" ", "").split("|")[:2] for line in body.splitlines() if line.count("|") == 3
+    )
+    for key, name in (
+        ("pixel_acc", "pixelaccuracy"),
+        ("mean_acc", "meanaccuracy"),
+        ("miou", "mIoU"),
+        ("fwiou", "FWIoU"),
+    ):
+        assert rows[name] == f"{100 * written[key]:.2f}"
+    card = json.loads((model_folder / "config.json").read_text())
+    for name, iou in zip(card["labels"]["class_names"], written["iou_per_class"]):
+        assert rows[name] == ("n/a" if iou is None else f"{100 * iou:.2f}")
+    assert {m["type"]: m["value"] for m in meta["model-index"][0]["results"][0]["metrics"]}["miou"] == round(
+        100 * written["miou"], 2
+    )
+    # predict on the folder writes the same masks as on best.pt.
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    image = np.random.default_rng(0).integers(0, 256, (40, 56, 3), dtype=np.uint8)
+    Image.fromarray(image).save(photos / "a.png")
+    masks = {}
+    for name, source in (("best", best), ("folder", model_folder)):
+        out = tmp_path / f"pred_{name}"
+        cfg = compose_config([f"checkpoint={source}", f"input={photos}", f"output={out}"], "predict")
+        with one_thread():
+            predict(cfg, out)
+        masks[name] = np.asarray(Image.open(out / "a.png"))
+    np.testing.assert_array_equal(masks["folder"], masks["best"])
+
+
+def test_load_returns_the_model_with_its_card(trained_run, model_folder, monkeypatch) -> None:
+    model, card = deeplab.load(model_folder)
+    assert not model.training and card.labels.class_names == ["background", "disc", "square", "triangle"]
+    assert card.provenance.dataset == "synthetic" and card.provenance.version == deeplab.__version__
+    assert card.provenance.metrics is not None and card.provenance.iteration in (2, 4)
+    # A hub repo id goes through huggingface_hub (the network call replaced by the local folder).
+    import huggingface_hub
+
+    asked = {}
+
+    def snapshot_download(repo_id, revision=None, allow_patterns=None):
+        asked.update(repo_id=repo_id, patterns=allow_patterns)
+        return str(model_folder)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    hub_model, hub_card = deeplab.load("someone/deeplab-tiny")
+    assert asked == {
+        "repo_id": "someone/deeplab-tiny",
+        "patterns": ["config.json", "model.safetensors", "README.md"],
+    }
+    assert hub_card == card
+    assert all(
+        torch.equal(a, b) for a, b in zip(hub_model.state_dict().values(), model.state_dict().values())
+    )
+    # push_to_hub uploads the folder's three files (the upload replaced by a recorder).
+    from deeplab.hub import push_to_hub
+
+    calls = []
+    monkeypatch.setattr(
+        huggingface_hub.HfApi, "create_repo", lambda self, repo_id, **kw: calls.append(repo_id)
+    )
+    monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", lambda self, **kw: calls.append(kw) or "url")
+    assert push_to_hub(model_folder, "someone/deeplab-tiny") == "url"
+    assert calls[0] == "someone/deeplab-tiny" and calls[1]["folder_path"] == str(model_folder)
+
+
+def test_an_older_checkpoint_loads_evaluates_and_resumes(tiny_data, tmp_path, caplog) -> None:
+    """tests/data/checkpoint_866ce4c/last.pt was written before the card and the roles existed."""
+    from deeplab.engine import train
+
+    run_dir = tmp_path / "run"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    shutil.copy(OLD, run_dir / "checkpoints" / "last.pt")
+    # A run folder without best.pt: its last.pt, said in one line.
+    with caplog.at_level(logging.WARNING, logger="deeplab.locate"):
+        metrics = _evaluate(run_dir, tmp_path / "eval", f"dataset.root={tiny_data}/synthetic")
+    assert any("has no best.pt yet; using" in r.getMessage() for r in caplog.records)
+    assert metrics["pixel_acc"] == pytest.approx(OLD_PIXEL_ACC, abs=1e-12)
+    assert metrics["miou"] == pytest.approx(OLD_MIOU, abs=1e-12)
+    # It resumes: one more iteration, and the new checkpoints carry a card.
+    overrides = {
+        "model.aspp.channels": 8,
+        "model.decoder.channels": 8,
+        "trainer.max_iters": 3,
+        "trainer.resume": "auto",
+    }
+    with one_thread():
+        train(tiny_config(tiny_data, **overrides), run_dir)
+    resumed = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    assert resumed["iteration"] == 3 and resumed["card"]["provenance"]["iteration"] == 3
+
+
+def test_loading_a_card_that_says_pretrained_downloads_nothing(tmp_path, monkeypatch) -> None:
+    from deeplab.hub import write_model_folder
+    from deeplab.models import build_network
+
+    cfg = train_config(
+        compose_config(
+            ["backbone=resnet18", "dataset=synthetic", "model.aspp.channels=8", "backbone.pretrained=true"]
+        )
+    )
+    card = make_card(cfg)
+    cfg.backbone.pretrained = False
+    random_weights = build_network(cfg)
+    write_model_folder(random_weights.state_dict(), card, tmp_path / "model")
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("loading a trained model tried to download")
+
+    import huggingface_hub
+    import torchvision.models
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", no_network)
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
+    monkeypatch.setattr(torchvision.models.WeightsEnum, "get_state_dict", no_network)
+    monkeypatch.setattr(urllib.request, "urlopen", no_network)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", no_network)
+    model, card = deeplab.load(tmp_path / "model")
+    assert card.backbone.pretrained is True
+    assert all(
+        torch.equal(a, b) for a, b in zip(model.state_dict().values(), random_weights.state_dict().values())
+    )
+
+
+def test_checkpoint_takes_files_run_folders_and_model_folders(trained_run, model_folder, tmp_path) -> None:
+    from deeplab.models.pretrained import load_matching
+    from deeplab.restore import load_trained_model
+
+    run_dir = trained_run[0]
+    best = run_dir / "checkpoints" / "best.pt"
+    assert locate(run_dir).path == best and locate(run_dir / "checkpoints").path == best
+    assert locate(best).kind == "checkpoint" and locate(model_folder).kind == "hub"
+    (tmp_path / "m.onnx").write_bytes(b"")
+    assert locate(tmp_path / "m.onnx").kind == "onnx"
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(
+        CheckpointError, match=r"^checkpoint: folder .*empty holds no model: looked for checkpoints/best.pt"
+    ):
+        locate(tmp_path / "empty")
+    with pytest.raises(CheckpointError, match=r"^checkpoint: .*missing does not exist"):
+        locate(tmp_path / "missing")
+    # model.init_from reads the same forms.
+    model, _ = load_trained_model(model_folder)
+    for source in (run_dir, model_folder):
+        assert load_matching(model, source) == []
+    with pytest.raises(CheckpointError, match="model.init_from .* is an exported ONNX graph"):
+        load_matching(model, tmp_path / "m.onnx")
+
+
+def test_roles_decide_resume_evaluate_and_upgrade(tiny_data) -> None:
+    # evaluate.py may override the location keys, which configs/evaluate.yaml lists.
+    listed = yaml.safe_load((Path(__file__).parents[1] / "configs" / "evaluate.yaml").read_text())["dataset"]
+    assert sorted(listed) == location_keys()
+    with pytest.raises(
+        ConfigError, match=r"^dataset.num_classes: evaluate.py may change where the model's data"
+    ):
+        _evaluate(OLD, Path("unused"), "+dataset.num_classes=3")
+    # An old config gets the values declared next to the keys added since, and validates.
+    old = torch.load(OLD, weights_only=True)["config"]
+    assert "overlay_background" not in old["dataset"] or "sampler" not in old["dataset"]
+    upgraded = load_checkpoint(OLD)["config"]
+    train_config(upgraded)
+    # Resume compares the data but not where it lies, and the optimiser but not the trainer.
+    current = train_config(tiny_config(tiny_data, **{"model.aspp.channels": 8, "model.decoder.channels": 8}))
+    current = current.model_dump()
+    current["dataset"]["root"], current["trainer"]["max_iters"] = "/elsewhere", 9
+    check_resumable(upgraded, current, OLD)
+    for section, key, value, message in (
+        ("dataset", "skip_bad", True, None),
+        ("dataset", "num_train", 5, "was trained on other data: dataset.num_train"),
+        ("optim", "lr", 0.5, "optim.lr: checkpoint 0.01, config 0.5"),
+        ("backbone", "output_stride", 8, "was made for a different model: backbone.output_stride"),
+    ):
+        changed = copy.deepcopy(current)
+        changed[section][key] = value
+        if message is None:
+            check_resumable(upgraded, changed, OLD)
+            continue
+        with pytest.raises(CheckpointError, match=message):
+            check_resumable(upgraded, changed, OLD)
