@@ -278,6 +278,11 @@ class DatasetBase(Section):
     check_labels: bool
     """Scan the training masks at start-up (cached per dataset) and stop when a class has no pixel in any
     of them, or when they hold only 0 and the ignore index (binary masks stored as 0/255)."""
+    sampler: Annotated[Literal["random", "rare_class"], Added("random")]
+    """The training order: random (each image once per epoch), or rare_class (a class c drawn with probability
+    proportional to exp((1 - f_c) / T), f_c its share of the training pixels, then an image holding it)."""
+    sampler_temperature: Annotated[PositiveFloat, Added(0.01)]
+    """T of sampler=rare_class: lower draws the rare classes more often (0.01, DAFormer's)."""
 
     @model_validator(mode="after")
     def _channels(self) -> DatasetBase:

@@ -22,7 +22,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from deeplab import data, distributed, rundir, tblog
+from deeplab import collapse, data, distributed, report, rundir, tblog
 from deeplab.card import run_card
 from deeplab.checkpoint import (
     Resumed,
@@ -34,7 +34,7 @@ from deeplab.checkpoint import (
     training_state,
 )
 from deeplab.config import CrossEntropyConfig, TrainConfig, train_config
-from deeplab.data.stats import check_labels, label_counts
+from deeplab.data.stats import check_labels, label_counts, label_stats
 from deeplab.errors import ConfigError, DivergenceError, UserError
 from deeplab.evaluation import evaluate
 from deeplab.jsonfile import write_json
@@ -53,6 +53,7 @@ from deeplab.runtime import (
     resolve_device,
     seed_everything,
 )
+from deeplab.sampling import RareClasses, rare_classes
 from deeplab.signals import StopRequest, TrainingInterrupted
 
 __all__ = ["TrainingInterrupted", "train"]
@@ -133,10 +134,16 @@ class Run:
         )  # fmt: skip
         metrics = result.cm.compute() | {"iteration": iteration, "num_images": result.num_images}
         if main:
+            # confusion_matrix.csv/.png and per_class.csv/.md of this validation, next to metrics.json
+            figure = report.write_report(self.run_dir, result.cm.matrix.cpu().numpy(), d.label_names())
             if self.writer is not None:
                 tblog.log_val_metrics(self.writer, metrics, d.label_names(), iteration)
                 tblog.log_examples(self.writer, result.examples, data.palette(d), d.ignore_index, iteration)
+                tblog.log_confusion_matrix(self.writer, figure, iteration)
             write_metrics_json(self.run_dir / "metrics.json", metrics)
+            warning = collapse.matrix_warning(result.cm.matrix, d.label_names())
+            if warning:
+                log.warning("iter %d, validation: %s", iteration, warning)
             log.info(
                 "iter %d | val pixel_acc %.4f | mean_acc %.4f | mIoU %.4f | FWIoU %.4f",
                 iteration, metrics["pixel_acc"], metrics["mean_acc"], metrics["miou"], metrics["fwiou"],
@@ -213,9 +220,11 @@ def _build(
         ids = [rt.device.index] if rt.device.type == "cuda" else None
         step_model = DistributedDataParallel(step_model, device_ids=ids)
     pin = rt.device.type == "cuda"
+    rare, error = _guarded(lambda: _rare_classes(cfg, train_set)) if rt.is_main else (None, None)
+    distributed.raise_any(error)
     train_loader = build_train_loader(
         train_set, per_rank, t.num_workers, seed=t.seed, rank=rt.dist.rank, world_size=world,
-        start_iteration=progress.iteration, pin_memory=pin,
+        start_iteration=progress.iteration, pin_memory=pin, rare=distributed.broadcast_object(rare),
     )  # fmt: skip
     val_loader = build_val_loader(
         val_set, cfg.eval.batch_size, t.num_workers, rt.dist.rank, world, pin, d.ignore_index, d.mean_pixel()
@@ -291,6 +300,22 @@ def _class_weights(
     return weights
 
 
+def _rare_classes(cfg: TrainConfig, train_set: data.SegmentationDataset) -> RareClasses | None:
+    """dataset.sampler=rare_class: the class probabilities and the images holding each class, from the
+    training masks' cached label statistics (logged)."""
+    d = cfg.dataset
+    if d.sampler != "rare_class":
+        return None
+    names = d.label_names()
+    stats = label_stats(train_set, Path(cfg.paths.cache_dir), cfg.trainer.num_workers)
+    rare = rare_classes(stats.counts[: len(names)].tolist(), stats.presence, d.sampler_temperature)
+    log.info(
+        "dataset.sampler=rare_class (T=%g): a class drawn with probability %s, then an image holding it",
+        d.sampler_temperature, ", ".join(f"{n} {p:.3g}" for n, p in zip(names, rare.probabilities)),
+    )  # fmt: skip
+    return rare
+
+
 def _model_and_state(
     cfg: TrainConfig, rt: Runtime, ckpt_dir: Path, ckpt: dict[str, Any] | None, path: Path | None
 ) -> tuple[Any, ...]:
@@ -358,6 +383,8 @@ def _loop(run: Run) -> dict[str, Any]:
     main = rt.is_main
     it = run.progress.iteration
     sums = LossSums(rt.device)
+    d = run.cfg.dataset
+    watch = collapse.CollapseWatch(d.num_classes, d.ignore_index, rt.device)  # the first log boundaries
     skipped_steps, bad_samples, stop_signum = 0, 0, 0
     data_iter = batches(run.train_loader)
     pending: UserError | None = (
@@ -370,7 +397,10 @@ def _loop(run: Run) -> dict[str, Any]:
         while it < t.max_iters:
             images, masks, pending = _next_batch(run, data_iter, pending)
             with rt.autocast():
-                loss, parts = run.criterion(run.step_model(run.normalize(images)), masks)
+                outputs = run.step_model(run.normalize(images))
+                loss, parts = run.criterion(outputs, masks)
+            watch.add(outputs["out"], masks)  # predicted pixels per class, until the checks are done
+            del outputs  # (B, C, H, W) logits: not kept through the backward pass and the next forward
             # A sync per step only when skipping is enabled; under DDP all ranks skip together.
             if t.max_nonfinite_skips and not _finite_everywhere(loss, rt.device):
                 skipped_steps += 1
@@ -394,7 +424,7 @@ def _loop(run: Run) -> dict[str, Any]:
             if it % t.log_interval == 0 or due_ckpt or due_eval or local_stop:
                 seconds = time.perf_counter() - tic
                 stop_signum, bad_samples = _boundary(
-                    run, it, sums, stop, bar, lr, seconds, bad_samples, pending
+                    run, it, sums, stop, bar, lr, seconds, bad_samples, pending, watch
                 )
                 tic = time.perf_counter()
             run.progress.iteration = it
@@ -459,6 +489,7 @@ def _boundary(
     seconds: float,
     bad_samples: int,
     pending: UserError | None = None,
+    watch: collapse.CollapseWatch | None = None,
 ) -> tuple[int, int]:
     """A log boundary: the one host sync (named sums of every rank, so that every rank takes the same
     decisions), the divergence check, logging. Returns the stop signal any rank received and the number of
@@ -466,9 +497,13 @@ def _boundary(
     rt, t = run.rt, run.cfg.trainer
     skips = run.train_set.skipped + run.val_set.skipped
     errors = float(pending is not None)
-    total = distributed.sum_over_ranks(sums.sums | {"bad_samples": float(skips), "errors": errors}, rt.device)
+    named = sums.sums | (watch.named() if watch is not None else {})
+    total = distributed.sum_over_ranks(named | {"bad_samples": float(skips), "errors": errors}, rt.device)
     if total["errors"]:
         distributed.raise_any(pending)
+    warning = watch.boundary(total, run.cfg.dataset.label_names()) if watch is not None else None
+    if warning and rt.is_main:
+        log.warning("iter %d, training batches: %s", it, warning)
     stop_signum = distributed.max_over_ranks(stop.signum or 0, rt.device)
     losses = ("loss", "main", "aux") if run.cfg.model.aux_head else ("loss", "main")
     if not all(math.isfinite(total[k]) for k in losses):

@@ -9,7 +9,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from deeplab import data
+from deeplab import collapse, data, report
 from deeplab.config import DatasetConfig, EvaluateConfig, evaluate_config
 from deeplab.errors import ConfigError, ExportError
 from deeplab.evaluation import evaluate
@@ -108,5 +108,9 @@ def evaluate_model(
               "flip": ev.flip, "mode": ev.mode, "num_images": result.num_images, "left_out": left_out}  # fmt: skip
     path = run_dir / "metrics.json"
     write_metrics_json(path, metrics | record)
-    print(f"metrics written to {path}")
+    report.write_report(run_dir, result.cm.matrix.cpu().numpy(), d.label_names())
+    print(f"metrics written to {path}; confusion_matrix.csv/.png and per_class.csv/.md next to it")
+    warning = collapse.matrix_warning(result.cm.matrix, d.label_names())
+    if warning:
+        log.warning("%s", warning)
     return metrics | record | {"confusion_matrix": result.cm.matrix.cpu().tolist()}

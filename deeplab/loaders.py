@@ -7,12 +7,12 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from deeplab.data import collate_eval
 from deeplab.data.collate import UINT8_PAD
 from deeplab.errors import UserError
-from deeplab.sampling import ResumableSampler
+from deeplab.sampling import RareClasses, RareClassSampler, ResumableSampler
 from deeplab.signals import ignore_stop_signals
 
 
@@ -25,10 +25,15 @@ def build_train_loader(
     world_size: int = 1,
     start_iteration: int = 0,
     pin_memory: bool = False,
+    rare: RareClasses | None = None,
 ) -> DataLoader:
-    """Endless loader of `batch_size` crops per rank, continuing after `start_iteration` iterations."""
-    sampler = ResumableSampler(
-        len(dataset), seed=seed, rank=rank, world_size=world_size, start=start_iteration * batch_size
+    """Endless loader of `batch_size` crops per rank, continuing after `start_iteration` iterations; with
+    `rare` (dataset.sampler=rare_class), images are drawn by class (RareClassSampler)."""
+    start = start_iteration * batch_size
+    sampler: Sampler[tuple[int, int]] = (
+        RareClassSampler(rare, len(dataset), seed, rank, world_size, start)
+        if rare is not None
+        else ResumableSampler(len(dataset), seed=seed, rank=rank, world_size=world_size, start=start)
     )
     return DataLoader(
         dataset,

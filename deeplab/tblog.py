@@ -68,6 +68,11 @@ def log_examples(
         )
 
 
+def log_confusion_matrix(writer: SummaryWriter, figure: np.ndarray, step: int) -> None:
+    """The validation's row-normalised confusion matrix, an (H, W, 3) uint8 figure (deeplab.report)."""
+    writer.add_image("val/confusion_matrix", figure, step, dataformats="HWC")
+
+
 def flat_hparams(
     cfg: Mapping[str, Any],
     sections: Sequence[str] = ("model", "backbone", "optim", "schedule", "trainer", "loss"),

@@ -63,3 +63,29 @@ def test_config_mistakes_exit_2_with_one_line(capsys: pytest.CaptureFixture) -> 
     assert capsys.readouterr().err.strip() == (
         "error: dataset.ignore_index: input should be less than or equal to 255, got 300"
     )
+
+
+def test_imbalance_shares_auto_weights_and_rare_classes(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from fake_data import fake_image, save_jpg
+
+    from deeplab.losses import median_frequency_weights
+
+    for split in ("train", "val"):
+        for i in range(2):
+            mask = np.zeros((40, 50), np.uint8)
+            mask[:, 30:] = 1
+            mask[0, 0] = 2 if i == 0 else 255  # class 2: one pixel of 3,999 (0.025%)
+            save_palette_png(mask, tmp_path / split / "masks" / f"{i}.png")
+            save_jpg(fake_image(str(i), mask.shape), tmp_path / split / "images" / f"{i}.jpg")
+    keys = [f"dataset.{s}.{k}={tmp_path / s / k}" for s in ("train", "val") for k in ("images", "masks")]
+    assert main(["dataset=folder", *keys, "dataset.num_classes=3", "--split", "train"]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split()[1]: line.split() for line in out.splitlines() if line.strip()[:1].isdigit()}
+    weights = median_frequency_weights([2398, 1600, 1])
+    assert rows["class_0"][4] == "59.96%" and rows["class_1"][4] == "40.01%"  # of the 3,999 class pixels
+    assert [float(rows[f"class_{c}"][5]) for c in range(3)] == pytest.approx(weights, rel=1e-3)  # auto weight
+    warning = [line for line in out.splitlines() if "warning: rare classes" in line]
+    assert len(warning) == 1 and "class_2 0.025%" in warning[0] and "class_1" not in warning[0]
+    assert "dataset.sampler=rare_class" in warning[0]

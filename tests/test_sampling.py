@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import itertools
 
+import numpy as np
 import torch
 
 from deeplab import data
 from deeplab.loaders import build_train_loader
-from deeplab.sampling import ResumableSampler
+from deeplab.sampling import RareClassSampler, ResumableSampler, rare_classes
 
 
-def take(sampler: ResumableSampler, n: int) -> list[tuple[int, int]]:
+def take(sampler: ResumableSampler | RareClassSampler, n: int) -> list[tuple[int, int]]:
     return list(itertools.islice(iter(sampler), n))
 
 
@@ -48,3 +49,54 @@ def test_loader_batches_do_not_depend_on_workers_or_resume(tmp_path):
     for (a, am), (b, bm) in zip(plain[2:], batches(2, 2, 3)):
         assert torch.equal(a, b) and torch.equal(am, bm)
     assert not torch.equal(plain[0][0], plain[3][0])  # same images in another epoch are cropped differently
+
+
+def rare_folder_dataset(root):
+    """40 generated 8x10 images: classes 0 and 1 in every mask, class 2 in 2 of them (5%), as a small blob."""
+    from conftest import compose_config
+    from fake_data import fake_image, save_jpg, save_palette_png
+
+    for split in ("train", "val"):
+        for i in range(40 if split == "train" else 2):
+            mask = np.zeros((8, 10), np.uint8)
+            mask[:, 5:] = 1
+            if i in (7, 23):
+                mask[2:4, 2:4] = 2
+            save_palette_png(mask, root / split / "masks" / f"{i:02d}.png")
+            save_jpg(fake_image(f"{i:02d}", mask.shape), root / split / "images" / f"{i:02d}.jpg")
+    keys = [f"dataset.{s}.{k}={root / s / k}" for s in ("train", "val") for k in ("images", "masks")]
+    cfg = compose_config(["dataset=folder", *keys, "dataset.num_classes=3", "trainer.crop_size=8"])
+    return data.build_dataset(cfg, "train")
+
+
+def test_rare_class_sampler_draws_the_rare_images_more_often_and_resumes(tmp_path):
+    from deeplab.data.stats import label_stats
+
+    dataset = rare_folder_dataset(tmp_path / "data")
+    stats = label_stats(dataset, tmp_path / "cache")
+    assert stats.presence[7] == [0, 1, 2] and stats.presence[0] == [0, 1]
+    cached = label_stats(dataset, tmp_path / "cache")  # the presence is read back from the cache
+    assert cached.presence == stats.presence and np.array_equal(cached.counts, stats.counts)
+
+    rare = rare_classes(stats.counts[:3].tolist(), stats.presence, temperature=0.01)
+    assert rare.images[2] == [7, 23] and rare.probabilities[2] > rare.probabilities[0]
+    n = 2000
+    default = [i for i, _ in take(ResumableSampler(len(dataset), seed=1), n)]
+    drawn = take(RareClassSampler(rare, len(dataset), seed=1), n)
+    share_default = sum(i in (7, 23) for i in default) / n  # 5%
+    share_rare = sum(i in (7, 23) for i, _ in drawn) / n
+    assert share_rare >= 3 * share_default, (share_rare, share_default)
+    # at DAFormer's T=0.01 the rarest class is drawn nearly always; at T=0.5 the others keep a fair share
+    mild = take(RareClassSampler(rare_classes(stats.counts[:3].tolist(), stats.presence, 0.5), 40, seed=1), n)
+    assert 0.2 < sum(i in (7, 23) for i, _ in mild) / n < share_rare and {i for i, _ in mild} == set(
+        range(40)
+    )
+
+    # resumed after 57 draws (mid-block), the stream continues exactly; ranks draw their own streams
+    assert take(RareClassSampler(rare, len(dataset), seed=1, start=57), 100) == drawn[57:157]
+    r0 = take(RareClassSampler(rare, len(dataset), seed=1, rank=0, world_size=2), 60)
+    r1 = take(RareClassSampler(rare, len(dataset), seed=1, rank=1, world_size=2), 60)
+    assert r0 != r1 and len({s for _, s in r0} | {s for _, s in r1}) == 120
+    # a higher temperature flattens the class distribution
+    warm = rare_classes(stats.counts[:3].tolist(), stats.presence, temperature=10.0)
+    assert warm.probabilities[2] < rare.probabilities[2] and max(warm.probabilities) < 0.4

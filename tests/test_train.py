@@ -65,12 +65,15 @@ def test_training_writes_checkpoints_metrics_and_tensorboard(trained_run):
     assert hparams["backbone.name"].string_value == "resnet_tiny"
 
 
-def test_resume_after_interruption_gives_the_same_weights(tiny_data, tmp_path, monkeypatch):
-    """Stopped after 2 of 4 iterations and resumed with resume=auto == 4 uninterrupted iterations."""
+@pytest.mark.parametrize("sampler", ["random", "rare_class"])
+def test_resume_after_interruption_gives_the_same_weights(sampler, tiny_data, tmp_path, monkeypatch):
+    """Stopped after 2 of 4 iterations and resumed with resume=auto == 4 uninterrupted iterations (also with
+    the rare-class sampler)."""
     import deeplab.engine as engine
 
     full_dir, part_dir = tmp_path / "full", tmp_path / "part"
-    train(tiny_config(tiny_data, **{"trainer.eval_interval": 4}), full_dir)
+    options = {"trainer.eval_interval": 4, "dataset.sampler": sampler}
+    train(tiny_config(tiny_data, **options), full_dir)
 
     real_save = engine.save_checkpoint
 
@@ -81,11 +84,11 @@ def test_resume_after_interruption_gives_the_same_weights(tiny_data, tmp_path, m
 
     monkeypatch.setattr(engine, "save_checkpoint", save_then_die)
     with pytest.raises(KeyboardInterrupt):
-        train(tiny_config(tiny_data, **{"trainer.eval_interval": 4}), part_dir)
+        train(tiny_config(tiny_data, **options), part_dir)
     monkeypatch.setattr(engine, "save_checkpoint", real_save)
     assert load_checkpoint(part_dir / "checkpoints" / "last.pt")["iteration"] == 2
 
-    train(tiny_config(tiny_data, **{"trainer.eval_interval": 4, "trainer.resume": "auto"}), part_dir)
+    train(tiny_config(tiny_data, **options, **{"trainer.resume": "auto"}), part_dir)
     full = load_checkpoint(full_dir / "checkpoints" / "last.pt")
     part = load_checkpoint(part_dir / "checkpoints" / "last.pt")
     assert part["iteration"] == 4

@@ -18,16 +18,29 @@ from deeplab.config import TrainConfig, config_dir, train_config
 from deeplab.data import load_split
 from deeplab.data.stats import check_labels, scan
 from deeplab.errors import ConfigError, DatasetError, UserError, first_line
+from deeplab.losses import median_frequency_weights
 
 
-def print_counts(totals: np.ndarray, names: list[str], ignore: int) -> None:
+RARE_SHARE = 0.001  # a class under 0.1% of the class pixels is named as rare
+
+
+def print_counts(totals: np.ndarray, names: list[str], ignore: int, weights: bool = False) -> None:
+    """Pixels per class, their share of all pixels and of the class pixels (the ignore index left out), and
+    with `weights` (the training split) the median-frequency weights loss.class_weights=auto would use."""
     total = max(int(totals.sum()), 1)
+    classes = np.array([0 if i == ignore else int(totals[i]) for i in range(len(names))], dtype=np.int64)
+    labelled = max(int(classes.sum()), 1)
+    # what loss.class_weights=auto computes from the same counts (deeplab.engine)
+    auto = median_frequency_weights(totals[: len(names)].tolist()) if weights and classes.any() else None
     width = max(len(n) for n in names + ["ignore"])
-    print(f"  {'id':>4}  {'class':<{width}}  {'pixels':>14}  {'share':>7}")
+    head = f"  {'id':>4}  {'class':<{width}}  {'pixels':>14}  {'share':>7}  {'of classes':>10}"
+    print(head + (f"  {'auto weight':>11}" if auto else ""))
     for i, name in enumerate(names):
         if i == ignore:
             continue
-        print(f"  {i:>4}  {name:<{width}}  {int(totals[i]):>14,}  {100 * totals[i] / total:>6.2f}%")
+        line = f"  {i:>4}  {name:<{width}}  {int(totals[i]):>14,}  {100 * totals[i] / total:>6.2f}%"
+        line += f"  {100 * classes[i] / labelled:>9.2f}%"
+        print(line + (f"  {auto[i]:>11.3g}" if auto else ""))
     if ignore < len(totals):
         print(
             f"  {ignore:>4}  {'ignore':<{width}}  {int(totals[ignore]):>14,}  {100 * totals[ignore] / total:>6.2f}%"
@@ -35,6 +48,17 @@ def print_counts(totals: np.ndarray, names: list[str], ignore: int) -> None:
     absent = [names[i] for i in range(len(names)) if i != ignore and totals[i] == 0]
     if absent:
         print(f"  classes with no pixels: {', '.join(absent)}")
+    rare = [
+        f"{names[i]} {100 * c / labelled:.3f}%"
+        for i, c in enumerate(classes)
+        if 0 < c < RARE_SHARE * labelled
+    ]
+    if rare:
+        print(
+            f"  warning: rare classes (under {RARE_SHARE:.1%} of the class pixels): {', '.join(rare)}; a model may "
+            "learn never to predict them: weight the classes (loss.class_weights=auto) or draw their images more "
+            "often (dataset.sampler=rare_class)"
+        )
 
 
 def check(cfg: TrainConfig, splits: list[str], workers: int = 0) -> int:
@@ -59,7 +83,7 @@ def check(cfg: TrainConfig, splits: list[str], workers: int = 0) -> int:
             print(f"  problem: {p}")
         if result.background_only:
             print(f"  note: {result.background_only} masks hold only class 0 and the ignore index {ignore}")
-        print_counts(result.totals[: max(len(names), ignore + 1)], names, ignore)
+        print_counts(result.totals[: max(len(names), ignore + 1)], names, ignore, weights=split == "train")
         n_problems += len(problems)
     return n_problems
 

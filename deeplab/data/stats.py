@@ -1,5 +1,6 @@
-"""Label statistics of a dataset: pixel counts per class over its masks, read in parallel and cached, and the
-check that stops a run whose labels cannot be right (a class never present; binary masks stored as 0/255,
+"""Label statistics of a dataset: pixel counts per class over its masks and the classes each mask holds (what
+dataset.sampler=rare_class draws from), read in parallel and cached, and the check that stops a run whose labels
+cannot be right (a class never present; binary masks stored as 0/255,
 whose foreground is the ignore index)."""
 
 from __future__ import annotations
@@ -54,12 +55,14 @@ class Scan:
     totals: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # pixels per label value
     good: int = 0  # samples read fine
     background_only: int = 0  # masks holding only class 0 and the ignore index (with some ignored pixels)
+    presence: list[list[int]] = field(default_factory=list)  # per sample: the classes its mask holds
 
 
 def scan(dataset: SegmentationDataset, workers: int = 0, desc: str = "", images: bool = True) -> Scan:
     """Read every sample (images=False: every mask) of a dataset: its problems and pixel counts."""
     result = Scan(problems=missing_files(dataset.samples))
     result.totals = np.zeros(max(dataset.num_labels, dataset.ignore_index + 1), dtype=np.int64)
+    result.presence = [[] for _ in dataset.samples]
     keep = [
         i for i, s in enumerate(dataset.samples) if s.mask.is_file() and (not images or s.image.is_file())
     ]
@@ -69,11 +72,13 @@ def scan(dataset: SegmentationDataset, workers: int = 0, desc: str = "", images:
         generator=torch.Generator(),  # not the global RNG: a run must not depend on whether counts were cached
     )  # fmt: skip
     ignore = dataset.ignore_index
-    for _, problem, counts in tqdm(loader, total=len(keep), desc=desc or dataset.name, unit=" masks"):
+    for index, problem, counts in tqdm(loader, total=len(keep), desc=desc or dataset.name, unit=" masks"):
         if problem is not None:
             result.problems.append(problem)
             continue
         result.good += 1
+        classes = np.flatnonzero(counts[: dataset.num_labels])
+        result.presence[index] = [int(c) for c in classes if c != ignore]
         if len(counts) > len(result.totals):
             result.totals = np.pad(result.totals, (0, len(counts) - len(result.totals)))
         result.totals[: len(counts)] += counts
@@ -88,19 +93,33 @@ def _cache_key(dataset: SegmentationDataset) -> str:
     for sample in dataset.samples:
         st = sample.mask.stat()
         digest.update(f"{sample.mask}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    how = [dataset.num_labels, dataset.ignore_index, dataset.binary_values]
+    how = [dataset.num_labels, dataset.ignore_index, dataset.binary_values, "presence"]  # v2: with presence
     digest.update(json.dumps(how).encode())
     for table in (dataset.colors, dataset.color_ids):
         digest.update(b"-" if table is None else table.tobytes())
     return digest.hexdigest()[:32]
 
 
+@dataclass
+class LabelStats:
+    counts: np.ndarray  # (values,) int64: pixels per label value over all masks
+    presence: list[list[int]]  # per sample: the classes (not the ignore index) its mask holds
+
+
 def label_counts(dataset: SegmentationDataset, cache_dir: Path | None, workers: int = 0) -> np.ndarray:
     """Pixels per label value over all masks of a dataset (int64), cached under cache_dir/label_counts."""
-    cached = Path(cache_dir).expanduser() / "label_counts" / f"{_cache_key(dataset)}.json" if cache_dir else None
+    return label_stats(dataset, cache_dir, workers).counts
+
+
+def label_stats(dataset: SegmentationDataset, cache_dir: Path | None, workers: int = 0) -> LabelStats:
+    """Pixels per label value and the classes of each mask, cached under cache_dir/label_counts."""
+    cached = (
+        Path(cache_dir).expanduser() / "label_counts" / f"{_cache_key(dataset)}.json" if cache_dir else None
+    )
     if cached is not None and cached.is_file():
         with contextlib.suppress(OSError, ValueError, KeyError):
-            return np.asarray(json.loads(cached.read_text())["counts"], dtype=np.int64)
+            saved = json.loads(cached.read_text())
+            return LabelStats(np.asarray(saved["counts"], dtype=np.int64), saved["presence"])
     result = scan(dataset, workers, desc=f"counting labels of {dataset.name}", images=False)
     if result.problems:
         more = f" (and {len(result.problems) - 1} more)" if len(result.problems) > 1 else ""
@@ -109,11 +128,12 @@ def label_counts(dataset: SegmentationDataset, cache_dir: Path | None, workers: 
         try:  # the cache is a convenience: a read-only home directory only costs the next run a scan
             cached.parent.mkdir(parents=True, exist_ok=True)
             tmp = cached.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps({"dataset": dataset.name, "counts": result.totals.tolist()}))
+            saved = {"dataset": dataset.name, "counts": result.totals.tolist(), "presence": result.presence}
+            tmp.write_text(json.dumps(saved, separators=(",", ":")))
             tmp.replace(cached)
         except OSError as e:
             log.warning("could not cache the label counts in %s: %s", cached.parent, e)
-    return result.totals
+    return LabelStats(result.totals, result.presence)
 
 
 def check_labels(totals: np.ndarray, d: DatasetBase, num_masks: int, where: str) -> None:
