@@ -160,7 +160,7 @@ def export(cfg: ExportConfig | DictConfig, run_dir: Path) -> Path:
         return export_model_folder(cfg, run_dir)
     suffix = ".pt2" if cfg.format == "exported_program" else ".onnx"
     path = Path(cfg.output) if cfg.output else run_dir / f"model{suffix}"
-    refuse_overwriting(path, Path(cfg.checkpoint), suffix)
+    refuse_overwriting(path, cfg.checkpoint, suffix)
     model, card = load_trained_model(cfg.checkpoint)
     if cfg.output_stride is not None:
         model.set_output_stride(cfg.output_stride)
@@ -227,16 +227,22 @@ def export_model_folder(cfg: ExportConfig, run_dir: Path) -> Path:
     return folder
 
 
-def refuse_overwriting(output: Path, checkpoint: Path, suffix: str) -> None:
-    """ExportError when the output is the checkpoint itself (the same path, or through a link)."""
-    same = output.resolve() == checkpoint.resolve()
-    if not same and output.exists() and checkpoint.exists():
-        same = os.path.samefile(output, checkpoint)  # a hard link: another name of the same file
-    if same:
-        raise ExportError(
-            f"output={output} is the checkpoint being exported ({checkpoint}); writing it would destroy the "
-            f"checkpoint: give another file, e.g. output={output.with_name(output.stem + '_exported' + suffix)}"
-        )
+def refuse_overwriting(output: Path, checkpoint: str, suffix: str) -> None:
+    """ExportError when the output is a file the model is read from (the checkpoint, the one a run folder
+    names, a model folder's files), by the same path or through a link."""
+    from deeplab.locate import CARD_FILE, WEIGHTS_FILE, locate
+
+    source = locate(checkpoint)
+    inputs = [source.path / CARD_FILE, source.path / WEIGHTS_FILE] if source.kind == "hub" else [source.path]
+    for read in inputs:
+        same = output.resolve() == read.resolve()
+        if not same and output.exists() and read.exists():
+            same = os.path.samefile(output, read)  # a hard link: another name of the same file
+        if same:
+            raise ExportError(
+                f"output={output} is the checkpoint being exported ({read}); writing it would destroy the "
+                f"checkpoint: give another file, e.g. output={output.with_name(output.stem + '_exported' + suffix)}"
+            )
 
 
 def check_export(cfg: ExportConfig, wrapper: nn.Module, path: Path, in_channels: int) -> None:

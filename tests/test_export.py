@@ -247,6 +247,15 @@ def test_export_refuses_an_output_that_is_its_checkpoint(
     assert checkpoint.read_bytes() == before
 
 
+def test_export_refuses_the_checkpoint_a_run_folder_names(onnx_file, tmp_path: Path) -> None:
+    best = tmp_path / "run" / "checkpoints" / "best.pt"
+    best.parent.mkdir(parents=True)
+    shutil.copy(onnx_file[0], best)
+    with pytest.raises(ExportError, match=r"output=.*best.pt is the checkpoint being exported"):
+        export(export_config(tmp_path / "run", best), tmp_path)
+    assert best.read_bytes() == onnx_file[0].read_bytes()
+
+
 def test_a_failed_export_write_leaves_the_previous_file(onnx_file, tmp_path: Path, monkeypatch) -> None:
     import onnx
 
