@@ -47,7 +47,7 @@ def evaluate_onnx(cfg: EvaluateConfig, run_dir: Path) -> dict[str, Any]:
         ("eval.output_stride", cfg.eval.output_stride, "export it at that stride with `python -m deeplab.export "
          "output_stride=N`"),
         ("amp", None if cfg.amp == "off" else cfg.amp, "the graph runs in the precision it was exported in"),
-        ("channels_last", cfg.channels_last or None, "ONNX Runtime chooses its own memory layout"),
+        ("channels_last", "true" if cfg.channels_last is True else None, "ONNX Runtime chooses its own memory layout"),
     ):  # fmt: skip
         if value is not None and value != "auto":
             raise ConfigError(f"{key}={value} does not apply to an ONNX model ({why}); drop it")

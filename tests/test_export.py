@@ -399,17 +399,31 @@ def test_evaluate_entry_point_on_an_onnx_file(onnx_file, tmp_path: Path, capsys,
     assert code == 0, err
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["num_images"] == 4
     assert len(list(elsewhere.rglob("*.png"))) >= 8  # the override was used: the images were made there
-    for args, message in (
-        (
-            ["eval.output_stride=8"],
-            "error: eval.output_stride=8 does not apply to an ONNX model (export it at",
-        ),
-        (["amp=bf16"], "error: amp=bf16 does not apply to an ONNX model"),
-    ):
-        code, err = run_entry(
-            "evaluate.py", [f"checkpoint={path}", *args], tmp_path / "run2", capsys, monkeypatch
-        )
-        assert code == 2 and err.startswith(message) and err.count("\n") == 1
+    code, err = run_entry("evaluate.py", [f"checkpoint={path}", "eval.output_stride=8"], tmp_path / "run2", capsys,
+                          monkeypatch)  # fmt: skip
+    assert code == 2 and err.count("\n") == 1
+    assert err.startswith(
+        "error: eval.output_stride=8 does not apply to an ONNX model (export it at that stride"
+    )
     old = with_metadata(path, tmp_path / "old.onnx", dataset=None)
     code, err = run_entry("evaluate.py", [f"checkpoint={old}"], tmp_path / "run3", capsys, monkeypatch)
     assert code == 2 and "does not record the dataset it was trained on" in err and err.count("\n") == 1
+
+
+def test_evaluate_settings_of_an_onnx_file(onnx_file, tmp_path: Path) -> None:
+    """What the graph fixes is refused; device chooses ONNX Runtime's execution provider."""
+    from deeplab.errors import ConfigError
+    from deeplab.evaluate import evaluate_checkpoint
+    from deeplab.onnx_model import onnx_providers
+
+    for setting, message in (
+        ("amp=bf16", r"amp=bf16 does not apply to an ONNX model \(the graph runs in the precision"),
+        ("channels_last=true", r"channels_last=true does not apply to an ONNX model"),
+        ("device=mps", r"device=mps: this ONNX Runtime runs on .*CPUExecutionProvider"),
+    ):
+        cfg = compose_config([f"checkpoint={onnx_file[1]}", setting], config_name="evaluate")
+        with pytest.raises(ConfigError, match=message):
+            evaluate_checkpoint(cfg, tmp_path)
+    assert onnx_providers("auto") is None  # CUDA when onnxruntime-gpu offers it, else the CPU
+    session = OnnxSegmenter(onnx_file[1], providers=onnx_providers("cpu")).session
+    assert session.get_providers() == ["CPUExecutionProvider"]
