@@ -11,7 +11,7 @@ from omegaconf import DictConfig
 
 from deeplab import collapse, data, report
 from deeplab.config import DatasetConfig, EvaluateConfig, evaluate_config
-from deeplab.errors import ConfigError, ExportError
+from deeplab.errors import ExportError
 from deeplab.evaluation import evaluate
 from deeplab.loaders import build_val_loader, shut_down_workers
 from deeplab.locate import locate
@@ -41,17 +41,10 @@ def evaluate_checkpoint(cfg: EvaluateConfig | DictConfig, run_dir: Path) -> dict
 def evaluate_onnx(cfg: EvaluateConfig, run_dir: Path) -> dict[str, Any]:
     """An exported model, run with ONNX Runtime, on the validation set its metadata records (the training
     config's dataset section; cfg.dataset overrides where it lies)."""
-    from deeplab.onnx_model import OnnxSegmenter, onnx_providers
+    from deeplab.onnx_model import OnnxSegmenter, onnx_run_settings
 
-    for key, value, why in (
-        ("eval.output_stride", cfg.eval.output_stride, "export it at that stride with `python -m deeplab.export "
-         "output_stride=N`"),
-        ("amp", None if cfg.amp == "off" else cfg.amp, "the graph runs in the precision it was exported in"),
-        ("channels_last", "true" if cfg.channels_last is True else None, "ONNX Runtime chooses its own memory layout"),
-    ):  # fmt: skip
-        if value is not None and value != "auto":
-            raise ConfigError(f"{key}={value} does not apply to an ONNX model ({why}); drop it")
-    model = OnnxSegmenter(cfg.checkpoint, providers=onnx_providers(cfg.device))
+    providers = onnx_run_settings(cfg.eval.output_stride, cfg.amp, cfg.channels_last, cfg.device)
+    model = OnnxSegmenter(cfg.checkpoint, providers=providers)
     dataset = dataset_with_overrides(onnx_dataset(model.meta, cfg.checkpoint), cfg.dataset)
     rt = make_runtime("cpu", "off", False, key="")  # ONNX Runtime takes and returns host arrays
     return evaluate_model(model, dataset, cfg, rt, run_dir)

@@ -72,6 +72,22 @@ class OnnxSegmenter:
         return self
 
 
+def onnx_run_settings(
+    output_stride: int | None, amp: str, channels_last: str | bool, device: str
+) -> list[Any] | None:
+    """ONNX Runtime's providers for evaluate's and predict's settings; those the exported graph fixes (stride,
+    precision, memory layout) are refused with one line."""
+    for key, value, why in (
+        ("eval.output_stride", output_stride, "export it at that stride with `python -m deeplab.export "
+         "output_stride=N`"),
+        ("amp", None if amp == "off" else amp, "the graph runs in the precision it was exported in"),
+        ("channels_last", "true" if channels_last is True else None, "ONNX Runtime chooses its own memory layout"),
+    ):  # fmt: skip
+        if value is not None and value != "auto":
+            raise ConfigError(f"{key}={value} does not apply to an ONNX model ({why}); drop it")
+    return onnx_providers(device)
+
+
 def onnx_providers(device: str) -> list[Any] | None:
     """ONNX Runtime's execution providers for a `device` setting (auto: CUDA when offered, else the CPU)."""
     if device == "auto":

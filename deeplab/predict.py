@@ -117,14 +117,10 @@ def load_segmenter(cfg: PredictConfig) -> Segmenter:
     from deeplab.runtime import make_runtime
 
     if locate(cfg.checkpoint).kind == "onnx":
-        from deeplab.onnx_model import OnnxSegmenter
+        from deeplab.onnx_model import OnnxSegmenter, onnx_run_settings
 
-        if cfg.eval.output_stride is not None:
-            raise ConfigError(
-                "eval.output_stride: an exported model has its stride built in; export it at that stride with "
-                "`python -m deeplab.export output_stride=N`"
-            )
-        onnx = OnnxSegmenter(cfg.checkpoint)
+        providers = onnx_run_settings(cfg.eval.output_stride, cfg.amp, cfg.channels_last, cfg.device)
+        onnx = OnnxSegmenter(cfg.checkpoint, providers=providers)
         rt = make_runtime("cpu", "off", False, key="")  # ONNX Runtime takes host arrays
         meta = onnx.meta
         palette = color_table(meta["palette"], max(256, meta["num_classes"]))

@@ -411,7 +411,8 @@ def test_evaluate_entry_point_on_an_onnx_file(onnx_file, tmp_path: Path, capsys,
 
 
 def test_evaluate_settings_of_an_onnx_file(onnx_file, tmp_path: Path) -> None:
-    """What the graph fixes is refused; device chooses ONNX Runtime's execution provider."""
+    """What the graph fixes is refused (by evaluate.py and deeplab.predict); device chooses ONNX Runtime's
+    execution provider."""
     from deeplab.errors import ConfigError
     from deeplab.evaluate import evaluate_checkpoint
     from deeplab.onnx_model import onnx_providers
@@ -424,6 +425,20 @@ def test_evaluate_settings_of_an_onnx_file(onnx_file, tmp_path: Path) -> None:
         cfg = compose_config([f"checkpoint={onnx_file[1]}", setting], config_name="evaluate")
         with pytest.raises(ConfigError, match=message):
             evaluate_checkpoint(cfg, tmp_path)
+    # deeplab.predict applies the same rules.
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.fromarray(np.zeros((40, 48, 3), np.uint8)).save(photos / "a.png")
+    for setting, message in (
+        ("eval.output_stride=8", "eval.output_stride=8 does not apply"),
+        ("amp=fp16", "amp=fp16"),
+    ):
+        cfg = compose_config(
+            [f"checkpoint={onnx_file[1]}", f"input={photos}", f"output={tmp_path / 'out'}", setting],
+            config_name="predict",
+        )
+        with pytest.raises(ConfigError, match=message):
+            predict(cfg, tmp_path / "out")
     assert onnx_providers("auto") is None  # CUDA when onnxruntime-gpu offers it, else the CPU
     session = OnnxSegmenter(onnx_file[1], providers=onnx_providers("cpu")).session
     assert session.get_providers() == ["CPUExecutionProvider"]
