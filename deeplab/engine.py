@@ -6,6 +6,7 @@ collectives in distributed.py, TensorBoard in tblog.py, the evaluation loop in e
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -54,7 +55,7 @@ from deeplab.runtime import (
     seed_everything,
 )
 from deeplab.sampling import RareClasses, rare_classes
-from deeplab.signals import StopRequest, TrainingInterrupted
+from deeplab.signals import StopRequest, StopSignal, TrainingInterrupted
 
 __all__ = ["TrainingInterrupted", "train"]
 
@@ -65,16 +66,24 @@ T = TypeVar("T")
 def train(cfg: TrainConfig | DictConfig, run_dir: Path) -> dict[str, Any]:
     """Train the configured model in run_dir; returns the last validation metrics (those of metrics.json)."""
     cfg = train_config(cfg)
-    dist_info = distributed.init_distributed(resolve_device(cfg.trainer.device).type)
-    try:
-        rt = make_runtime(cfg.trainer.device, cfg.trainer.amp, cfg.trainer.channels_last, dist_info)
-        run = _setup(cfg, run_dir, rt)
+    # Stop signals are handled from here on, before anything forks a DataLoader worker (counting the labels
+    # does): a worker forked meanwhile only records one until it ignores them (signals.ignore_stop_signals).
+    with StopRequest() as stop:
         try:
-            return _loop(run)
+            with stop.at_once():  # start-up: nothing to save yet, a stop signal ends it where it is
+                dist_info = distributed.init_distributed(resolve_device(cfg.trainer.device).type)
+                rt = make_runtime(cfg.trainer.device, cfg.trainer.amp, cfg.trainer.channels_last, dist_info)
+                run = _setup(cfg, run_dir, rt)
+            try:
+                return _loop(run, stop)
+            finally:
+                run.close()
+        except StopSignal as e:  # start-up, or the validation of a finished run: last.pt is unchanged
+            interrupted = TrainingInterrupted(e.signum, 0, None)
+            log.warning("%s", interrupted)
+            raise interrupted from None
         finally:
-            run.close()
-    finally:
-        distributed.cleanup()
+            distributed.cleanup()
 
 
 @dataclass
@@ -124,14 +133,19 @@ class Run:
             self.writer.flush()  # the curves up to this checkpoint survive a crash that keeps it
         save_checkpoint(self.ckpt_dir / name, state)
 
-    def validate(self, iteration: int) -> dict[str, Any]:
-        """Whole-image validation of the model (rank 0's BatchNorm statistics on every shard)."""
+    def validate(self, iteration: int, stop: StopRequest | None = None) -> dict[str, Any]:
+        """Whole-image validation of the model (rank 0's BatchNorm statistics on every shard). With `stop`, a
+        single process drops its validation at once on a stop signal (StopSignal); DDP ranks finish theirs,
+        whose collectives need every rank, and agree on stopping at the next boundary."""
         d, main = self.cfg.dataset, self.rt.is_main
         distributed.broadcast_buffers(self.model)
-        result = evaluate(
-            self.model, self.val_loader, self.rt, self.normalize, num_classes=d.num_classes,
-            ignore_index=d.ignore_index, num_examples=self.cfg.logger.num_images if main else 0, progress=main,
-        )  # fmt: skip
+        abort = stop.at_once(not self.rt.dist.enabled) if stop is not None else contextlib.nullcontext()
+        with abort:
+            result = evaluate(
+                self.model, self.val_loader, self.rt, self.normalize, num_classes=d.num_classes,
+                ignore_index=d.ignore_index, num_examples=self.cfg.logger.num_images if main else 0,
+                progress=main,
+            )  # fmt: skip
         metrics = result.cm.compute() | {"iteration": iteration, "num_images": result.num_images}
         if main:
             # confusion_matrix.csv/.png and per_class.csv/.md of this validation, next to metrics.json
@@ -378,7 +392,7 @@ class LossSums:
         self.steps += 1
 
 
-def _loop(run: Run) -> dict[str, Any]:
+def _loop(run: Run, stop: StopRequest) -> dict[str, Any]:
     rt, t = run.rt, run.cfg.trainer
     main = rt.is_main
     it = run.progress.iteration
@@ -393,9 +407,20 @@ def _loop(run: Run) -> dict[str, Any]:
     tic = time.perf_counter()
     run.model.train()
     bar = tqdm(total=t.max_iters, initial=it, desc="train", disable=not main, dynamic_ncols=True)
-    with StopRequest() as stop, bar:  # the bar is closed before any error is printed
+    start = it
+    with bar:  # the bar is closed before any error is printed
         while it < t.max_iters:
-            images, masks, pending = _next_batch(run, data_iter, pending)
+            try:
+                images, masks, pending = _next_batch(run, data_iter, pending)
+            except RuntimeError as e:
+                # A worker ended by a signal (e.g. killed by the scheduler) after a stop signal: the stop it
+                # follows, at the last finished iteration. (Under DDP the other ranks need this one: an error.)
+                if stop.signum is None or rt.dist.enabled or "DataLoader worker" not in str(e):
+                    raise
+                saved = run.ckpt_dir / "last.pt" if it > start else None
+                if main and saved is not None:
+                    run.save("last.pt")
+                raise _interrupted(run, it, stop.signum, saved) from e
             with rt.autocast():
                 outputs = run.step_model(run.normalize(images))
                 loss, parts = run.criterion(outputs, masks)
@@ -434,7 +459,12 @@ def _loop(run: Run) -> dict[str, Any]:
             if stop_signum:  # preemption: exit now; the resumed run validates at its next interval
                 break
             if due_eval:
-                run.progress.metrics = run.validate(it)
+                try:
+                    run.progress.metrics = run.validate(it, stop)
+                except StopSignal as e:  # validation dropped: save this iteration (unless just done), exit
+                    if main and not due_ckpt:
+                        run.save("last.pt")
+                    raise _interrupted(run, it, e.signum, run.ckpt_dir / "last.pt") from None
                 run.validated = True
                 if main and run.progress.metrics["miou"] > run.progress.best_miou:
                     run.progress.best_miou = run.progress.metrics["miou"]
@@ -442,7 +472,7 @@ def _loop(run: Run) -> dict[str, Any]:
                 run.model.train()
                 tic = time.perf_counter()
         distributed.barrier()
-    return _finish(run, it, stop_signum)
+    return _finish(run, it, stop_signum, stop)
 
 
 def _next_batch(
@@ -525,19 +555,26 @@ def _boundary(
     return stop_signum, bad_samples
 
 
-def _finish(run: Run, it: int, stop_signum: int) -> dict[str, Any]:
+def _interrupted(run: Run, it: int, signum: int, checkpoint: Path | None) -> TrainingInterrupted:
+    """The exception that ends a run stopped by a signal, logged (checkpoint: the last.pt written for it)."""
+    interrupted = TrainingInterrupted(signum, it, checkpoint)
+    if run.rt.is_main:
+        if run.writer is not None:
+            run.writer.close()
+        log.warning("%s", interrupted)
+    return interrupted
+
+
+def _finish(run: Run, it: int, stop_signum: int, stop: StopRequest | None = None) -> dict[str, Any]:
     """After the loop: raise TrainingInterrupted on a stop signal, else log the hyperparameters and report."""
     main, names = run.rt.is_main, run.cfg.dataset.label_names()
     if stop_signum and it < run.cfg.trainer.max_iters:  # a signal during the last iteration changes nothing
-        interrupted = TrainingInterrupted(stop_signum, it, run.ckpt_dir / "last.pt")
-        if main:
-            if run.writer is not None:
-                run.writer.close()
-            log.warning("%s", interrupted)
-        raise interrupted
+        raise _interrupted(run, it, stop_signum, run.ckpt_dir / "last.pt")
     # A run resumed at its end validates again: the data may lie elsewhere now, and the metrics it reports
     # and writes are those of the files it was given.
-    metrics = run.progress.metrics if run.validated else run.validate(it)
+    # A signal during that validation drops it; one received during the last iteration does not.
+    final_stop = stop if stop is not None and stop.signum is None else None
+    metrics = run.progress.metrics if run.validated else run.validate(it, final_stop)
     if main:
         if run.writer is not None:
             tblog.log_hparams(run.writer, tblog.flat_hparams(run.cfg.model_dump()), metrics)

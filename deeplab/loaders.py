@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import multiprocessing
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
@@ -13,7 +15,7 @@ from deeplab.data import collate_eval
 from deeplab.data.collate import UINT8_PAD
 from deeplab.errors import UserError
 from deeplab.sampling import RareClasses, RareClassSampler, ResumableSampler
-from deeplab.signals import ignore_stop_signals
+from deeplab.signals import ignore_stop_signals, workers_start_deaf
 
 
 def build_train_loader(
@@ -81,25 +83,47 @@ def build_val_loader(
 def batches(loader: Iterable[Any]) -> Iterator[Any]:
     """Iterate loader; a UserError raised in a DataLoader worker is re-raised with its own one-line message.
 
-    When iteration stops early (an error, or the generator closed), the workers are shut down here: left to
-    the garbage collector, a loader whose worker raised takes 5 s per worker to exit (its queues may be
-    finalised before its iterator, and the workers then wait for a stop message that never comes).
+    When iteration stops early (an error, a stop signal, or the generator closed), the workers are shut down
+    here: left to the garbage collector, a loader whose worker raised takes 5 s per worker to exit (its queues
+    may be finalised before its iterator, and the workers then wait for a stop message that never comes).
+    The workers start deaf to stop signals (signals.workers_start_deaf).
     """
-    iterator = iter(loader)
+    iterator: Iterator[Any] | None = None
+    before = set(multiprocessing.active_children())
     try:
+        with workers_start_deaf():
+            iterator = iter(loader)
         yield from iterator
     except UserError as e:
         _shut_down(loader, iterator)
         raise type(e)(worker_error_message(e)) from None
     except BaseException:
         _shut_down(loader, iterator)
+        if iterator is None:
+            # The start failed half-way (a worker died while the others started: torch's SIGCHLD handler
+            # raises wherever this process is): no iterator is left to stop the workers already started.
+            strays = set(multiprocessing.active_children()) - before
+            for worker in strays:
+                worker.kill()
+            for worker in strays:
+                with contextlib.suppress(RuntimeError):  # torch's SIGCHLD handler reporting that very kill
+                    worker.join(timeout=5)
         raise
 
 
 def _shut_down(loader: Iterable[Any], iterator: Iterator[Any] | None) -> None:
+    """Stop the workers of a multi-process DataLoader iterator, in bounded time.
+
+    torch asks each worker to exit and waits up to 5 s for it, then terminate()s it, i.e. sends SIGTERM,
+    which our workers ignore. A worker still alive after that is killed: left alive, it would make the
+    process wait for ever at exit, where multiprocessing terminates (SIGTERM again) and joins its daemons."""
     shutdown = getattr(iterator, "_shutdown_workers", None)  # multi-process DataLoader iterators only
     if shutdown is not None:
         shutdown()
+        for worker in getattr(iterator, "_workers", []):
+            if worker.is_alive():
+                worker.kill()
+                worker.join(timeout=5)
         if getattr(loader, "_iterator", None) is iterator:
             loader._iterator = None  # type: ignore[attr-defined]  # persistent workers: start afresh next time
 

@@ -24,6 +24,7 @@ from omegaconf import DictConfig
 from PIL import Image
 from tqdm import tqdm
 
+from deeplab import autolabel
 from deeplab.cli import hydra_main
 from deeplab.config import EvalConfig, PredictConfig, overlay_background_ids, predict_config
 from deeplab.data.reading import read_image
@@ -41,6 +42,21 @@ log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".npy"}
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm"}
+RASTER_SUFFIXES = {".tif", ".tiff"}
+
+
+def is_georeferenced(path: Path) -> bool:
+    """Whether a TIFF is a GeoTIFF with a CRS that rasterio (the [geo] extra) reads: predicted in windows by
+    deeplab.raster; without rasterio it is read whole, as any image."""
+    try:
+        import rasterio
+    except ImportError:
+        return False
+    try:
+        with rasterio.open(path) as src:
+            return src.crs is not None
+    except rasterio.errors.RasterioError:
+        return False
 
 
 def list_images(path: Path) -> list[Path]:
@@ -257,10 +273,16 @@ def predict(cfg: PredictConfig | DictConfig, output: Path) -> list[Path]:
         seg = load_segmenter(cfg)
         output.mkdir(parents=True, exist_ok=True)
         return [predict_video(cfg, seg, source, output)]
+    if source.is_file() and source.suffix.lower() in RASTER_SUFFIXES and is_georeferenced(source):
+        from deeplab.raster import predict_raster
+
+        return predict_raster(cfg, load_segmenter(cfg), source, output)
     images = list_images(source)
     names = output_names(images)
     seg = load_segmenter(cfg)
     output.mkdir(parents=True, exist_ok=True)
+    if cfg.autolabel:
+        return autolabel.predict_folder(cfg, seg, images, names, output)
     written, unreadable = [], []
     for path in tqdm(images, desc="predict", unit=" images"):
         try:

@@ -6,10 +6,21 @@ FAULT_KILL_IN_WRITE=1      SIGKILL in the middle of the first write of last.pt: 
                            half written and not renamed, as a crash or the OOM killer would leave it
 FAULT_SIGNAL=N:NAME[:group]  send signal NAME during training step N of this process; with `group`, to the
                            whole process group from another process (`kill -NAME -PGID`), as a scheduler does
+FAULT_GROUP_SIGNAL=MOMENT[:NAME]  send NAME (SIGTERM) once to the whole process group, from another process,
+                           at MOMENT:
+    startup        while the model is built
+    label_count    while a DataLoader worker reads a mask to count the labels (start-up; needs a cold cache)
+    worker_start   in a DataLoader worker's set-up, before its worker_init_fn (the first worker to start)
+    first_fetch    while the first training sample is read (in a worker with trainer.num_workers > 0)
+    worker_death   as first_fetch, from DataLoader worker 0, which then dies of SIGKILL: the stop signal
+                   followed by a dead worker, as when a scheduler's SIGKILL follows its SIGTERM
+    checkpoint     while the first checkpoint is written
+    validation     while the first validation image is predicted
 """
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import runpy
 import signal
@@ -20,6 +31,11 @@ from pathlib import Path
 
 import torch
 
+import deeplab.data.stats
+import deeplab.engine
+import deeplab.evaluation
+import deeplab.loaders
+from deeplab.data.dataset import SegmentationDataset
 from deeplab.losses import SegmentationLoss
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,7 +80,53 @@ def inject() -> None:
         torch.save = save_half_then_die
 
 
+def signal_group(sig: signal.Signals) -> None:
+    """`kill -NAME -PGID`: every process of the job, from another process, as a scheduler or `timeout` does."""
+    subprocess.run(["kill", f"-{sig.name.removeprefix('SIG')}", "--", f"-{os.getpgid(0)}"], check=False)
+
+
+def inject_group_signal(moment: str, sig: signal.Signals) -> None:
+    """FAULT_GROUP_SIGNAL: wrap the function running at `moment` so that its first call signals the group."""
+    sent = multiprocessing.Value("b", 0)  # shared with the DataLoader workers forked later: sent once in all
+
+    def first() -> bool:
+        with sent.get_lock():
+            was, sent.value = sent.value, 1
+        return not was
+
+    def signalling(real, worker0: bool = False, die: bool = False):
+        def wrapper(*args, **kwargs):
+            info = torch.utils.data.get_worker_info()
+            if (not worker0 or (info is not None and info.id == 0)) and first():
+                signal_group(sig)
+                if die:
+                    os.kill(os.getpid(), signal.SIGKILL)
+            return real(*args, **kwargs)
+
+        return wrapper
+
+    if moment == "startup":
+        deeplab.engine.build_model = signalling(deeplab.engine.build_model)
+    elif moment == "label_count":
+        inspect = deeplab.data.stats._Inspect
+        inspect.__getitem__ = signalling(inspect.__getitem__)
+    elif moment == "worker_start":
+        deeplab.loaders.ignore_stop_signals = signalling(deeplab.loaders.ignore_stop_signals)
+    elif moment in ("first_fetch", "worker_death"):
+        die = moment == "worker_death"
+        SegmentationDataset.__getitem__ = signalling(SegmentationDataset.__getitem__, worker0=die, die=die)
+    elif moment == "checkpoint":
+        deeplab.engine.save_checkpoint = signalling(deeplab.engine.save_checkpoint)
+    elif moment == "validation":
+        deeplab.evaluation.predict_probs = signalling(deeplab.evaluation.predict_probs)
+    else:
+        raise ValueError(f"FAULT_GROUP_SIGNAL: unknown moment {moment!r}")
+
+
 if __name__ == "__main__":
     inject()
+    if os.environ.get("FAULT_GROUP_SIGNAL"):
+        moment, *name = os.environ["FAULT_GROUP_SIGNAL"].split(":")
+        inject_group_signal(moment, signal.Signals[name[0] if name else "SIGTERM"])
     sys.argv = [str(ROOT / "train.py"), *sys.argv[1:]]
     runpy.run_path(str(ROOT / "train.py"), run_name="__main__")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -66,9 +67,24 @@ class TrainProcess:
         os.kill(self.proc.pid, sig)
 
     def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.send(signal.SIGKILL)
+        """SIGKILL to the whole process group (the process leads it): DataLoader workers included."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait(timeout=30)
+
+    def group_left(self, wait: float = 5.0) -> bool:
+        """Whether a process of the job (a DataLoader worker) outlives the process, `wait` seconds after it
+        ended; any such process is killed."""
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                os.killpg(self.proc.pid, 0)
+            except ProcessLookupError:
+                return False
+            if time.monotonic() > deadline:
+                self.kill()
+                return True
+            time.sleep(0.05)
 
     def wait(self, timeout: float = 300.0) -> int:
         try:

@@ -4,6 +4,7 @@ last checkpoint and ends with the weights of an uninterrupted run."""
 
 from __future__ import annotations
 
+import json
 import random
 import signal
 import time
@@ -34,7 +35,7 @@ def reference(tiny_data, tmp_path_factory):
 def start(
     data_dir: Path, run_dir: Path, name: str, faults: dict[str, str] | None = None, **extra: object
 ) -> TrainProcess:
-    args = tiny_overrides(data_dir, **RUN, **{"trainer.resume": "auto", **extra})
+    args = tiny_overrides(data_dir, **{**RUN, "trainer.resume": "auto", **extra})
     return TrainProcess([*args, f"hydra.run.dir={run_dir}"], run_dir.parent / f"{name}.log", faults)
 
 
@@ -168,9 +169,8 @@ def test_many_random_sigkills(reference, tmp_path):
     print(f"{kills} kills; iterations lost by each: {lost}")
 
 
-@pytest.mark.parametrize(
-    "sig", [signal.SIGTERM, pytest.param(signal.SIGHUP, marks=pytest.mark.slow)], ids=lambda s: s.name
-)
+@pytest.mark.slow  # test_a_stop_signal_to_the_job_at_any_moment[worker_start-0] covers SIGTERM by default
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=lambda s: s.name)
 def test_a_signal_to_every_process_of_the_job_checkpoints_and_exits(sig, reference, tmp_path):
     """A scheduler's time limit (and `timeout`, systemd, a closed terminal) signals the whole process group,
     DataLoader workers included: the workers leave it to the trainer, which writes last.pt and exits 128+N."""
@@ -183,3 +183,57 @@ def test_a_signal_to_every_process_of_the_job_checkpoints_and_exits(sig, referen
     assert saved_iteration(run_dir) == 3
     assert f"{sig.name} received: wrote {run_dir / 'checkpoints' / 'last.pt'} at iteration 3" in p.log()
     assert "killed by signal" not in p.log() and "Traceback" not in p.log()
+
+
+# Each moment at which tests/faults.py sends SIGTERM to the whole process group (workers included, from another
+# process), with the iteration last.pt must then hold (None: no last.pt, no iteration finished), and extra
+# overrides. The run exits with 143 in any case, in seconds.
+MOMENTS = {
+    "startup": (None, {}),  # while the model is built
+    "label_count": (None, {}),  # in a label-counting DataLoader worker (a cold cache: paths.cache_dir)
+    "worker_start": (1, {}),  # in a worker's set-up, before its worker_init_fn: it used to die of it
+    "first_fetch": (1, {}),  # while a worker reads the first sample
+    "worker_death": (None, {}),  # ... and then dies (SIGKILL): "DataLoader worker ... killed" is the stop
+    "first_step": (1, {}),  # during the first training step (FAULT_SIGNAL)
+    "checkpoint": (3, {}),  # while last.pt is written at 2: recorded, then the next iteration is saved
+    "validation": (1, {"trainer.eval_interval": 1}),  # validation at 1 is dropped, last.pt at 1 written
+}
+REPEATS = 3  # the first-iteration moments, run again: a race would show as a different outcome
+
+
+def _moment_cases() -> list:
+    cases = []
+    for moment, (saved, _) in MOMENTS.items():
+        repeats = REPEATS if saved == 1 or moment == "worker_death" else 1
+        for repeat in range(repeats):
+            default = moment == "worker_start" and repeat == 0  # the race of the issue; the rest: -m slow
+            marks = () if default else (pytest.mark.slow,)
+            cases.append(pytest.param(moment, repeat, marks=marks, id=f"{moment}-{repeat}"))
+    return cases
+
+
+@pytest.mark.parametrize(("moment", "repeat"), _moment_cases())
+def test_a_stop_signal_to_the_job_at_any_moment(moment, repeat, tiny_data, tmp_path):
+    """SIGTERM to every process of a job with DataLoader workers, at each moment of start-up and of the first
+    iterations: the run ends within its time limit with exit code 143, last.pt holds every finished
+    iteration (none before the first), status.json says "interrupted", and no worker outlives the run."""
+    saved, extra = MOMENTS[moment]
+    run_dir = tmp_path / "run"
+    faults = {"FAULT_SIGNAL": "1:SIGTERM:group"} if moment == "first_step" else {"FAULT_GROUP_SIGNAL": moment}
+    if moment == "label_count":
+        extra = {"paths.cache_dir": tmp_path / "cache"}
+    p = start(tiny_data, run_dir, moment, faults, **{"trainer.num_workers": 2, **extra})
+    code = p.wait(timeout=120)  # a hang fails here, after killing the whole process group
+    assert code == 128 + signal.SIGTERM, p.log()[-3000:]
+    assert not p.group_left(), "a DataLoader worker outlived the run"
+    last = run_dir / "checkpoints" / "last.pt"
+    if saved is None:
+        assert not last.exists()
+        assert "SIGTERM received before an iteration finished: nothing new to save" in p.log()
+    else:
+        assert saved_iteration(run_dir) == saved
+        assert f"SIGTERM received: wrote {last} at iteration {saved}" in p.log()
+    status = json.loads((run_dir / "status.json").read_text())
+    assert status["status"] == "interrupted" and "SIGTERM received" in status["error"]
+    assert not (run_dir / "metrics.json").exists()  # a validation cut short writes no metrics
+    assert "Traceback" not in p.log() and "killed by signal" not in p.log()

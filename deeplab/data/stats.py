@@ -20,6 +20,7 @@ from tqdm import tqdm
 from deeplab.config import DatasetBase
 from deeplab.data.dataset import SegmentationDataset, missing_files
 from deeplab.errors import DatasetError
+from deeplab.loaders import batches
 from deeplab.signals import ignore_stop_signals
 
 log = logging.getLogger(__name__)
@@ -72,18 +73,24 @@ def scan(dataset: SegmentationDataset, workers: int = 0, desc: str = "", images:
         generator=torch.Generator(),  # not the global RNG: a run must not depend on whether counts were cached
     )  # fmt: skip
     ignore = dataset.ignore_index
-    for index, problem, counts in tqdm(loader, total=len(keep), desc=desc or dataset.name, unit=" masks"):
-        if problem is not None:
-            result.problems.append(problem)
-            continue
-        result.good += 1
-        classes = np.flatnonzero(counts[: dataset.num_labels])
-        result.presence[index] = [int(c) for c in classes if c != ignore]
-        if len(counts) > len(result.totals):
-            result.totals = np.pad(result.totals, (0, len(counts) - len(result.totals)))
-        result.totals[: len(counts)] += counts
-        if ignore < len(counts) and counts[ignore] and not counts[1 : dataset.num_labels].any():
-            result.background_only += 1
+    # Closed also on an error or a stop signal, which shuts its workers down (a stop signal at start-up
+    # raises here, in the main process, and the generator would otherwise outlive it in the traceback).
+    items = batches(loader)
+    try:
+        for index, problem, counts in tqdm(items, total=len(keep), desc=desc or dataset.name, unit=" masks"):
+            if problem is not None:
+                result.problems.append(problem)
+                continue
+            result.good += 1
+            classes = np.flatnonzero(counts[: dataset.num_labels])
+            result.presence[index] = [int(c) for c in classes if c != ignore]
+            if len(counts) > len(result.totals):
+                result.totals = np.pad(result.totals, (0, len(counts) - len(result.totals)))
+            result.totals[: len(counts)] += counts
+            if ignore < len(counts) and counts[ignore] and not counts[1 : dataset.num_labels].any():
+                result.background_only += 1
+    finally:
+        items.close()
     return result
 
 
