@@ -803,6 +803,30 @@ class PredictConfig(Section):
     output: str
     save_masks: bool
     """Video input: also write one class-id PNG per frame (output/<video name>/<frame>.png)."""
+    autolabel: bool
+    """Write the predictions as a folder dataset to correct and train on: output/images, output/masks (palette
+    PNGs), output/overlays and output/dataset/autolabel.yaml (deeplab.autolabel)."""
+    raster_color: bool
+    """A GeoTIFF input (predicted in eval.window windows with eval.overlap, deeplab.raster): also write the
+    colour mask as an RGB GeoTIFF."""
+    device: Device
+    alpha: Annotated[float, Field(ge=0, le=1)]
+    """Opacity of the colour mask drawn over the photo."""
+    amp: Amp
+    channels_last: Flag
+    eval: EvalConfig
+    paths: PathsConfig
+
+
+class DemoConfig(Section):
+    """configs/demo.yaml: `python -m deeplab.demo checkpoint=PATH`, a Gradio page (deeplab.demo)."""
+
+    task_name: str
+    checkpoint: str
+    """What predict takes: a checkpoint, an exported model folder or an .onnx file."""
+    host: str
+    """The address the page is served on: 127.0.0.1 (this machine) or 0.0.0.0 (others too)."""
+    port: Annotated[int, Field(ge=1, le=65535)]
     device: Device
     alpha: Annotated[float, Field(ge=0, le=1)]
     """Opacity of the colour mask drawn over the photo."""
@@ -939,6 +963,10 @@ def export_config(cfg: ExportConfig | DictConfig | Mapping[str, Any]) -> ExportC
 
 def predict_config(cfg: PredictConfig | DictConfig | Mapping[str, Any]) -> PredictConfig:
     return validate(PredictConfig, cfg)
+
+
+def demo_config(cfg: DemoConfig | DictConfig | Mapping[str, Any]) -> DemoConfig:
+    return validate(DemoConfig, cfg)
 
 
 def flatten(node: Any, prefix: str = "") -> dict[str, Any]:

@@ -1,0 +1,107 @@
+"""Autolabel: predictions written as a folder dataset, to correct and train on
+(`python -m deeplab.predict checkpoint=PATH input=photos/ autolabel=true output=OUT`).
+
+OUT/images/<name>.<ext>  the input image, byte for byte
+OUT/masks/<name>.png     class ids as a palette PNG (pixel value = class id; paint programs keep the palette)
+OUT/overlays/<name>.jpg  the mask over the photo, for reviewing
+OUT/dataset/autolabel.yaml  the dataset config (dataset=folder with these folders, the class names and colours):
+                         `python train.py hydra.searchpath=[file://OUT] dataset=autolabel` trains on it.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from omegaconf import OmegaConf
+from PIL import Image
+from tqdm import tqdm
+
+from deeplab.errors import DatasetError
+
+log = logging.getLogger(__name__)
+
+CONFIG_NAME = "autolabel"
+
+
+def folders(output: Path) -> dict[str, Path]:
+    """The images, masks and overlays folders under output, created."""
+    made = {k: output / k for k in ("images", "masks", "overlays")}
+    for folder in made.values():
+        folder.mkdir(parents=True, exist_ok=True)
+    return made
+
+
+def copy_image(source: Path, name: str, images: Path) -> Path:
+    """The input image under the output name (the mask's stem), unchanged."""
+    target = images / f"{name}{source.suffix.lower()}"
+    shutil.copyfile(source, target)
+    return target
+
+
+def write_dataset_config(output: Path, labels: list[str], palette: np.ndarray, in_channels: int) -> Path:
+    """OUT/dataset/autolabel.yaml: the folder dataset over OUT/images and OUT/masks (train and val alike:
+    split them by moving files into other folders and pointing dataset.val at those)."""
+    output = output.resolve()
+    split = {"images": str(output / "images"), "masks": str(output / "masks")}
+    config = {
+        "defaults": ["folder", "_self_"],
+        "train": split,
+        "val": dict(split),
+        "num_classes": len(labels),
+        "class_names": list(labels),
+        "palette": palette[: len(labels)].tolist(),
+        "in_channels": in_channels,
+    }
+    path = output / "dataset" / f"{CONFIG_NAME}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = (
+        "# Written by deeplab.predict autolabel=true. Correct the masks in masks/ (pixel value = class id), then\n"
+        f"# python train.py hydra.searchpath=[file://{output}] dataset={CONFIG_NAME}\n"
+    )
+    path.write_text(header + OmegaConf.to_yaml(OmegaConf.create(config)))
+    return path
+
+
+def train_command(output: Path) -> str:
+    return f"python train.py hydra.searchpath=[file://{output.resolve()}] dataset={CONFIG_NAME}"
+
+
+def predict_folder(
+    cfg: Any, seg: Any, images: list[Path], names: dict[Path, str], output: Path
+) -> list[Path]:
+    """deeplab.predict's loop for autolabel=true (cfg: PredictConfig, seg: predict.Segmenter): returns the
+    masks written; unreadable images are named and skipped, then counted in a DatasetError."""
+    from deeplab.data.reading import read_image
+    from deeplab.predict import draw, save_ids
+
+    where = folders(output)
+    written, unreadable = [], []
+    for path in tqdm(images, desc="autolabel", unit=" images"):
+        try:
+            image = read_image(path, seg.in_channels)  # (H, W, C) uint8
+        except DatasetError as e:
+            log.warning("%s", e)
+            unreadable.append(path.name)
+            continue
+        pred = seg(image, cfg.eval)  # (H, W) class ids
+        copy_image(path, names[path], where["images"])
+        mask = where["masks"] / f"{names[path]}.png"
+        save_ids(pred, seg.palette, mask)
+        _, overlay = draw(seg, image, pred, cfg.alpha)
+        Image.fromarray(overlay).save(where["overlays"] / f"{names[path]}.jpg", quality=92)
+        written.append(mask)
+    config = write_dataset_config(output, seg.labels, seg.palette, seg.in_channels)
+    print(f"wrote {len(written)} images and masks to {output} and the dataset config {config}")
+    print(
+        f"correct the masks in {where['masks']} (pixel value = class id), then train: {train_command(output)}"
+    )
+    if unreadable:
+        raise DatasetError(
+            f"{len(unreadable)} of {len(images)} images could not be read and were skipped: "
+            f"{', '.join(unreadable[:5])}{' ...' if len(unreadable) > 5 else ''} (the others are in {output})"
+        )
+    return written

@@ -1,0 +1,63 @@
+"""predict autolabel=true writes a folder dataset (images, palette-PNG masks with the same stems, the dataset
+config with the class names) that train.py trains on."""
+
+from __future__ import annotations
+
+import numpy as np
+from conftest import compose_config, one_thread
+from PIL import Image
+
+from deeplab.engine import train
+from deeplab.predict import predict
+
+
+def test_predict_writes_a_folder_dataset_that_trains(trained_run, tmp_path) -> None:
+    run_dir, _, data_dir = trained_run
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    sources = sorted((data_dir / "synthetic" / "VOC2012" / "JPEGImages").glob("val_*.jpg"))[:3]
+    for p in sources:
+        (photos / p.name).write_bytes(p.read_bytes())
+    out = tmp_path / "labelled"
+    cfg = compose_config(
+        [
+            f"checkpoint={run_dir / 'checkpoints' / 'best.pt'}",
+            f"input={photos}",
+            f"output={out}",
+            "autolabel=true",
+        ],
+        "predict",
+    )
+    with one_thread():
+        masks = predict(cfg, out)
+    stems = [p.stem for p in sources]
+    assert [m.stem for m in masks] == stems
+    assert sorted(p.stem for p in (out / "images").iterdir()) == stems
+    for stem, source in zip(stems, sources):
+        assert (out / "images" / f"{stem}.jpg").read_bytes() == source.read_bytes()  # the photo, unchanged
+        mask = Image.open(out / "masks" / f"{stem}.png")
+        assert mask.mode == "P" and mask.size == Image.open(source).size
+        assert np.asarray(mask).max() < 4  # class ids
+        assert (out / "overlays" / f"{stem}.jpg").is_file()
+    config = (out / "dataset" / "autolabel.yaml").read_text()
+    assert "class_names:\n- background\n- disc\n- square\n- triangle" in config
+    # A user corrects a mask (here: paints a square of each class), then trains on the folder.
+    first = out / "masks" / f"{stems[0]}.png"
+    corrected = Image.open(first)
+    ids = np.asarray(corrected).copy()
+    for c in range(4):
+        ids[:8, 8 * c : 8 * c + 8] = c
+    fixed = Image.fromarray(ids, mode="P")
+    fixed.putpalette(corrected.getpalette())
+    fixed.save(first)
+    train_cfg = compose_config(
+        [f"hydra.searchpath=[file://{out}]", "dataset=autolabel", "backbone=resnet_tiny", "model.aspp.channels=16",
+         "model.decoder.low_level_channels=8", "model.decoder.channels=16", "trainer.max_iters=1",
+         "trainer.batch_size=2", "trainer.crop_size=40", "trainer.eval_interval=1", "trainer.num_workers=0",
+         "logger.num_images=0", "logger.tensorboard=false", f"paths.data_dir={tmp_path}"]
+    )  # fmt: skip
+    assert train_cfg.dataset.train.masks == str(out.resolve() / "masks")
+    with one_thread():
+        metrics = train(train_cfg, tmp_path / "run")
+    assert (tmp_path / "run" / "checkpoints" / "last.pt").is_file()
+    assert 0.0 <= metrics["pixel_acc"] <= 1.0

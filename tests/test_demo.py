@@ -1,0 +1,112 @@
+"""python -m deeplab.demo: the page's answer equals predict's drawing. The fast test calls the page's function;
+the slow one opens the page in headless Chromium (Debian's chromium + chromium-driver, driven by Selenium),
+uploads an image and compares the overlay the page shows with predict's overlay, pixel for pixel."""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import shutil
+import socket
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import compose_config, one_thread
+from PIL import Image
+
+from deeplab.config import demo_config, predict_config
+from deeplab.demo import segment
+from deeplab.predict import draw, load_segmenter
+
+
+def photo(path: Path) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (60, 80, 3), dtype=np.uint8)
+    image[10:40, 20:50] = (230, 40, 40)
+    Image.fromarray(image).save(path)
+    return image
+
+
+def test_the_demo_answers_with_predicts_overlay_colour_mask_and_shares(trained_run, tmp_path) -> None:
+    checkpoint = trained_run[0] / "checkpoints" / "best.pt"
+    image = photo(tmp_path / "p.png")
+    cfg = demo_config(compose_config([f"checkpoint={checkpoint}", "alpha=0.4"], "demo"))
+    seg = load_segmenter(cfg)
+    with one_thread():
+        overlay, color, shares = segment(seg, image, cfg.eval, cfg.alpha)
+        pcfg = predict_config(compose_config([f"checkpoint={checkpoint}", "input=x", "output=x"], "predict"))
+        pred = load_segmenter(pcfg)(image, pcfg.eval)
+    expected_color, expected_overlay = draw(seg, image, pred, 0.4)
+    assert np.array_equal(overlay, expected_overlay) and np.array_equal(color, expected_color)
+    assert set(shares) <= set(seg.labels) and sum(shares.values()) == pytest.approx(1.0)
+    ids, counts = np.unique(pred, return_counts=True)
+    assert shares[seg.labels[int(ids[counts.argmax()])]] == pytest.approx(counts.max() / pred.size)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+
+
+@pytest.mark.slow  # a browser and a web server: about 10-20 s; .ci/run runs it in its own step
+@pytest.mark.skipif(not (CHROMIUM and DRIVER), reason="needs Debian's chromium and chromium-driver")
+def test_the_page_in_a_browser_shows_predicts_overlay(trained_run, tmp_path) -> None:
+    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from deeplab.demo import serve
+
+    os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+    checkpoint = trained_run[0] / "checkpoints" / "best.pt"
+    image = photo(tmp_path / "upload.png")
+    port = free_port()
+    cfg = compose_config([f"checkpoint={checkpoint}", f"port={port}", "alpha=0.5"], "demo")
+    app = serve(cfg, block=False)
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    profile = tempfile.mkdtemp(prefix="chromium-profile-")
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--disable-dev-shm-usage", f"--user-data-dir={profile}"):  # fmt: skip
+        options.add_argument(flag)
+    browser = webdriver.Chrome(service=webdriver.ChromeService(executable_path=DRIVER), options=options)
+    try:
+        browser.get(f"http://127.0.0.1:{port}/")
+        wait = WebDriverWait(browser, 60)
+        upload = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#photo input[type=file]")))
+        upload.send_keys(str(tmp_path / "upload.png"))
+        wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#photo img")))
+        browser.find_element(By.CSS_SELECTOR, "#segment").click()
+        shown = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#overlay img")))
+        wait.until(lambda b: shown.get_attribute("src"))
+        # The bytes the page received, fetched by the page itself.
+        data = browser.execute_async_script(
+            """const done = arguments[arguments.length - 1];
+            fetch(arguments[0]).then(r => r.arrayBuffer()).then(b => {
+              let s = ''; new Uint8Array(b).forEach(c => s += String.fromCharCode(c)); done(btoa(s)); });""",
+            shown.get_attribute("src"),
+        )
+        labels = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#shares"))).text
+    finally:
+        browser.quit()
+        app.close()
+        shutil.rmtree(profile, ignore_errors=True)
+    got = np.asarray(Image.open(io.BytesIO(base64.b64decode(data))).convert("RGB"))
+    seg = load_segmenter(
+        predict_config(compose_config([f"checkpoint={checkpoint}", "input=x", "output=x"], "predict"))
+    )
+    with one_thread():
+        pred = seg(image, demo_config(cfg).eval)
+    _, expected = draw(seg, image, pred, 0.5)
+    assert got.shape == expected.shape
+    assert np.array_equal(got, expected)
+    assert any(name in labels for name in seg.labels)

@@ -1,0 +1,150 @@
+"""predict on a GeoTIFF (deeplab.raster, rasterio): read in overlapping windows blended as slide evaluation
+blends them, written as a tiled, compressed GeoTIFF of class ids with the input's CRS and transform; memory
+bounded by the window, not the scene."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import compose_config, one_thread
+
+rasterio = pytest.importorskip("rasterio")
+from rasterio.windows import Window  # noqa: E402
+
+from deeplab.config import predict_config  # noqa: E402
+from deeplab.errors import ConfigError  # noqa: E402
+from deeplab.inference import predict_probs  # noqa: E402
+from deeplab.predict import load_segmenter, predict  # noqa: E402
+
+CRS = "EPSG:32633"
+TRANSFORM = rasterio.Affine(0.5, 0.0, 500000.0, 0.0, -0.5, 4100000.0)  # UTM 33N, 0.5 m pixels
+
+
+def scene_block(y0: int, x0: int, rows: int, cols: int) -> np.ndarray:
+    """(3, rows, cols) uint8 of a generated scene: discs and stripes over noise, the same wherever it is cut."""
+    y, x = np.mgrid[y0 : y0 + rows, x0 : x0 + cols]
+    rng = np.random.default_rng(y0 * 100_003 + x0)
+    disc = ((y % 97 - 48) ** 2 + (x % 131 - 65) ** 2) < 30**2
+    base = np.stack([disc * 200 + 20, (x // 40 % 2) * 150 + 40, (y // 30 % 2) * 120 + 60]).astype(np.int16)
+    return np.clip(base + rng.integers(-25, 26, base.shape), 0, 255).astype(np.uint8)
+
+
+def write_scene(path: Path, height: int, width: int, rows_per_write: int = 512) -> None:
+    """A 3-band uint8 GeoTIFF written in strips (never whole in memory)."""
+    profile = {"driver": "GTiff", "height": height, "width": width, "count": 3, "dtype": "uint8", "crs": CRS,
+               "transform": TRANSFORM, "tiled": True, "blockxsize": 256, "blockysize": 256}  # fmt: skip
+    with rasterio.open(path, "w", **profile) as dst:
+        for y0 in range(0, height, rows_per_write):
+            rows = min(rows_per_write, height - y0)
+            dst.write(scene_block(y0, 0, rows, width), window=Window(0, y0, width, rows))
+
+
+def config(checkpoint: Path, source: Path, out: Path, *extra: str):
+    return compose_config([f"checkpoint={checkpoint}", f"input={source}", f"output={out}", *extra], "predict")
+
+
+def slide_ids(cfg, image: np.ndarray) -> np.ndarray:
+    """What slide evaluation (deeplab.inference) predicts for a (C, H, W) uint8 image held in memory."""
+    seg = load_segmenter(predict_config(cfg))
+    x = torch.from_numpy(image).unsqueeze(0)
+    with torch.no_grad():
+        probs = predict_probs(seg.model, seg.normalize(x), mode="slide", window=cfg.eval.window,
+                              overlap=cfg.eval.overlap)  # fmt: skip
+    return probs.argmax(1)[0].numpy().astype(np.uint8)
+
+
+def test_a_geotiff_is_predicted_in_windows_as_slide_evaluation(trained_run, tmp_path) -> None:
+    checkpoint = trained_run[0] / "checkpoints" / "best.pt"
+    scene = tmp_path / "scene.tif"
+    write_scene(scene, 400, 600)
+    cfg = config(
+        checkpoint, scene, tmp_path / "out", "eval.window=128", "eval.overlap=0.33", "raster_color=true"
+    )
+    with one_thread():
+        written = predict(cfg, tmp_path / "out")
+        expected = slide_ids(cfg, scene_block(0, 0, 400, 600))
+    assert written == [tmp_path / "out" / "scene.tif"]
+    with rasterio.open(written[0]) as out:
+        assert (out.height, out.width, out.count, out.dtypes[0]) == (400, 600, 1, "uint8")
+        assert out.crs.to_string() == CRS and out.transform == TRANSFORM
+        assert out.profile["tiled"] and out.compression is not None
+        ids = out.read(1)
+        colormap = out.colormap(1)
+    assert np.array_equal(ids, expected)  # every pixel, overlaps included
+    assert len(np.unique(ids)) > 1
+    with rasterio.open(tmp_path / "out" / "scene_color.tif") as color:
+        assert color.crs.to_string() == CRS and color.count == 3
+        palette = np.array([colormap[i][:3] for i in range(4)], dtype=np.uint8)
+        assert np.array_equal(color.read().transpose(1, 2, 0), palette[ids])
+    with pytest.raises(ConfigError, match=r"^eval.scales/eval.flip: a GeoTIFF is predicted in windows"):
+        predict(config(checkpoint, scene, tmp_path / "flip", "eval.flip=true"), tmp_path / "flip")
+
+
+MEMORY_SCRIPT = """
+import json, resource, sys
+from pathlib import Path
+sys.path.insert(0, "tests")
+import torch
+torch.set_num_threads(2)
+from conftest import compose_config
+from deeplab.predict import predict
+checkpoint, small, big, out = sys.argv[1:5]
+def run(source, folder):
+    cfg = compose_config([f"checkpoint={checkpoint}", f"input={source}", f"output={folder}", "eval.window=512"], "predict")
+    predict(cfg, Path(folder))
+run(small, out + "/small")  # imports, model, allocator warmed up
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+run(big, out + "/big")
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({"before_mb": before / 1024, "after_mb": after / 1024}))
+"""
+
+
+@pytest.mark.slow  # about a minute: a 6000x4000 scene through 216 windows of 512
+def test_a_6000x4000_geotiff_keeps_memory_bounded_by_the_window(trained_run, tmp_path) -> None:
+    checkpoint = trained_run[0] / "checkpoints" / "best.pt"
+    height, width = 4000, 6000
+    small, big = tmp_path / "small.tif", tmp_path / "scene.tif"
+    write_scene(small, 600, 600)
+    write_scene(big, height, width)
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        [sys.executable, "-c", MEMORY_SCRIPT, str(checkpoint), str(small), str(big), str(tmp_path / "out")],
+        cwd=root, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    memory = json.loads(done.stdout.strip().splitlines()[-1])
+    grown = memory["after_mb"] - memory["before_mb"]
+    whole_scene_mb = (
+        height * width * 3 * 4 / 2**20
+    )  # the scene normalised to float32, as whole-image inference holds it
+    print(
+        f"peak RSS grew {grown:.0f} MB for the 6000x4000 scene (whole scene as float32: {whole_scene_mb:.0f} MB)"
+    )
+    assert grown < 0.5 * whole_scene_mb
+    out = tmp_path / "out" / "big" / "scene.tif"
+    with rasterio.open(big) as src, rasterio.open(out) as dst:
+        assert (dst.height, dst.width) == (src.height, src.width)
+        assert dst.crs == src.crs and dst.transform == src.transform
+        # A crop from the scene's corner, 3 x 3 windows of 512 at step 343: the pixels that no window beyond
+        # the crop reaches are those slide evaluation of the crop alone gives.
+        size, step = 512 + 2 * 343, 343
+        ids = dst.read(1, window=Window(0, 0, size, size))
+        # An interior crop starting on the window grid (rows and columns 3 steps in).
+        y0 = x0 = 3 * step
+        inner = dst.read(1, window=Window(x0, y0, size, size))
+    cfg = config(checkpoint, big, tmp_path / "x", "eval.window=512")
+    with one_thread():
+        corner = slide_ids(cfg, scene_block(0, 0, size, size))
+        middle = slide_ids(cfg, scene_block(y0, x0, size, size))
+    reach = 3 * step  # the next window of the scene starts there
+    assert np.array_equal(ids[:reach, :reach], corner[:reach, :reach])
+    # Inside the interior crop, the scene's windows that start before it reach 512 - 343 rows into it.
+    lo = 512 - step
+    assert np.array_equal(inner[lo:reach, lo:reach], middle[lo:reach, lo:reach])
