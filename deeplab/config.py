@@ -81,18 +81,6 @@ Device = Annotated[str, BeforeValidator(_device)]
 # ----------------------------------------------------------------------------- model
 
 
-def torchvision_weights(name: str) -> Any:
-    """torchvision's ImageNet weights enum of a backbone."""
-    import torchvision.models as tvm
-
-    enums = {
-        "resnet18": tvm.ResNet18_Weights, "resnet34": tvm.ResNet34_Weights, "resnet50": tvm.ResNet50_Weights,
-        "resnet101": tvm.ResNet101_Weights, "mobilenet_v2": tvm.MobileNet_V2_Weights,
-        "mobilenet_v3_large": tvm.MobileNet_V3_Large_Weights,
-    }  # fmt: skip
-    return enums[name]
-
-
 Pretrained = Annotated[bool | str, _flag_or_path((True, False), "true, false")]
 
 
@@ -105,20 +93,14 @@ class TorchvisionBackbone(Section):
     """true: torchvision's ImageNet weights (`weights`); false: random; a path: a local state dict of the
     torchvision network."""
     weights: Annotated[str, WEIGHTS]
-    """Member of the network's torchvision weights enum (ResNet50_Weights, MobileNet_V2_Weights, ...)."""
+    """Member of the network's torchvision weights enum (ResNet50_Weights, MobileNet_V2_Weights, ...), checked
+    when the weights are loaded (deeplab.models.pretrained.imagenet_weights)."""
 
     @model_validator(mode="after")
     def _weights(self) -> TorchvisionBackbone:
         name = getattr(self, "name", "")
         if self.pretrained is True and name == "resnet_tiny":
             raise ConfigError("backbone.pretrained: resnet_tiny has no published weights; set it to false")
-        if self.pretrained is True:
-            enum = torchvision_weights(name)
-            if self.weights not in enum.__members__:
-                raise ConfigError(
-                    f"backbone.weights must name torchvision's {enum.__name__} weights, one of "
-                    f"{sorted(enum.__members__)}, got {self.weights!r}"
-                )
         return self
 
 
@@ -768,8 +750,9 @@ class EvaluateConfig(Section):
 
     task_name: str
     checkpoint: str
-    """A checkpoint train.py wrote (last.pt or best.pt), torchvision's DeepLabV3 .pth, or an ONNX file of
-    python -m deeplab.export (run with ONNX Runtime, on the dataset its metadata records)."""
+    """A checkpoint train.py wrote (last.pt or best.pt), a run folder or its checkpoints/ folder (best.pt, else
+    last.pt), an exported model folder (format=hub), torchvision's DeepLabV3 .pth, or an ONNX file of
+    python -m deeplab.export (run with ONNX Runtime, on the dataset its metadata records); see deeplab.locate."""
     device: Device
     num_workers: NonNegativeInt
     dataset: dict[str, Any]
@@ -797,8 +780,8 @@ class PredictConfig(Section):
 
     task_name: str
     checkpoint: str
-    """Our checkpoint (.pt), torchvision's deeplabv3 .pth, or a model exported to ONNX (.onnx, by
-    python -m deeplab.export), which runs with ONNX Runtime."""
+    """Our checkpoint (.pt), a run folder, an exported model folder (format=hub), torchvision's deeplabv3 .pth,
+    or a model exported to ONNX (.onnx, by python -m deeplab.export), which runs with ONNX Runtime."""
     input: str
     output: str
     save_masks: bool
@@ -841,6 +824,7 @@ class ExportConfig(Section):
 
     task_name: str
     checkpoint: str
+    """A checkpoint, a run folder or an exported model folder (what evaluate.py takes, ONNX files aside)."""
     format: Literal["onnx", "onnx_int8", "exported_program", "hub"]
     """onnx_int8: ONNX quantised to INT8 by ONNX Runtime (static, QDQ, per-channel weights) for the CPU; hub: the
     model folder Hugging Face tooling reads (config.json = the model card, model.safetensors, README.md)."""

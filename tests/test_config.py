@@ -154,8 +154,6 @@ def test_mistakes_stop_at_start_up_naming_the_key(override, key, tiny_data, tmp_
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["backbone=resnet50", "backbone.pretrained=true", "backbone.weights=IMAGENET9K"],
-         r"^backbone\.weights must name torchvision's ResNet50_Weights weights"),
         (["backbone.pretrained=true"], r"^backbone\.pretrained: resnet_tiny has no published weights"),
         (["model.pretrained=torchvision"], r"^model\.pretrained: torchvision publishes DeepLabV3 weights for"),
         (["optim.nesterov=true", "optim.momentum=0"], r"^optim\.nesterov=true needs optim\.momentum > 0"),

@@ -163,13 +163,35 @@ def test_an_older_checkpoint_loads_evaluates_and_resumes(tiny_data, tmp_path, ca
     assert resumed["iteration"] == 3 and resumed["card"]["provenance"]["iteration"] == 3
 
 
+def test_training_sections_this_version_refuses_do_not_stop_evaluation(trained_run, tmp_path) -> None:
+    """Loading reads the model, backbone and dataset sections only (here of a checkpoint without a card)."""
+    run_dir = trained_run[0]
+    ckpt = torch.load(run_dir / "checkpoints" / "best.pt", weights_only=True)
+    del ckpt["card"]
+    config = ckpt["config"]
+    config["optim"]["lr"] = -1.0
+    config["trainer"]["a_key_of_the_future"] = 1
+    config["loss"] = {"name": "a_loss_of_the_future"}
+    torch.save(ckpt, tmp_path / "odd.pt")
+    with pytest.raises(ConfigError):
+        train_config(config)  # what a resumed run would refuse
+    odd = _evaluate(tmp_path / "odd.pt", tmp_path / "odd")
+    for key in ("pixel_acc", "mean_acc", "miou", "fwiou"):  # the validation that chose best.pt
+        assert odd[key] == pytest.approx(ckpt["metrics"][key], abs=1e-12)
+
+
 def test_loading_a_card_that_says_pretrained_downloads_nothing(tmp_path, monkeypatch) -> None:
     from deeplab.hub import write_model_folder
     from deeplab.models import build_network
 
     cfg = train_config(
         compose_config(
-            ["backbone=resnet18", "dataset=synthetic", "model.aspp.channels=8", "backbone.pretrained=true"]
+            [
+                "backbone=mobilenet_v2",
+                "dataset=synthetic",
+                "model.aspp.channels=8",
+                "backbone.pretrained=true",
+            ]
         )
     )
     card = make_card(cfg)
@@ -251,3 +273,31 @@ def test_roles_decide_resume_evaluate_and_upgrade(tiny_data) -> None:
             continue
         with pytest.raises(CheckpointError, match=message):
             check_resumable(upgraded, changed, OLD)
+
+
+def _imports(path: Path) -> set[str]:
+    """Every module a source file imports (also inside functions)."""
+    import ast
+
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+    return found
+
+
+def test_the_schema_and_the_backbone_interface_import_nothing_above_them() -> None:
+    package = Path(deeplab.__file__).parent
+    # Validating a config imports neither torch nor torchvision (train.py checks it before importing torch).
+    config = _imports(package / "config.py") | _imports(package / "roles.py")
+    assert not {m for m in config if m.split(".")[0] in ("torch", "torchvision")}
+    # The backbone interface does not import the backbones that subclass it (build_backbone is in models/).
+    backbone = _imports(package / "models" / "backbone.py")
+    assert not backbone & {
+        "deeplab.config",
+        "deeplab.models.resnet",
+        "deeplab.models.mobilenet",
+        "deeplab.models.timm_backbone",
+    }

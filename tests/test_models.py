@@ -413,6 +413,12 @@ def offline(monkeypatch, tmp_path) -> None:
     monkeypatch.setattr(torch.hub, "download_url_to_file", refuse)
 
 
+def test_an_unknown_weights_name_is_one_line_before_any_download(offline) -> None:
+    # Checked where the weights are loaded, so that validating a config does not import torchvision.
+    with pytest.raises(ConfigError, match=r"^backbone\.weights must name torchvision's ResNet50_Weights weights"):
+        build("backbone=resnet50", "backbone.pretrained=true", "backbone.weights=IMAGENET9K")
+
+
 def test_imagenet_download_failure_says_how_to_pass_a_local_file(offline) -> None:
     with pytest.raises(ConfigError) as err:
         build("backbone=resnet50", "backbone.pretrained=true", "backbone.weights=IMAGENET1K_V2")

@@ -14,15 +14,16 @@ from torchvision.models.segmentation import (
 from deeplab.checkpoint import load_file
 from deeplab.config import (
     BackboneConfig,
+    MobileNetConfig,
     ModelConfig,
+    ResNetConfig,
     TimmConfig,
     TrainConfig,
     default_aspp_rates,
-    torchvision_weights,
     train_config,
 )
 from deeplab.models.aspp import ASPP
-from deeplab.models.backbone import Backbone, build_backbone
+from deeplab.models.backbone import Backbone
 from deeplab.models.deeplab import DeepLab
 from deeplab.models.heads import DeepLabV3Head, DeepLabV3PlusDecoder, FCNHead
 from deeplab.models.input_channels import widen_input
@@ -30,6 +31,7 @@ from deeplab.models.mobilenet import MobileNetBackbone
 from deeplab.models.pretrained import (
     convert_torchvision_state_dict,
     download_weights,
+    imagenet_weights,
     load_backbone_state,
     load_torchvision_deeplabv3,
 )
@@ -47,6 +49,7 @@ __all__ = [
     "ResNetBackbone",
     "TimmBackbone",
     "build_architecture",
+    "build_backbone",
     "build_model",
     "build_network",
     "convert_torchvision_state_dict",
@@ -60,6 +63,16 @@ DEEPLABV3_WEIGHTS = {
     "resnet101": DeepLabV3_ResNet101_Weights,
     "mobilenet_v3_large": DeepLabV3_MobileNet_V3_Large_Weights,
 }
+
+
+def build_backbone(cfg: BackboneConfig) -> Backbone:
+    """A randomly initialised backbone (its library's initialisation; a timm encoder with cfg.pretrained loads
+    timm's weights as it builds); other weights are loaded separately."""
+    if isinstance(cfg, ResNetConfig):
+        return ResNetBackbone.build(cfg.name, cfg.output_stride, cfg.multi_grid, cfg.dilation_style)
+    if isinstance(cfg, MobileNetConfig):
+        return MobileNetBackbone.build(cfg.name, cfg.output_stride)
+    return TimmBackbone(cfg.model, cfg.output_stride, cfg.pretrained)
 
 
 def build_network(cfg: TrainConfig) -> DeepLab:
@@ -117,7 +130,7 @@ def _build_rgb_model(cfg: TrainConfig) -> DeepLab:
     if b.pretrained is False or isinstance(b, TimmConfig):  # timm loads its weights as it builds
         return build_network(cfg)
     if b.pretrained is True:
-        weights = torchvision_weights(b.name)[b.weights]
+        weights = imagenet_weights(b.name, b.weights)
         state, source = download_weights(weights, "backbone.pretrained"), weights.url
     else:
         state, source = (

@@ -1,4 +1,4 @@
-"""What every backbone offers the heads, and build_backbone: the one place a backbone config becomes a module.
+"""What every backbone offers the heads (deeplab.models.build_backbone turns a backbone config into one).
 
 A backbone returns {"low": stride-4 features (the v3+ decoder's), "aux": the features the auxiliary head reads,
 "out": stride-OS features (ASPP's)}, reports their channels, and can change its output stride in place
@@ -13,7 +13,6 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from deeplab.config import BackboneConfig
 from deeplab.models.batchnorm import statistics_unchanged
 
 OUTPUT_STRIDES = (8, 16)
@@ -49,16 +48,3 @@ class Backbone(nn.Module):
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         raise NotImplementedError
-
-
-def build_backbone(cfg: BackboneConfig) -> Backbone:
-    """A randomly initialised backbone (its library's initialisation); weights are loaded separately."""
-    from deeplab.models.mobilenet import MobileNetBackbone
-    from deeplab.models.resnet import ResNetBackbone
-    from deeplab.models.timm_backbone import TimmBackbone
-
-    if cfg.name.startswith("resnet"):
-        return ResNetBackbone.build(cfg.name, cfg.output_stride, cfg.multi_grid, cfg.dilation_style)
-    if cfg.name.startswith("mobilenet"):
-        return MobileNetBackbone.build(cfg.name, cfg.output_stride)
-    return TimmBackbone(cfg.model, cfg.output_stride, cfg.pretrained)

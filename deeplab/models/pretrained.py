@@ -34,6 +34,25 @@ _TORCHVISION_PREFIXES = {
 _CLASSIFIER_PREFIXES = ("head.classifier.", "aux_head.4.")
 
 
+def imagenet_weights(name: str, member: str) -> WeightsEnum:
+    """torchvision's ImageNet weights `member` of a backbone (backbone.weights), e.g. ResNet50_Weights.IMAGENET1K_V2;
+    read when the weights are loaded, so that checking a config does not import torchvision."""
+    import torchvision.models as tvm
+
+    enums = {
+        "resnet18": tvm.ResNet18_Weights, "resnet34": tvm.ResNet34_Weights, "resnet50": tvm.ResNet50_Weights,
+        "resnet101": tvm.ResNet101_Weights, "mobilenet_v2": tvm.MobileNet_V2_Weights,
+        "mobilenet_v3_large": tvm.MobileNet_V3_Large_Weights,
+    }  # fmt: skip
+    enum = enums[name]
+    if member not in enum.__members__:
+        raise ConfigError(
+            f"backbone.weights must name torchvision's {enum.__name__} weights, one of {sorted(enum.__members__)}, "
+            f"got {member!r}"
+        )
+    return enum[member]
+
+
 def download_weights(weights: WeightsEnum, key: str) -> dict[str, Any]:
     """A torchvision weights file, from torch's hub cache or downloaded (hash checked), read weights-only.
 
