@@ -17,7 +17,7 @@ from deeplab.loaders import build_val_loader
 from deeplab.predict import load_segmenter, predict
 from deeplab.restore import load_trained_model
 
-TTA = ["eval.scales=[0.75,1.0,1.5]", "eval.flip=true"]
+TTA = ["eval.scales=[0.75,1.25]", "eval.flip=true"]
 
 
 def evaluation_masks(checkpoint: Path, *tta: str) -> list[np.ndarray]:

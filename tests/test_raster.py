@@ -62,16 +62,16 @@ def slide_ids(cfg, image: np.ndarray) -> np.ndarray:
 def test_a_geotiff_is_predicted_in_windows_as_slide_evaluation(trained_run, tmp_path) -> None:
     checkpoint = trained_run[0] / "checkpoints" / "best.pt"
     scene = tmp_path / "scene.tif"
-    write_scene(scene, 400, 600)
+    write_scene(scene, 240, 320)
     cfg = config(
-        checkpoint, scene, tmp_path / "out", "eval.window=128", "eval.overlap=0.33", "raster_color=true"
+        checkpoint, scene, tmp_path / "out", "eval.window=96", "eval.overlap=0.33", "raster_color=true"
     )
     with one_thread():
         written = predict(cfg, tmp_path / "out")
-        expected = slide_ids(cfg, scene_block(0, 0, 400, 600))
+        expected = slide_ids(cfg, scene_block(0, 0, 240, 320))
     assert written == [tmp_path / "out" / "scene.tif"]
     with rasterio.open(written[0]) as out:
-        assert (out.height, out.width, out.count, out.dtypes[0]) == (400, 600, 1, "uint8")
+        assert (out.height, out.width, out.count, out.dtypes[0]) == (240, 320, 1, "uint8")
         assert out.crs.to_string() == CRS and out.transform == TRANSFORM
         assert out.profile["tiled"] and out.compression is not None
         ids = out.read(1)
