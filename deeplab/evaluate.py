@@ -30,7 +30,7 @@ def evaluate_checkpoint(cfg: EvaluateConfig | DictConfig, run_dir: Path) -> dict
     if located.kind == "onnx":
         return evaluate_onnx(cfg, run_dir)
     rt = make_runtime(cfg.device, cfg.amp, cfg.channels_last, key="")
-    model, card = load_trained_model(cfg.checkpoint)
+    model, card = load_trained_model(located.path)
     dataset = dataset_with_overrides(card.dataset, cfg.dataset)
     if cfg.eval.output_stride is not None:
         model.set_output_stride(cfg.eval.output_stride)

@@ -211,7 +211,7 @@ def export_model_folder(cfg: ExportConfig, run_dir: Path) -> Path:
     source = locate(cfg.checkpoint).path
     if folder.resolve() == source.resolve():
         raise ExportError(f"output={folder} is the model folder being exported; give another folder")
-    model, card = load_trained_model(cfg.checkpoint)
+    model, card = load_trained_model(source)  # the file located (a run folder is said once which it uses)
     state = model.state_dict()
     try:
         write_model_folder(state, card, folder)

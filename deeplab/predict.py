@@ -132,7 +132,8 @@ def load_segmenter(cfg: PredictConfig) -> Segmenter:
     from deeplab.locate import locate
     from deeplab.runtime import make_runtime
 
-    if locate(cfg.checkpoint).kind == "onnx":
+    located = locate(cfg.checkpoint)
+    if located.kind == "onnx":
         from deeplab.onnx_model import OnnxSegmenter, onnx_run_settings
 
         providers = onnx_run_settings(cfg.eval.output_stride, cfg.amp, cfg.channels_last, cfg.device)
@@ -145,7 +146,7 @@ def load_segmenter(cfg: PredictConfig) -> Segmenter:
     from deeplab.restore import load_trained_model
 
     rt = make_runtime(cfg.device, cfg.amp, cfg.channels_last, key="")
-    model, card = load_trained_model(cfg.checkpoint)
+    model, card = load_trained_model(located.path)
     if cfg.eval.output_stride is not None:
         model.set_output_stride(cfg.eval.output_stride)
     rt.place(model)
