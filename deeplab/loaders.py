@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import functools
 import multiprocessing
+import weakref
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
@@ -93,6 +95,7 @@ def batches(loader: Iterable[Any]) -> Iterator[Any]:
     try:
         with workers_start_deaf():
             iterator = iter(loader)
+        _started.add(iterator)
         yield from iterator
     except UserError as e:
         _shut_down(loader, iterator)
@@ -111,7 +114,7 @@ def batches(loader: Iterable[Any]) -> Iterator[Any]:
         raise
 
 
-def _shut_down(loader: Iterable[Any], iterator: Iterator[Any] | None) -> None:
+def _shut_down(loader: Iterable[Any] | None, iterator: Iterator[Any] | None) -> None:
     """Stop the workers of a multi-process DataLoader iterator, in bounded time.
 
     torch asks each worker to exit and waits up to 5 s for it, then terminate()s it, i.e. sends SIGTERM,
@@ -126,6 +129,19 @@ def _shut_down(loader: Iterable[Any], iterator: Iterator[Any] | None) -> None:
                 worker.join(timeout=5)
         if getattr(loader, "_iterator", None) is iterator:
             loader._iterator = None  # type: ignore[attr-defined]  # persistent workers: start afresh next time
+
+
+_started: weakref.WeakSet[Any] = weakref.WeakSet()  # the iterators batches() started, while they exist
+
+
+@atexit.register
+def _shut_down_at_exit() -> None:
+    """At exit, multiprocessing terminates its daemonic children with SIGTERM, which our workers ignore, then
+    joins them without a time limit: an iterator left running (held by a traceback, a reference cycle) would
+    keep the process waiting for ever. Its workers are stopped here first (this module is imported after
+    multiprocessing registered its exit handler, and exit handlers run last registered first)."""
+    for iterator in list(_started):
+        _shut_down(None, iterator)
 
 
 def shut_down_workers(loader: DataLoader) -> None:

@@ -7,14 +7,18 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import subprocess
+import sys
 import time
 
 import pytest
 import torch
 from conftest import one_thread, tiny_config
+from reliability_helpers import ROOT
 
 import deeplab.engine
 import deeplab.evaluation
+import deeplab.loaders
 import deeplab.losses
 from deeplab.checkpoint import load_checkpoint
 from deeplab.engine import train
@@ -115,6 +119,39 @@ def test_signal_during_validation_drops_it_and_saves_the_iteration(tiny_data, tm
     assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["iteration"] == 1
     assert calls == [1]  # 1 of the 4 validation images
     assert not (run_dir / "metrics.json").exists()
+
+
+def test_iterators_left_running_are_shut_down_at_exit():
+    """At exit multiprocessing would send the workers SIGTERM, which they ignore, and wait for them for ever."""
+    loader = torch.utils.data.DataLoader(
+        Numbers(), batch_size=2, num_workers=2, worker_init_fn=ignore_stop_signals
+    )
+    before = set(multiprocessing.active_children())
+    gen = batches(loader)
+    next(gen)  # left running, as by a traceback that holds it
+    workers = set(multiprocessing.active_children()) - before
+    assert len(workers) == 2
+    deeplab.loaders._shut_down_at_exit()
+    assert not any(w.is_alive() for w in workers)
+    gen.close()
+
+
+LEFT_RUNNING = """
+import torch
+from deeplab.loaders import batches
+from deeplab.signals import ignore_stop_signals
+loader = torch.utils.data.DataLoader(list(range(8)), num_workers=2, worker_init_fn=ignore_stop_signals)
+gen = batches(loader)
+next(gen)
+cycle = [gen]
+cycle.append(cycle)
+"""
+
+
+@pytest.mark.slow
+def test_a_process_with_an_iterator_left_running_exits():
+    done = subprocess.run([sys.executable, "-c", LEFT_RUNNING], cwd=ROOT, timeout=120, capture_output=True)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
 
 
 class Stuck(torch.utils.data.Dataset):
