@@ -66,8 +66,9 @@ T = TypeVar("T")
 def train(cfg: TrainConfig | DictConfig, run_dir: Path) -> dict[str, Any]:
     """Train the configured model in run_dir; returns the last validation metrics (those of metrics.json)."""
     cfg = train_config(cfg)
-    # Stop signals are handled from here on, before anything forks a DataLoader worker (counting the labels
-    # does): a worker forked meanwhile only records one until it ignores them (signals.ignore_stop_signals).
+    # Stop signals are handled from here on: during start-up one ends the run at once (exit 128 + N, no
+    # last.pt), in the loop at the next iteration. DataLoader workers (counting the labels starts some) are
+    # started deaf to them (loaders.batches).
     with StopRequest() as stop:
         try:
             with stop.at_once():  # start-up: nothing to save yet, a stop signal ends it where it is
