@@ -52,8 +52,7 @@ def build_app(seg: Any, cfg: DemoConfig) -> Any:
             return None, None, None
         return segment(seg, np.ascontiguousarray(image[:, :, :3], dtype=np.uint8), cfg.eval, cfg.alpha)
 
-    theme = gr.themes.Default(font="sans-serif", font_mono="monospace")  # no Google Fonts request
-    with gr.Blocks(title="DeepLab demo", theme=theme, analytics_enabled=False) as app:
+    with gr.Blocks(title="DeepLab demo", analytics_enabled=False) as app:
         gr.Markdown(
             f"### DeepLab: {len(seg.labels)} classes ({', '.join(seg.labels[:12])}{' ...' if len(seg.labels) > 12 else ''})"
         )
@@ -78,8 +77,14 @@ def serve(cfg: DemoConfig | DictConfig, block: bool = True) -> Any:
     cfg = demo_config(cfg)
     seg = load_segmenter(cfg)  # type: ignore[arg-type]  # reads checkpoint, device, amp, channels_last, eval
     app = build_app(seg, cfg)
-    app.launch(server_name=cfg.host, server_port=cfg.port, prevent_thread_lock=not block, quiet=not block,
-               footer_links=[], ssr_mode=False)  # fmt: skip
+    import gradio as gr
+
+    # The browser's own fonts: Gradio's default theme would ask Google Fonts for its typeface.
+    theme = gr.themes.Default(font="sans-serif", font_mono="monospace")
+    app.launch(
+        theme=theme, server_name=cfg.host, server_port=cfg.port, prevent_thread_lock=not block, quiet=not block,
+        footer_links=[], ssr_mode=False,
+    )  # fmt: skip
     return app
 
 
