@@ -37,7 +37,7 @@ from deeplab.checkpoint import (
 from deeplab.config import CrossEntropyConfig, TrainConfig, train_config
 from deeplab.data.stats import check_labels, label_counts, label_stats
 from deeplab.errors import ConfigError, DivergenceError, UserError
-from deeplab.evaluation import evaluate
+from deeplab.evaluation import evaluate_as_configured
 from deeplab.jsonfile import write_json
 from deeplab.loaders import batches, build_train_loader, build_val_loader, shut_down_workers
 from deeplab.losses import SegmentationLoss, build_criterion, median_frequency_weights
@@ -135,15 +135,16 @@ class Run:
         save_checkpoint(self.ckpt_dir / name, state)
 
     def validate(self, iteration: int, stop: StopRequest | None = None) -> dict[str, Any]:
-        """Whole-image validation of the model (rank 0's BatchNorm statistics on every shard). With `stop`, a
+        """Validation of the model with the eval.* settings, as evaluate.py scores a checkpoint (rank 0's
+        BatchNorm statistics on every shard). With `stop`, a
         single process drops its validation at once on a stop signal (StopSignal); DDP ranks finish theirs,
         whose collectives need every rank, and agree on stopping at the next boundary."""
         d, main = self.cfg.dataset, self.rt.is_main
         distributed.broadcast_buffers(self.model)
         abort = stop.at_once(not self.rt.dist.enabled) if stop is not None else contextlib.nullcontext()
         with abort:
-            result = evaluate(
-                self.model, self.val_loader, self.rt, self.normalize, num_classes=d.num_classes,
+            result = evaluate_as_configured(  # evaluate.py's scoring, with the same eval.* settings
+                self.model, self.val_loader, self.rt, self.normalize, self.cfg.eval, num_classes=d.num_classes,
                 ignore_index=d.ignore_index, num_examples=self.cfg.logger.num_images if main else 0,
                 progress=main,
             )  # fmt: skip

@@ -12,7 +12,7 @@ from omegaconf import DictConfig
 from deeplab import collapse, data, report
 from deeplab.config import DatasetConfig, EvaluateConfig, evaluate_config
 from deeplab.errors import ExportError
-from deeplab.evaluation import evaluate
+from deeplab.evaluation import evaluate_as_configured
 from deeplab.loaders import build_val_loader, shut_down_workers
 from deeplab.locate import locate
 from deeplab.metrics import format_table, write_metrics_json
@@ -81,10 +81,9 @@ def evaluate_model(
     )
     tic = time.perf_counter()
     try:
-        result = evaluate(
-            model, loader, rt, rt.normalizer(d.mean, d.std), num_classes=d.num_classes,
-            ignore_index=d.ignore_index, scales=ev.scales, flip=ev.flip, mode=ev.mode, window=ev.window,
-            overlap=ev.overlap, progress=True,
+        result = evaluate_as_configured(
+            model, loader, rt, rt.normalizer(d.mean, d.std), ev, num_classes=d.num_classes,
+            ignore_index=d.ignore_index, progress=True,
         )  # fmt: skip
     finally:
         shut_down_workers(loader)

@@ -1,9 +1,10 @@
-"""The evaluation loop: one confusion matrix over whole images (validation in training, evaluate.py)."""
+"""The evaluation loop: one confusion matrix over whole images or windows (validation in training, evaluate.py)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from torch import nn
 from tqdm import tqdm
 
 from deeplab import distributed
+from deeplab.config import EvalConfig
 from deeplab.inference import predict_probs
 from deeplab.loaders import batches
 from deeplab.metrics import ConfusionMatrix
@@ -134,3 +136,40 @@ def evaluate(
     torch.backends.cudnn.benchmark = cudnn_benchmark
     total = distributed.sum_over_ranks({"images": float(scored)}, rt.device)["images"]
     return Evaluation(cm, examples, int(total))
+
+
+@contextlib.contextmanager
+def at_output_stride(model: nn.Module, output_stride: int | None) -> Iterator[None]:
+    """eval.output_stride for the duration of an evaluation (null: the model's own); the model's own output
+    stride is restored after it (validation in training, where training continues at its stride)."""
+    before = getattr(model, "output_stride", None)
+    if output_stride is None or before is None or output_stride == before:
+        yield
+        return
+    model.set_output_stride(output_stride)  # type: ignore[operator]
+    try:
+        yield
+    finally:
+        model.set_output_stride(before)  # type: ignore[operator]
+
+
+def evaluate_as_configured(
+    model: nn.Module,
+    loader: torch.utils.data.DataLoader,
+    rt: Runtime,
+    normalize: Normalizer,
+    ev: EvalConfig,
+    *,
+    num_classes: int,
+    ignore_index: int,
+    num_examples: int = 0,
+    progress: bool = False,
+) -> Evaluation:
+    """evaluate() with the eval.* settings (output stride, scales, flip, whole or slide, window, overlap; the
+    loader carries eval.batch_size): the one way evaluate.py and validation in training score a model."""
+    with at_output_stride(model, ev.output_stride):
+        return evaluate(
+            model, loader, rt, normalize, num_classes=num_classes, ignore_index=ignore_index, scales=ev.scales,
+            flip=ev.flip, mode=ev.mode, window=ev.window, overlap=ev.overlap, num_examples=num_examples,
+            progress=progress,
+        )  # fmt: skip
