@@ -663,8 +663,36 @@ class EvalConfig(Section):
     batch_size: PositiveInt
 
 
+class TensorBoardLoggerConfig(Section):
+    """configs/logger/tensorboard: event files in the run dir's tensorboard/ (deeplab/loggers/tensorboard.py)."""
+
+
+class CsvLoggerConfig(Section):
+    """configs/logger/csv: the run dir's metrics.csv, one row per logged step (deeplab/loggers/csvfile.py)."""
+
+
+class MlflowLoggerConfig(Section):
+    """configs/logger/mlflow: MLflow tracking (pip install -e ".[mlflow]"; deeplab/loggers/mlflow_tracking.py)."""
+
+    tracking_uri: str | None
+    """null: the local store mlruns/ beside the run dir (outputs/train/mlruns); or a server, a database URI."""
+    experiment: Annotated[str, Field(min_length=1)]
+    """The MLflow experiment the run is logged in."""
+
+
+def _tensorboard_flag(value: Any) -> Any:
+    """logger.tensorboard was a flag before the logger list: true is the logger, false none."""
+    if value is True:
+        return {}
+    return None if value is False else value
+
+
 class LoggerConfig(Section):
-    tensorboard: bool
+    """configs/logger: the loggers chosen by logger=[tensorboard,csv,mlflow] (each option adds its section)."""
+
+    tensorboard: Annotated[TensorBoardLoggerConfig | None, BeforeValidator(_tensorboard_flag)] = None
+    csv: CsvLoggerConfig | None = None
+    mlflow: MlflowLoggerConfig | None = None
     num_images: NonNegativeInt
     """Validation images shown as input | truth | prediction."""
 

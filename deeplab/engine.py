@@ -1,7 +1,7 @@
 """The training loop: build the parts, resume, then step, check, log, validate and save, top to bottom.
 
 Helpers live in the file of their idea: run-time decisions in runtime.py, resume state in checkpoint.py,
-collectives in distributed.py, TensorBoard in tblog.py, the evaluation loop in evaluation.py.
+collectives in distributed.py, the loggers in deeplab/loggers/, the evaluation loop in evaluation.py.
 """
 
 from __future__ import annotations
@@ -20,10 +20,9 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from deeplab import collapse, data, distributed, report, rundir, tblog
+from deeplab import collapse, data, distributed, report, rundir
 from deeplab.card import run_card
 from deeplab.checkpoint import (
     Resumed,
@@ -40,6 +39,8 @@ from deeplab.errors import ConfigError, DivergenceError, UserError
 from deeplab.evaluation import evaluate_as_configured
 from deeplab.jsonfile import write_json
 from deeplab.loaders import batches, build_train_loader, build_val_loader, shut_down_workers
+from deeplab.loggers import Loggers, build_loggers
+from deeplab.loggers.records import example_strip, flat_hparams, train_scalars, val_scalars
 from deeplab.losses import SegmentationLoss, build_criterion, median_frequency_weights
 from deeplab.metrics import format_table, write_metrics_json
 from deeplab.models import build_model
@@ -105,17 +106,16 @@ class Run:
     train_loader: torch.utils.data.DataLoader
     val_loader: torch.utils.data.DataLoader
     normalize: Normalizer
-    writer: SummaryWriter | None
+    loggers: Loggers  # rank 0's configured loggers (none on the other ranks)
     progress: Resumed
     lock: rundir.RunDirLock | None  # rank 0's lock on the run dir
     validated: bool = False  # whether this process has validated (a resumed, finished run has not)
 
     def close(self) -> None:
-        """Release the run's threads and processes, also after an error: TensorBoard, loader workers, and
+        """Release the run's threads and processes, also after an error: the loggers, loader workers, and
         the DDP wrapper (before its process group is destroyed, while a traceback may still hold the run)."""
         self.step_model = self.model
-        if self.writer is not None:
-            self.writer.close()
+        self.loggers.close()
         shut_down_workers(self.train_loader)
         shut_down_workers(self.val_loader)
         if self.lock is not None:
@@ -130,9 +130,9 @@ class Run:
         extra = (self.optimizer, self.scheduler, self.scaler) if resumable else ()
         state = training_state(self.model, self.cfg.model_dump(), self.progress, *extra)
         state["card"] = run_card(self.cfg, self.run_dir, self.progress.iteration, self.progress.metrics)
-        if self.writer is not None:
-            self.writer.flush()  # the curves up to this checkpoint survive a crash that keeps it
         save_checkpoint(self.ckpt_dir / name, state)
+        if resumable:  # what was logged up to this iteration is final: a resumed run continues after it
+            self.loggers.checkpointed(self.progress.iteration)
 
     def validate(self, iteration: int, stop: StopRequest | None = None) -> dict[str, Any]:
         """Validation of the model with the eval.* settings, as evaluate.py scores a checkpoint (rank 0's
@@ -152,10 +152,11 @@ class Run:
         if main:
             # confusion_matrix.csv/.png and per_class.csv/.md of this validation, next to metrics.json
             figure = report.write_report(self.run_dir, result.cm.matrix.cpu().numpy(), d.label_names())
-            if self.writer is not None:
-                tblog.log_val_metrics(self.writer, metrics, d.label_names(), iteration)
-                tblog.log_examples(self.writer, result.examples, data.palette(d), d.ignore_index, iteration)
-                tblog.log_confusion_matrix(self.writer, figure, iteration)
+            self.loggers.scalars(val_scalars(metrics, d.label_names()), iteration)
+            for i, (image, truth, pred) in enumerate(result.examples):
+                strip = example_strip(image, truth, pred, data.palette(d), d.ignore_index)
+                self.loggers.image(f"val/example_{i}", strip, iteration)
+            self.loggers.image("val/confusion_matrix", figure, iteration)
             write_metrics_json(self.run_dir / "metrics.json", metrics)
             warning = collapse.matrix_warning(result.cm.matrix, d.label_names())
             if warning:
@@ -245,9 +246,8 @@ def _build(
     val_loader = build_val_loader(
         val_set, cfg.eval.batch_size, t.num_workers, rt.dist.rank, world, pin, d.ignore_index, d.mean_pixel()
     )
-    writer = None
-    if rt.is_main and cfg.logger.tensorboard:
-        writer = tblog.open_writer(run_dir, purge_step=progress.iteration + 1 if progress.iteration else None)
+    loggers, error = _guarded(lambda: build_loggers(cfg, run_dir, progress.iteration, rt.is_main))
+    distributed.raise_any(error)
     if rt.is_main:
         log.info(
             "model %s/%s OS %d: %.1fM parameters | device %s | amp %s | channels_last %s | compile %s | "
@@ -264,7 +264,7 @@ def _build(
     criterion = build_criterion(cfg.loss, d.num_classes, d.ignore_index, class_weights)
     return Run(
         cfg, rt, run_dir, model, step_model, optimizer, scheduler, scaler, criterion, train_set, val_set,
-        train_loader, val_loader, rt.normalizer(d.mean, d.std), writer, progress, lock,
+        train_loader, val_loader, rt.normalizer(d.mean, d.std), loggers, progress, lock,
     )  # fmt: skip
 
 
@@ -544,15 +544,13 @@ def _boundary(
     if rt.is_main and total["bad_samples"] > bad_samples:
         bad_samples = int(total["bad_samples"])
         log.warning("%d bad samples skipped so far (dataset.skip_bad)", bad_samples)
-        if run.writer is not None:
-            run.writer.add_scalar("train/skipped_samples", bad_samples, it)
+        run.loggers.scalars({"train/skipped_samples": bad_samples}, it)
     if rt.is_main and sums.steps:
         n = sums.steps * rt.dist.world_size  # losses summed over steps and ranks
         means = {k: total[k] / n for k in (losses if run.cfg.model.aux_head else ("loss",))}
         ips = sums.steps * t.batch_size / max(seconds, 1e-9)
         bar.set_postfix(loss=f"{means['loss']:.4f}", lr=f"{lr:.2e}", img_s=f"{ips:.1f}")
-        if run.writer is not None:
-            tblog.log_train(run.writer, it, means, lr, ips)
+        run.loggers.scalars(train_scalars(means, lr, ips), it)
     sums.reset()
     return stop_signum, bad_samples
 
@@ -561,8 +559,7 @@ def _interrupted(run: Run, it: int, signum: int, checkpoint: Path | None) -> Tra
     """The exception that ends a run stopped by a signal, logged (checkpoint: the last.pt written for it)."""
     interrupted = TrainingInterrupted(signum, it, checkpoint)
     if run.rt.is_main:
-        if run.writer is not None:
-            run.writer.close()
+        run.loggers.close()
         log.warning("%s", interrupted)
     return interrupted
 
@@ -578,12 +575,14 @@ def _finish(run: Run, it: int, stop_signum: int, stop: StopRequest | None = None
     final_stop = stop if stop is not None and stop.signum is None else None
     metrics = run.progress.metrics if run.validated else run.validate(it, final_stop)
     if main:
-        if run.writer is not None:
-            tblog.log_hparams(run.writer, tblog.flat_hparams(run.cfg.model_dump()), metrics)
-            run.writer.close()
+        run.loggers.hparams(flat_hparams(run.cfg.model_dump()), metrics)
+        run.loggers.artifact("metrics.json", run.run_dir / "metrics.json")
+        card = run_card(run.cfg, run.run_dir, it, metrics)
+        run.loggers.artifact("model_card.json", card)
+        run.loggers.close()
         print(format_table(metrics, names, _table_title(run, it, metrics)))
         print(f"checkpoints: {run.ckpt_dir}")
-        if run.writer is not None:
+        if run.cfg.logger.tensorboard is not None:
             print(f"tensorboard --logdir {run.run_dir / 'tensorboard'}")
     return metrics
 

@@ -1,0 +1,90 @@
+"""MLflow tracking: params are the flattened config, metrics per optimizer step, artifacts metrics.json and
+the model card; the run is named after the run dir, and a resumed run continues the same MLflow run."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from deeplab.errors import ConfigError
+from deeplab.loggers.base import Pending
+
+RUN_FILE = "mlflow_run.json"  # in the run dir: the MLflow run a resumed run continues
+
+
+def default_tracking_uri(run_dir: Path) -> str:
+    """The mlruns/ folder beside the run dir (outputs/train/mlruns), shared by the runs there."""
+    return str((run_dir.parent / "mlruns").resolve())
+
+
+class MlflowLogger:
+    def __init__(
+        self,
+        run_dir: Path,
+        start_step: int,
+        tracking_uri: str | None,
+        experiment: str,
+        params: Mapping[str, Any],
+    ) -> None:
+        uri = tracking_uri or default_tracking_uri(run_dir)
+        if "://" not in uri or uri.startswith("file:"):
+            # MLflow 3 keeps the folder store (mlruns/) in maintenance mode behind this switch; it needs no
+            # database or server, which is what a local store is for.
+            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+        try:
+            from mlflow import MlflowClient
+        except ImportError:
+            raise ConfigError('logger=mlflow needs MLflow: pip install -e ".[mlflow]"') from None
+        self.client = MlflowClient(tracking_uri=uri)
+        self.pending = Pending(after=start_step)
+        self.sent_upto = start_step
+        record = run_dir / RUN_FILE
+        if start_step and record.is_file():  # a resumed run continues its MLflow run
+            self.run_id = json.loads(record.read_text())["run_id"]
+            self.client.update_run(self.run_id, status="RUNNING")
+            return
+        found = self.client.get_experiment_by_name(experiment)
+        experiment_id = found.experiment_id if found else self.client.create_experiment(experiment)
+        self.run_id = self.client.create_run(experiment_id, run_name=run_dir.name).info.run_id
+        record.write_text(json.dumps({"run_id": self.run_id, "tracking_uri": uri}) + "\n")
+        from mlflow.entities import Param
+
+        # MLflow caps a param's value at 6000 characters (a long class list)
+        self.client.log_batch(self.run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
+
+    def scalars(self, values: Mapping[str, float], step: int) -> None:
+        self.pending.add(values, step)
+
+    def image(self, tag: str, image: np.ndarray, step: int) -> None:
+        """Images stay in TensorBoard and the run dir (confusion_matrix.png)."""
+
+    def hparams(self, hparams: Mapping[str, Any], metrics: Mapping[str, float]) -> None:
+        """The params were logged when the run began; the final metrics are its last points."""
+
+    def artifact(self, name: str, value: Path | Mapping[str, Any]) -> None:
+        if isinstance(value, Path):
+            self.client.log_artifact(self.run_id, str(value))
+        else:
+            self.client.log_dict(self.run_id, dict(value), name)
+
+    def checkpointed(self, step: int) -> None:
+        from mlflow.entities import Metric
+
+        rows = self.pending.take(step)
+        now = int(time.time() * 1000)
+        metrics = [Metric(k, float(v), now, s) for s, row in rows for k, v in row.items()]
+        for i in range(0, len(metrics), 1000):  # MLflow takes at most 1000 metrics per batch
+            self.client.log_batch(self.run_id, metrics=metrics[i : i + 1000])
+        self.sent_upto = max(self.sent_upto, step)
+
+    def close(self) -> None:
+        """Steps a checkpoint holds are sent (the last validation follows its last.pt); later ones, logged
+        before a crash, are redone by the resumed run."""
+        self.checkpointed(self.sent_upto)
+        self.client.set_terminated(self.run_id)

@@ -1,0 +1,92 @@
+"""The logger list: TensorBoard, CSV and MLflow at once, each step once after a resume, one line for a
+missing library."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import one_thread, tiny_config
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from deeplab.config import train_config
+from deeplab.engine import train
+from deeplab.errors import ConfigError
+from deeplab.loggers import build_loggers
+
+mlflow = pytest.importorskip("mlflow")  # the [mlflow] extra (in dev); .ci/run installs it
+
+
+def _steps(path, column: str) -> list[int]:
+    with path.open(newline="") as f:
+        return [int(r["step"]) for r in csv.DictReader(f) if r.get(column)]
+
+
+def test_tensorboard_csv_and_mlflow_log_each_step_once_across_a_resume(tiny_data, tmp_path, monkeypatch):
+    """Killed while writing last.pt at iteration 4 (last.pt of 2 kept), resumed with resume=auto: TensorBoard,
+    metrics.csv and the MLflow run (the same one, continued) hold steps 1..4 once each, and the last val/mIoU
+    of each equals metrics.json."""
+    import deeplab.engine as engine
+
+    run_dir, store = tmp_path / "run", tmp_path / "mlruns"
+    options = {"logger": "[tensorboard,csv,mlflow]", "logger.mlflow.tracking_uri": store}
+    real_save = engine.save_checkpoint
+
+    def die_at_4(path, state):
+        if state["iteration"] == 4:
+            raise KeyboardInterrupt
+        real_save(path, state)
+
+    monkeypatch.setattr(engine, "save_checkpoint", die_at_4)
+    with one_thread(), pytest.raises(KeyboardInterrupt):
+        train(tiny_config(tiny_data, **options), run_dir)
+    monkeypatch.setattr(engine, "save_checkpoint", real_save)
+    # rows 3 and 4, written before the crash, are dropped by the resumed run
+    assert _steps(run_dir / "metrics.csv", "train/loss") == [1, 2, 3, 4]
+    with one_thread():
+        train(tiny_config(tiny_data, **options, **{"trainer.resume": "auto"}), run_dir)
+    saved = json.loads((run_dir / "metrics.json").read_text())
+
+    assert _steps(run_dir / "metrics.csv", "train/loss") == [1, 2, 3, 4]
+    assert _steps(run_dir / "metrics.csv", "val/mIoU") == [2, 4]
+    with (run_dir / "metrics.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert float(rows[-1]["val/mIoU"]) == pytest.approx(saved["miou"])
+    assert float(rows[-1]["val/IoU/disc"]) == pytest.approx(saved["iou_per_class"][1])
+
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("train/loss")] == [1, 2, 3, 4]
+
+    client = mlflow.MlflowClient(tracking_uri=str(store))
+    [experiment] = [e for e in client.search_experiments() if e.name == "deeplab"]
+    [run] = client.search_runs([experiment.experiment_id])  # the resumed run continued the same MLflow run
+    assert run.info.run_name == "run" and run.info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")] == [1, 2, 3, 4]
+    history = client.get_metric_history(run.info.run_id, "val/mIoU")
+    assert [m.step for m in history] == [2, 4] and history[-1].value == pytest.approx(saved["miou"])
+    assert run.data.params["trainer.max_iters"] == "4" and run.data.params["backbone.name"] == "resnet_tiny"
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"metrics.json", "model_card.json"} <= artifacts
+    card_file = client.download_artifacts(run.info.run_id, "model_card.json", str(tmp_path))
+    card = json.loads(Path(card_file).read_text())
+    assert card["provenance"]["iteration"] == 4 and card["provenance"]["metrics"]["miou"] == saved["miou"]
+
+
+def test_logger_choices_and_a_missing_library(tiny_data, tmp_path, monkeypatch):
+    cfg = train_config(tiny_config(tiny_data, logger="[]"))
+    assert not build_loggers(cfg, tmp_path, 0, is_main=True)
+    cfg = train_config(tiny_config(tiny_data, **{"logger.tensorboard": "false"}))  # the flag of older configs
+    assert cfg.logger.tensorboard is None
+    cfg = train_config(tiny_config(tiny_data, logger="[tensorboard,csv]"))
+    assert not build_loggers(cfg, tmp_path / "rank1", 0, is_main=False)  # only rank 0 logs
+    assert not (tmp_path / "rank1").exists()
+
+    monkeypatch.setitem(sys.modules, "mlflow", None)  # as if the [mlflow] extra were not installed
+    cfg = train_config(tiny_config(tiny_data, logger="[tensorboard,mlflow]"))
+    with pytest.raises(ConfigError) as e:
+        build_loggers(cfg, tmp_path / "run", 0, is_main=True)
+    assert str(e.value) == 'logger=mlflow needs MLflow: pip install -e ".[mlflow]"'
