@@ -680,6 +680,14 @@ class MlflowLoggerConfig(Section):
     """The MLflow experiment the run is logged in."""
 
 
+class WandbLoggerConfig(Section):
+    """configs/logger/wandb: Weights & Biases (pip install -e ".[wandb]"; deeplab/loggers/wandb_run.py), offline
+    unless you have logged in (WANDB_API_KEY or `wandb login`; WANDB_MODE, when set, decides)."""
+
+    project: Annotated[str, Field(min_length=1)]
+    """The W&B project the run is logged in."""
+
+
 def _tensorboard_flag(value: Any) -> Any:
     """logger.tensorboard was a flag before the logger list: true is the logger, false none."""
     if value is True:
@@ -688,11 +696,12 @@ def _tensorboard_flag(value: Any) -> Any:
 
 
 class LoggerConfig(Section):
-    """configs/logger: the loggers chosen by logger=[tensorboard,csv,mlflow] (each option adds its section)."""
+    """configs/logger: the loggers chosen by logger=[tensorboard,csv,mlflow,wandb] (each adds its section)."""
 
     tensorboard: Annotated[TensorBoardLoggerConfig | None, BeforeValidator(_tensorboard_flag)] = None
     csv: CsvLoggerConfig | None = None
     mlflow: MlflowLoggerConfig | None = None
+    wandb: WandbLoggerConfig | None = None
     num_images: NonNegativeInt
     """Validation images shown as input | truth | prediction."""
 

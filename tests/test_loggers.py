@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import struct
 import sys
 from pathlib import Path
 
@@ -17,7 +18,33 @@ from deeplab.engine import train
 from deeplab.errors import ConfigError
 from deeplab.loggers import build_loggers
 
-mlflow = pytest.importorskip("mlflow")  # the [mlflow] extra (in dev); .ci/run installs it
+
+def wandb_history(run_dir: Path) -> list[dict[str, float]]:
+    """The history rows of the offline W&B run folders under run_dir/wandb, in order: each run-<id>.wandb file
+    is a LevelDB-style log (32 KiB blocks of records with a 7-byte header: checksum, length, type 1 full /
+    2 first / 3 middle / 4 last) of wandb_internal_pb2.Record messages, after a 7-byte ':W&B' file header."""
+    from wandb.proto import wandb_internal_pb2
+
+    rows = []
+    for path in sorted(run_dir.glob("wandb/offline-run-*/run-*.wandb")):
+        data, pos, pieces = path.read_bytes(), 7, b""
+        while pos + 7 <= len(data):
+            left = 32768 - pos % 32768
+            _, length, kind = struct.unpack("<IHB", data[pos : pos + 7]) if left >= 7 else (0, 0, 0)
+            if kind == 0:  # the block's zero-filled tail
+                pos += left
+                continue
+            pieces += data[pos + 7 : pos + 7 + length]
+            pos += 7 + length
+            if kind in (1, 4):
+                record = wandb_internal_pb2.Record.FromString(pieces)
+                pieces = b""
+                if record.WhichOneof("record_type") == "history":
+                    items = {
+                        i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in record.history.item
+                    }
+                    rows.append({k: v for k, v in items.items() if not k.startswith("_") or k == "_step"})
+    return rows
 
 
 def _steps(path, column: str) -> list[int]:
@@ -27,12 +54,18 @@ def _steps(path, column: str) -> list[int]:
 
 def test_tensorboard_csv_and_mlflow_log_each_step_once_across_a_resume(tiny_data, tmp_path, monkeypatch):
     """Killed while writing last.pt at iteration 4 (last.pt of 2 kept), resumed with resume=auto: TensorBoard,
-    metrics.csv and the MLflow run (the same one, continued) hold steps 1..4 once each, and the last val/mIoU
-    of each equals metrics.json."""
+    metrics.csv, the MLflow run and the offline W&B run (each the same one, continued) hold steps 1..4 once
+    each, and the last val/mIoU of each equals metrics.json."""
+    mlflow = pytest.importorskip("mlflow")  # the [mlflow] and [wandb] extras (in dev)
+    pytest.importorskip("wandb")
+    for name in ("WANDB_API_KEY", "WANDB_MODE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc of `wandb login`: offline
+    monkeypatch.setenv("WANDB_SILENT", "true")
     import deeplab.engine as engine
 
     run_dir, store = tmp_path / "run", tmp_path / "mlruns"
-    options = {"logger": "[tensorboard,csv,mlflow]", "logger.mlflow.tracking_uri": store}
+    options = {"logger": "[tensorboard,csv,mlflow,wandb]", "logger.mlflow.tracking_uri": store}
     real_save = engine.save_checkpoint
 
     def die_at_4(path, state):
@@ -71,6 +104,10 @@ def test_tensorboard_csv_and_mlflow_log_each_step_once_across_a_resume(tiny_data
     assert run.data.params["trainer.max_iters"] == "4" and run.data.params["backbone.name"] == "resnet_tiny"
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"metrics.json", "model_card.json"} <= artifacts
+    history = wandb_history(run_dir)
+    assert [r["_step"] for r in history] == [1, 2, 3, 4]
+    assert history[-1]["val/mIoU"] == pytest.approx(saved["miou"])
+    assert len({p.name.rsplit("-", 1)[1] for p in run_dir.glob("wandb/offline-run-*")}) == 1  # one run id
     card_file = client.download_artifacts(run.info.run_id, "model_card.json", str(tmp_path))
     card = json.loads(Path(card_file).read_text())
     assert card["provenance"]["iteration"] == 4 and card["provenance"]["metrics"]["miou"] == saved["miou"]
@@ -85,7 +122,12 @@ def test_logger_choices_and_a_missing_library(tiny_data, tmp_path, monkeypatch):
     assert not build_loggers(cfg, tmp_path / "rank1", 0, is_main=False)  # only rank 0 logs
     assert not (tmp_path / "rank1").exists()
 
-    monkeypatch.setitem(sys.modules, "mlflow", None)  # as if the [mlflow] extra were not installed
+    monkeypatch.setitem(sys.modules, "wandb", None)  # as if the [wandb] extra were not installed
+    cfg = train_config(tiny_config(tiny_data, logger="[csv,wandb]"))
+    with pytest.raises(ConfigError) as e:
+        build_loggers(cfg, tmp_path / "run", 0, is_main=True)
+    assert str(e.value) == 'logger=wandb needs W&B: pip install -e ".[wandb]"'
+    monkeypatch.setitem(sys.modules, "mlflow", None)
     cfg = train_config(tiny_config(tiny_data, logger="[tensorboard,mlflow]"))
     with pytest.raises(ConfigError) as e:
         build_loggers(cfg, tmp_path / "run", 0, is_main=True)

@@ -45,3 +45,7 @@ def _open(cfg: TrainConfig, run_dir: Path, start_step: int, loggers: list[Logger
         loggers.append(
             MlflowLogger(run_dir, start_step, lg.mlflow.tracking_uri, lg.mlflow.experiment, params)
         )
+    if lg.wandb is not None:
+        from deeplab.loggers.wandb_run import WandbLogger
+
+        loggers.append(WandbLogger(run_dir, start_step, lg.wandb.project, cfg.model_dump(mode="json")))

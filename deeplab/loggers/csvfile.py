@@ -41,6 +41,8 @@ class CsvLogger:
         self.write()
 
     def write(self) -> None:
+        if not self.rows and not self.path.exists():
+            return  # nothing logged (a run that failed to start)
         columns = list(dict.fromkeys(k for row in self.rows.values() for k in row))
         out = io.StringIO()
         writer = csv.DictWriter(out, ["step", *columns], lineterminator="\n")

@@ -1,0 +1,72 @@
+"""Weights & Biases: offline (a run folder under the run dir's wandb/, `wandb sync` uploads it) unless the
+user has logged in; the config, scalars per optimizer step, metrics.json and the model card."""
+
+from __future__ import annotations
+
+import json
+import netrc
+import os
+import secrets
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from deeplab.errors import ConfigError
+from deeplab.loggers.base import Pending
+
+RUN_FILE = "wandb_run.json"  # in the run dir: the W&B run id a resumed run continues
+
+
+def logged_in() -> bool:
+    """Whether W&B has the user's API key: WANDB_API_KEY, or `wandb login`'s entry in ~/.netrc."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        return netrc.netrc().authenticators("api.wandb.ai") is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
+
+
+class WandbLogger:
+    def __init__(self, run_dir: Path, start_step: int, project: str, config: Mapping[str, Any]) -> None:
+        try:
+            import wandb
+        except ImportError:
+            raise ConfigError('logger=wandb needs W&B: pip install -e ".[wandb]"') from None
+        record = run_dir / RUN_FILE
+        resumed = start_step > 0 and record.is_file()
+        run_id = json.loads(record.read_text())["id"] if resumed else secrets.token_hex(4)
+        # WANDB_MODE, when set, is the user's choice; else online only with their key
+        mode = os.environ.get("WANDB_MODE") or ("online" if logged_in() else "offline")
+        self.run = wandb.init(
+            project=project, name=run_dir.name, id=run_id, resume="allow" if resumed else None,
+            dir=str(run_dir), mode=mode, config=dict(config),  # type: ignore[arg-type]
+        )  # fmt: skip
+        record.write_text(json.dumps({"id": run_id, "project": project}) + "\n")
+        self.pending = Pending(after=start_step)  # W&B cannot forget a step: only what last.pt holds is sent
+        self.sent_upto = start_step
+
+    def scalars(self, values: Mapping[str, float], step: int) -> None:
+        self.pending.add(values, step)
+
+    def image(self, tag: str, image: np.ndarray, step: int) -> None:
+        """Images stay in TensorBoard and the run dir (confusion_matrix.png)."""
+
+    def hparams(self, hparams: Mapping[str, Any], metrics: Mapping[str, float]) -> None:
+        """The config was given when the run began; the final metrics are its last points."""
+
+    def artifact(self, name: str, value: Path | Mapping[str, Any]) -> None:
+        target = Path(self.run.dir) / name  # the run's files/ folder, uploaded with it
+        target.write_text(value.read_text() if isinstance(value, Path) else json.dumps(dict(value), indent=2))
+
+    def checkpointed(self, step: int) -> None:
+        for s, row in self.pending.take(step):
+            self.run.log(dict(row), step=s)
+        self.sent_upto = max(self.sent_upto, step)
+
+    def close(self) -> None:
+        """Steps a checkpoint holds are sent; later ones, logged before a crash, are redone on resume."""
+        self.checkpointed(self.sent_upto)
+        self.run.finish()
