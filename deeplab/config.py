@@ -608,6 +608,15 @@ LossConfig = Annotated[
 ]
 
 
+class EmaConfig(Section):
+    """trainer.ema: an exponential moving average of the weights (deeplab/ema.py), validated as val/ema/*."""
+
+    decay: Annotated[float, Field(gt=0, lt=1)] | None
+    """null: off; e.g. 0.999: after each optimizer step ema = decay * ema + (1 - decay) * weights."""
+    warmup: NonNegativeInt
+    """Optimizer steps over which the decay ramps linearly from 0 to `decay` (0: `decay` from the start)."""
+
+
 class TrainerConfig(Section):
     """configs/trainer: the loop, its intervals and the run-time options."""
 
@@ -640,6 +649,7 @@ class TrainerConfig(Section):
     less memory (OS 8 on a small GPU) for more time."""
     max_nonfinite_skips: NonNegativeInt
     """Non-finite losses to skip (one host sync per step) before stopping; 0 checks at log boundaries only."""
+    ema: Annotated[EmaConfig, Added({"decay": None, "warmup": 0})]
 
     def crop(self) -> tuple[int, int]:
         """(height, width) of the training crop."""

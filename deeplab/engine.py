@@ -20,6 +20,7 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
 from deeplab import collapse, data, distributed, report, rundir
@@ -35,6 +36,7 @@ from deeplab.checkpoint import (
 )
 from deeplab.config import CrossEntropyConfig, TrainConfig, train_config
 from deeplab.data.stats import check_labels, label_counts, label_stats
+from deeplab.ema import build_ema, restore_ema
 from deeplab.errors import ConfigError, DivergenceError, UserError
 from deeplab.evaluation import evaluate_as_configured
 from deeplab.jsonfile import write_json
@@ -110,6 +112,7 @@ class Run:
     progress: Resumed
     lock: rundir.RunDirLock | None  # rank 0's lock on the run dir
     validated: bool = False  # whether this process has validated (a resumed, finished run has not)
+    ema: AveragedModel | None = None  # trainer.ema: the averaged weights (deeplab/ema.py)
 
     def close(self) -> None:
         """Release the run's threads and processes, also after an error: the loggers, loader workers, and
@@ -129,10 +132,24 @@ class Run:
         """checkpoints/<name>: the resumable state (last.pt), or the weights only (best.pt)."""
         extra = (self.optimizer, self.scheduler, self.scaler) if resumable else ()
         state = training_state(self.model, self.cfg.model_dump(), self.progress, *extra)
-        state["card"] = run_card(self.cfg, self.run_dir, self.progress.iteration, self.progress.metrics)
+        if self.ema is not None and resumable:
+            state["ema"] = self.ema.state_dict()
+        elif self.ema is not None:  # best.pt: the weights that scored better, EMA or not, and which they are
+            state["model"], state["metrics"] = self.best_weights()
+        state["card"] = run_card(self.cfg, self.run_dir, self.progress.iteration, state["metrics"])
         save_checkpoint(self.ckpt_dir / name, state)
         if resumable:  # what was logged up to this iteration is final: a resumed run continues after it
             self.loggers.checkpointed(self.progress.iteration)
+
+    def best_weights(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """With EMA: the state and metrics of the weights whose last validation scored the higher mIoU,
+        the metrics naming them ("weights": "ema" or "model")."""
+        metrics = dict(self.progress.metrics or {})
+        ema = metrics.pop("ema", None)
+        if self.ema is not None and ema is not None and ema["miou"] > metrics.get("miou", -1.0):
+            keep = {k: metrics[k] for k in ("iteration", "num_images") if k in metrics}
+            return self.ema.module.state_dict(), ema | keep | {"weights": "ema"}
+        return self.model.state_dict(), metrics | {"weights": "model"}
 
     def validate(self, iteration: int, stop: StopRequest | None = None) -> dict[str, Any]:
         """Validation of the model with the eval.* settings, as evaluate.py scores a checkpoint (rank 0's
@@ -141,6 +158,8 @@ class Run:
         whose collectives need every rank, and agree on stopping at the next boundary."""
         d, main = self.cfg.dataset, self.rt.is_main
         distributed.broadcast_buffers(self.model)
+        if self.ema is not None:
+            distributed.broadcast_buffers(self.ema.module)  # each rank averaged its own statistics
         abort = stop.at_once(not self.rt.dist.enabled) if stop is not None else contextlib.nullcontext()
         with abort:
             result = evaluate_as_configured(  # evaluate.py's scoring, with the same eval.* settings
@@ -149,10 +168,19 @@ class Run:
                 progress=main,
             )  # fmt: skip
         metrics = result.cm.compute() | {"iteration": iteration, "num_images": result.num_images}
+        if self.ema is not None:  # the EMA weights, scored the same way (val/ema/*)
+            abort = stop.at_once(not self.rt.dist.enabled) if stop is not None else contextlib.nullcontext()
+            with abort:
+                metrics["ema"] = evaluate_as_configured(
+                    self.ema.module, self.val_loader, self.rt, self.normalize, self.cfg.eval,
+                    num_classes=d.num_classes, ignore_index=d.ignore_index, progress=main,
+                ).cm.compute()  # fmt: skip
         if main:
             # confusion_matrix.csv/.png and per_class.csv/.md of this validation, next to metrics.json
             figure = report.write_report(self.run_dir, result.cm.matrix.cpu().numpy(), d.label_names())
             self.loggers.scalars(val_scalars(metrics, d.label_names()), iteration)
+            if "ema" in metrics:
+                self.loggers.scalars(val_scalars(metrics["ema"], d.label_names(), "val/ema"), iteration)
             for i, (image, truth, pred) in enumerate(result.examples):
                 strip = example_strip(image, truth, pred, data.palette(d), d.ignore_index)
                 self.loggers.image(f"val/example_{i}", strip, iteration)
@@ -231,7 +259,7 @@ def _build(
 
     parts, error = _guarded(lambda: _model_and_state(cfg, rt, run_dir / "checkpoints", ckpt, resume_from))
     distributed.raise_any(error)
-    model, optimizer, scheduler, scaler, progress = parts  # type: ignore[misc]
+    model, optimizer, scheduler, scaler, progress, ema = parts  # type: ignore[misc]
     step_model: nn.Module = torch.compile(model) if t.compile else model  # type: ignore[assignment]
     if rt.dist.enabled:
         ids = [rt.device.index] if rt.device.type == "cuda" else None
@@ -264,7 +292,7 @@ def _build(
     criterion = build_criterion(cfg.loss, d.num_classes, d.ignore_index, class_weights)
     return Run(
         cfg, rt, run_dir, model, step_model, optimizer, scheduler, scaler, criterion, train_set, val_set,
-        train_loader, val_loader, rt.normalizer(d.mean, d.std), loggers, progress, lock,
+        train_loader, val_loader, rt.normalizer(d.mean, d.std), loggers, progress, lock, ema=ema,
     )  # fmt: skip
 
 
@@ -361,17 +389,19 @@ def _model_and_state(
     optimizer = build_optimizer(cfg.optim, model)
     scheduler = build_scheduler(cfg.schedule, t.max_iters, optimizer)
     scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.amp_dtype == torch.float16)
+    ema = build_ema(model, t.ema.decay, t.ema.warmup)
     config = cfg.model_dump()
     progress = Resumed()
     if ckpt is not None and path is not None:
         progress = restore_training(ckpt, path, model, optimizer, scheduler, scaler, restore_rng=rt.is_main)
+        restore_ema(ema, ckpt, path)
         if not rt.is_main:  # only rank 0's RNG state is saved; the others continue from a distinct seed
             seed_everything(t.seed + rt.dist.rank + 1000 * progress.iteration)
         if rt.is_main:
             log.info("resumed from %s at iteration %d", path, progress.iteration)
     # A new best.pt must beat the one in the run dir, also one written before the last last.pt.
     progress.best_miou = max(progress.best_miou, best_so_far(ckpt_dir, config))
-    return model, optimizer, scheduler, scaler, progress
+    return model, optimizer, scheduler, scaler, progress, ema
 
 
 class LossSums:
@@ -438,6 +468,8 @@ def _loop(run: Run, stop: StopRequest) -> dict[str, Any]:
             run.scaler.scale(loss).backward()
             run.scaler.step(run.optimizer)
             run.scaler.update()
+            if run.ema is not None:
+                run.ema.update_parameters(run.model)
             lr = run.optimizer.param_groups[0]["lr"]  # the lr this step used, before the schedule moves on
             run.scheduler.step()
             it += 1
@@ -468,8 +500,11 @@ def _loop(run: Run, stop: StopRequest) -> dict[str, Any]:
                         run.save("last.pt")
                     raise _interrupted(run, it, e.signum, run.ckpt_dir / "last.pt") from None
                 run.validated = True
-                if main and run.progress.metrics["miou"] > run.progress.best_miou:
-                    run.progress.best_miou = run.progress.metrics["miou"]
+                score = max(
+                    run.progress.metrics["miou"], run.progress.metrics.get("ema", {}).get("miou", -1.0)
+                )
+                if main and score > run.progress.best_miou:
+                    run.progress.best_miou = score
                     run.save("best.pt", resumable=False)
                 run.model.train()
                 tic = time.perf_counter()

@@ -92,7 +92,8 @@ def test_tensorboard_csv_and_mlflow_log_each_step_once_across_a_resume(tiny_data
 
     events = EventAccumulator(str(run_dir / "tensorboard"))
     events.Reload()
-    assert [e.step for e in events.Scalars("train/loss")] == [1, 2, 3, 4]
+    # sorted: event files of the same second are read in the order of a counter compared as text
+    assert sorted(e.step for e in events.Scalars("train/loss")) == [1, 2, 3, 4]
 
     client = mlflow.MlflowClient(tracking_uri=str(store))
     [experiment] = [e for e in client.search_experiments() if e.name == "deeplab"]
