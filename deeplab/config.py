@@ -650,6 +650,10 @@ class TrainerConfig(Section):
     max_nonfinite_skips: NonNegativeInt
     """Non-finite losses to skip (one host sync per step) before stopping; 0 checks at log boundaries only."""
     ema: Annotated[EmaConfig, Added({"decay": None, "warmup": 0})]
+    accumulate: Annotated[PositiveInt, Added(1)]
+    """Micro-batches per optimizer step (gradient accumulation): batch_size stays the batch of one optimizer
+    step, each process runs batch_size / (processes * accumulate) images at a time. Iterations, the schedule,
+    logs and checkpoints count optimizer steps."""
 
     def crop(self) -> tuple[int, int]:
         """(height, width) of the training crop."""

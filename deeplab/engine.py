@@ -206,16 +206,17 @@ def _guarded(fn: Callable[[], T]) -> tuple[T | None, UserError | None]:
 
 def _setup(cfg: TrainConfig, run_dir: Path, rt: Runtime) -> Run:
     t, world = cfg.trainer, rt.dist.world_size
-    if t.batch_size % world:
+    if t.batch_size % (world * t.accumulate):
         raise ConfigError(
             f"trainer.batch_size={t.batch_size} (the total over all processes) is not divisible by the "
-            f"{world} processes; choose a multiple of {world}"
+            f"{world} processes times trainer.accumulate={t.accumulate}; choose a multiple of {world * t.accumulate}"
         )
-    per_rank = t.batch_size // world
+    per_rank = t.batch_size // world // t.accumulate  # a micro-batch
     if per_rank < 2 and cfg.model.aspp.image_pooling:
         raise ConfigError(
-            f"trainer.batch_size={t.batch_size} gives {per_rank} image(s) per process; BatchNorm after ASPP's "
-            "image pooling needs at least 2 per process in training: raise trainer.batch_size"
+            f"trainer.batch_size={t.batch_size} gives {per_rank} image(s) per process and micro-batch; BatchNorm "
+            "after ASPP's image pooling needs at least 2 in training: raise trainer.batch_size or lower "
+            "trainer.accumulate"
         )
     # Every rank works in rank 0's run dir, so resume=auto finds the same last.pt everywhere; rank 0 alone
     # writes there, and holds its lock. A mistake on any rank stops every rank with its message.
@@ -246,7 +247,7 @@ def _build(
 ) -> Run:
     """Everything a run needs, once its run dir is claimed: data, model, resumed state, loaders, logging."""
     t, d, world = cfg.trainer, cfg.dataset, rt.dist.world_size
-    per_rank = t.batch_size // world
+    per_rank = t.batch_size // world // t.accumulate  # the loader's batch: one micro-batch
     seed_everything(t.seed + rt.dist.rank)
     configure_backends(rt.device, t.deterministic)
 
@@ -269,7 +270,7 @@ def _build(
     distributed.raise_any(error)
     train_loader = build_train_loader(
         train_set, per_rank, t.num_workers, seed=t.seed, rank=rt.dist.rank, world_size=world,
-        start_iteration=progress.iteration, pin_memory=pin, rare=distributed.broadcast_object(rare),
+        start_iteration=progress.iteration * t.accumulate, pin_memory=pin, rare=distributed.broadcast_object(rare),
     )  # fmt: skip
     val_loader = build_val_loader(
         val_set, cfg.eval.batch_size, t.num_workers, rt.dist.rank, world, pin, d.ignore_index, d.mean_pixel()
@@ -443,7 +444,7 @@ def _loop(run: Run, stop: StopRequest) -> dict[str, Any]:
     with bar:  # the bar is closed before any error is printed
         while it < t.max_iters:
             try:
-                images, masks, pending = _next_batch(run, data_iter, pending)
+                loss, parts, pending, finite = _forward_backward(run, data_iter, pending, watch)
             except RuntimeError as e:
                 # A worker ended by a signal (e.g. killed by the scheduler) after a stop signal: the stop it
                 # follows, at the last finished iteration. (Under DDP the other ranks need this one: an error.)
@@ -453,21 +454,14 @@ def _loop(run: Run, stop: StopRequest) -> dict[str, Any]:
                 if main and saved is not None:
                     run.save("last.pt")
                 raise _interrupted(run, it, stop.signum, saved) from e
-            with rt.autocast():
-                outputs = run.step_model(run.normalize(images))
-                loss, parts = run.criterion(outputs, masks)
-            watch.add(outputs["out"], masks)  # predicted pixels per class, until the checks are done
-            del outputs  # (B, C, H, W) logits: not kept through the backward pass and the next forward
-            # A sync per step only when skipping is enabled; under DDP all ranks skip together.
-            if t.max_nonfinite_skips and not _finite_everywhere(loss, rt.device):
+            if not finite:
                 skipped_steps += 1
                 _skip_or_stop(run, it + 1, parts, skipped_steps)
                 run.optimizer.zero_grad(set_to_none=True)
                 continue
-            run.optimizer.zero_grad(set_to_none=True)
-            run.scaler.scale(loss).backward()
-            run.scaler.step(run.optimizer)
+            run.scaler.step(run.optimizer)  # once per optimizer step, after all its micro-batches
             run.scaler.update()
+            run.optimizer.zero_grad(set_to_none=True)
             if run.ema is not None:
                 run.ema.update_parameters(run.model)
             lr = run.optimizer.param_groups[0]["lr"]  # the lr this step used, before the schedule moves on
@@ -512,6 +506,45 @@ def _loop(run: Run, stop: StopRequest) -> dict[str, Any]:
     return _finish(run, it, stop_signum, stop)
 
 
+def _forward_backward(
+    run: Run, data_iter: Iterator[Any], pending: UserError | None, watch: collapse.CollapseWatch
+) -> tuple[torch.Tensor, dict[str, torch.Tensor], UserError | None, bool]:
+    """Forward and backward passes of the trainer.accumulate micro-batches of one optimizer step; under DDP
+    only the last backward all-reduces (no_sync). Each micro-batch's loss is weighted by its share of the
+    step's labelled pixels, so that for a per-pixel mean loss (cross entropy) the gradient is the whole
+    batch's. Returns the step's loss and its parts (detached), the pending data error, and whether the losses
+    were finite (checked, on every rank, only with trainer.max_nonfinite_skips: else a non-finite loss is
+    caught at the next log boundary)."""
+    rt, t = run.rt, run.cfg.trainer
+    micro_batches = []
+    for _ in range(t.accumulate):  # uint8 images and masks of the whole step: small next to activations
+        images, masks, pending = _next_batch(run, data_iter, pending)
+        micro_batches.append((images, masks))
+    labelled = torch.stack([(m != run.cfg.dataset.ignore_index).sum() for _, m in micro_batches]).float()
+    shares = labelled / labelled.sum() if t.accumulate > 1 else torch.ones(1, device=rt.device)
+    if t.accumulate > 1 and not labelled.sum():  # nothing labelled (blank batches): equal shares
+        shares = torch.full_like(labelled, 1.0 / t.accumulate)
+    total: torch.Tensor = torch.zeros((), device=rt.device)
+    sums: dict[str, torch.Tensor] = {}
+    for i, (images, masks) in enumerate(micro_batches):
+        last = i == t.accumulate - 1
+        no_sync = run.step_model.no_sync if rt.dist.enabled and not last else contextlib.nullcontext
+        with no_sync():  # type: ignore[operator]
+            with rt.autocast():
+                outputs = run.step_model(run.normalize(images))
+                loss, parts = run.criterion(outputs, masks)
+            watch.add(outputs["out"], masks)  # predicted pixels per class, until the checks are done
+            del outputs  # (B, C, H, W) logits: not kept through the backward pass and the next forward
+            # A sync per step only when skipping is enabled; under DDP all ranks skip together.
+            if t.max_nonfinite_skips and not _finite_everywhere(loss, rt.device):
+                return loss.detach(), parts, pending, False
+            run.scaler.scale(loss * shares[i]).backward()
+        total = total + loss.detach() * shares[i]
+        for k, v in parts.items():
+            sums[k] = sums.get(k, 0) + v.detach() * shares[i]
+    return total, sums, pending, True
+
+
 def _next_batch(
     run: Run, data_iter: Iterator[Any], pending: UserError | None
 ) -> tuple[torch.Tensor, torch.Tensor, UserError | None]:
@@ -527,7 +560,7 @@ def _next_batch(
             if not rt.dist.enabled:
                 raise
             pending = e
-    n = t.batch_size // rt.dist.world_size
+    n = t.batch_size // rt.dist.world_size // t.accumulate  # a micro-batch
     height, width = t.crop()
     images = torch.zeros((n, run.cfg.dataset.in_channels, height, width), dtype=torch.uint8, device=rt.device)
     masks = torch.full((n, height, width), run.cfg.dataset.ignore_index, device=rt.device)

@@ -35,16 +35,16 @@ def test_ema_resumes_exactly_is_validated_apart_and_best_pt_keeps_the_better_wei
     tiny_data, tmp_path, monkeypatch
 ):
     """Stopped after last.pt at iteration 2 and resumed == 4 uninterrupted iterations, for the weights and
-    the EMA; val/ema/* logged; best.pt holds the weights that scored better, which evaluate.py scores."""
+    the EMA (also with gradient accumulation); val/ema/* logged; best.pt holds the weights that scored
+    better, which evaluate.py scores."""
     import deeplab.engine as engine
 
     full_dir, part_dir = tmp_path / "full", tmp_path / "part"
+    # with 2 micro-batches per step: the resume continues at the right sample, the EMA counts optimizer steps
     options = {
-        "trainer.ema.decay": 0.9,
-        "trainer.ema.warmup": 2,
-        "logger": "[csv]",
-        "trainer.eval_interval": 4,
-    }
+        "trainer.ema.decay": 0.9, "trainer.ema.warmup": 2, "logger": "[csv]", "trainer.eval_interval": 4,
+        "trainer.accumulate": 2, "trainer.batch_size": 4,
+    }  # fmt: skip
     with one_thread():
         train(tiny_config(tiny_data, **options), full_dir)
     real_save = engine.save_checkpoint

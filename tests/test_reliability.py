@@ -172,13 +172,13 @@ def test_nan_between_checks_is_never_saved_nor_validated(data_dir, tmp_path, mon
     hook = LossHook(monkeypatch, bad={3: float("nan")})
     saves = SaveRecorder(monkeypatch)
     validated: list[bool] = []
-    real_evaluate = engine.evaluate
+    real_evaluate = engine.evaluate_as_configured
 
     def evaluate(model, *args, **kwargs):
         validated.append(all_finite(model.state_dict()))
         return real_evaluate(model, *args, **kwargs)
 
-    monkeypatch.setattr(engine, "evaluate", evaluate)
+    monkeypatch.setattr(engine, "evaluate_as_configured", evaluate)
     cfg = compose(data_dir, **{"trainer.max_iters": 8, "trainer.eval_interval": 2, "trainer.log_interval": 2})
     run_dir = tmp_path / "run"
     with pytest.raises(DivergenceError) as info:
@@ -620,17 +620,17 @@ def stop_after_save(iteration: int):
 def test_a_failure_while_validating_keeps_the_interval(data_dir, tmp_path, monkeypatch):
     """last.pt is written before validation at a shared boundary: a bad image or out-of-memory there loses
     nothing."""
-    real_evaluate = engine.evaluate
+    real_evaluate = engine.evaluate_as_configured
 
     def evaluate(model, *args, **kwargs):
         raise DatasetError("cannot read image val_00003.jpg: broken")
 
-    monkeypatch.setattr(engine, "evaluate", evaluate)
+    monkeypatch.setattr(engine, "evaluate_as_configured", evaluate)
     run_dir = tmp_path / "run"
     with pytest.raises(DatasetError):
         train(compose(data_dir, **{"trainer.eval_interval": 2, "trainer.ckpt_interval": 2}), run_dir)
     assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["iteration"] == 2
-    monkeypatch.setattr(engine, "evaluate", real_evaluate)
+    monkeypatch.setattr(engine, "evaluate_as_configured", real_evaluate)
 
 
 def test_a_restart_without_last_pt_does_not_replace_a_better_best_pt(data_dir, tmp_path, monkeypatch):
