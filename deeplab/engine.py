@@ -12,7 +12,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -38,6 +38,7 @@ from deeplab.config import CrossEntropyConfig, TrainConfig, train_config
 from deeplab.data.stats import check_labels, label_counts, label_stats
 from deeplab.ema import build_ema, restore_ema
 from deeplab.errors import ConfigError, DivergenceError, UserError
+from deeplab.eta import Eta
 from deeplab.evaluation import evaluate_as_configured
 from deeplab.jsonfile import write_json
 from deeplab.loaders import batches, build_train_loader, build_val_loader, shut_down_workers
@@ -113,6 +114,7 @@ class Run:
     lock: rundir.RunDirLock | None  # rank 0's lock on the run dir
     validated: bool = False  # whether this process has validated (a resumed, finished run has not)
     ema: AveragedModel | None = None  # trainer.ema: the averaged weights (deeplab/ema.py)
+    eta: Eta = field(default_factory=Eta)  # the time left, from a smoothed time per iteration
 
     def close(self) -> None:
         """Release the run's threads and processes, also after an error: the loggers, loader workers, and
@@ -617,7 +619,9 @@ def _boundary(
         n = sums.steps * rt.dist.world_size  # losses summed over steps and ranks
         means = {k: total[k] / n for k in (losses if run.cfg.model.aux_head else ("loss",))}
         ips = sums.steps * t.batch_size / max(seconds, 1e-9)
-        bar.set_postfix(loss=f"{means['loss']:.4f}", lr=f"{lr:.2e}", img_s=f"{ips:.1f}")
+        run.eta.update(seconds, sums.steps)
+        eta = run.eta.left(t.max_iters - it)
+        bar.set_postfix(loss=f"{means['loss']:.4f}", lr=f"{lr:.2e}", img_s=f"{ips:.1f}", eta=eta)
         run.loggers.scalars(train_scalars(means, lr, ips), it)
     sums.reset()
     return stop_signum, bad_samples

@@ -1,0 +1,26 @@
+"""The time left shown in the progress line."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import one_thread, tiny_config
+
+from deeplab.engine import train
+from deeplab.eta import Eta
+
+
+def test_the_time_left_follows_a_smoothed_pace():
+    eta = Eta(smoothing=0.5)
+    assert eta.left(100) == "?"
+    eta.update(10.0, 10)  # 1 s per iteration
+    assert eta.left(3725) == "1:02:05"
+    eta.update(30.0, 10)  # a slower interval moves the pace half-way: 2 s
+    assert eta.seconds_per_iter == pytest.approx(2.0) and eta.left(30) == "0:01:00"
+    eta.update(5.0, 0)  # an interval without iterations changes nothing
+    assert eta.left(0) == "0:00:00"
+
+
+def test_the_progress_line_shows_it(tiny_data, tmp_path, capsys):
+    with one_thread():
+        train(tiny_config(tiny_data, logger="[]", **{"trainer.max_iters": 2}), tmp_path / "run")
+    assert "eta=0:00:0" in capsys.readouterr().err
