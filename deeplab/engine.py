@@ -91,7 +91,7 @@ def train(cfg: TrainConfig | DictConfig, run_dir: Path) -> dict[str, Any]:
             distributed.cleanup()
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Run:
     """The built parts of one training run (what the loop and its boundaries use)."""
 
@@ -206,6 +206,14 @@ def _guarded(fn: Callable[[], T]) -> tuple[T | None, UserError | None]:
         return None, e
 
 
+def _agreed(fn: Callable[[], T], run_here: bool = True) -> T | None:
+    """fn() where run_here (rank 0 alone, or every rank), then every rank raises the user's mistake any rank
+    met, together (None where fn did not run)."""
+    result, error = _guarded(fn) if run_here else (None, None)
+    distributed.raise_any(error)
+    return result
+
+
 def _setup(cfg: TrainConfig, run_dir: Path, rt: Runtime) -> Run:
     t, world = cfg.trainer, rt.dist.world_size
     if t.batch_size % (world * t.accumulate):
@@ -223,15 +231,11 @@ def _setup(cfg: TrainConfig, run_dir: Path, rt: Runtime) -> Run:
     # Every rank works in rank 0's run dir, so resume=auto finds the same last.pt everywhere; rank 0 alone
     # writes there, and holds its lock. A mistake on any rank stops every rank with its message.
     run_dir = Path(distributed.broadcast_object(str(run_dir)))
-    lock, error = _guarded(lambda: rundir.claim(run_dir, t.resume)) if rt.is_main else (None, None)
-    distributed.raise_any(error)
+    lock = _agreed(lambda: rundir.claim(run_dir, t.resume), rt.is_main)
     try:
         # The checkpoint to resume from is checked first: a mismatch must not wait for (or rewrite) data.
         resume_from = resume_path(t.resume, run_dir / "checkpoints") if t.resume else None
-        ckpt, error = (
-            _guarded(lambda: open_resume(resume_from, cfg.model_dump())) if resume_from else (None, None)
-        )
-        distributed.raise_any(error)
+        ckpt = _agreed(lambda: open_resume(resume_from, cfg.model_dump()), resume_from is not None)
         return _build(cfg, run_dir, rt, lock, ckpt, resume_from)
     except BaseException:
         if lock is not None:  # a failed start frees the run dir (a sweep runs its jobs in one process)
@@ -260,16 +264,14 @@ def _build(
     distributed.raise_any(error)
     train_set, val_set = datasets  # type: ignore[misc]
 
-    parts, error = _guarded(lambda: _model_and_state(cfg, rt, run_dir / "checkpoints", ckpt, resume_from))
-    distributed.raise_any(error)
+    parts = _agreed(lambda: _model_and_state(cfg, rt, run_dir / "checkpoints", ckpt, resume_from))
     model, optimizer, scheduler, scaler, progress, ema = parts  # type: ignore[misc]
     step_model: nn.Module = torch.compile(model) if t.compile else model  # type: ignore[assignment]
     if rt.dist.enabled:
         ids = [rt.device.index] if rt.device.type == "cuda" else None
         step_model = DistributedDataParallel(step_model, device_ids=ids)
     pin = rt.device.type == "cuda"
-    rare, error = _guarded(lambda: _rare_classes(cfg, train_set)) if rt.is_main else (None, None)
-    distributed.raise_any(error)
+    rare = _agreed(lambda: _rare_classes(cfg, train_set), rt.is_main)
     train_loader = build_train_loader(
         train_set, per_rank, t.num_workers, seed=t.seed, rank=rt.dist.rank, world_size=world,
         start_iteration=progress.iteration * t.accumulate, pin_memory=pin, rare=distributed.broadcast_object(rare),
@@ -277,8 +279,7 @@ def _build(
     val_loader = build_val_loader(
         val_set, cfg.eval.batch_size, t.num_workers, rt.dist.rank, world, pin, d.ignore_index, d.mean_pixel()
     )
-    loggers, error = _guarded(lambda: build_loggers(cfg, run_dir, progress.iteration, rt.is_main))
-    distributed.raise_any(error)
+    loggers = _agreed(lambda: build_loggers(cfg, run_dir, progress.iteration, rt.is_main))
     if rt.is_main:
         log.info(
             "model %s/%s OS %d: %.1fM parameters | device %s | amp %s | channels_last %s | compile %s | "
@@ -286,16 +287,17 @@ def _build(
             sum(p.numel() for p in model.parameters()) / 1e6, rt.device, rt.amp_dtype, rt.channels_last,
             t.compile, world,
         )  # fmt: skip
-    weights, error = _guarded(lambda: _class_weights(cfg, train_set, run_dir)) if rt.is_main else (None, None)
-    distributed.raise_any(error)
+    weights = _agreed(lambda: _class_weights(cfg, train_set, run_dir), rt.is_main)
     weights = distributed.broadcast_object(weights)
     class_weights = (
         torch.tensor(weights, dtype=torch.float32, device=rt.device) if weights is not None else None
     )
     criterion = build_criterion(cfg.loss, d.num_classes, d.ignore_index, class_weights)
     return Run(
-        cfg, rt, run_dir, model, step_model, optimizer, scheduler, scaler, criterion, train_set, val_set,
-        train_loader, val_loader, rt.normalizer(d.mean, d.std), loggers, progress, lock, ema=ema,
+        cfg=cfg, rt=rt, run_dir=run_dir, model=model, step_model=step_model, optimizer=optimizer,
+        scheduler=scheduler, scaler=scaler, criterion=criterion, train_set=train_set, val_set=val_set,
+        train_loader=train_loader, val_loader=val_loader, normalize=rt.normalizer(d.mean, d.std),
+        loggers=loggers, progress=progress, lock=lock, ema=ema,
     )  # fmt: skip
 
 
