@@ -209,3 +209,19 @@ def test_activation_checkpointing_benchmark_prints_both_ratios(
     out = bench.main(["--crop", "65", "--batch", "2"])
     assert out["memory_ratio"] > 0 and out["time_ratio"] > 0
     assert "checkpointing / plain: peak memory" in capsys.readouterr().out
+
+
+@pytest.mark.slow  # a few seconds of model building and timed blocks
+def test_loop_overhead_times_each_plug_point_against_the_plain_step(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    loop_overhead = load("loop_overhead", monkeypatch)
+    out = loop_overhead.main(
+        ["--backbone", "resnet_tiny", "--crop", "24", "--steps", "2", "--rounds", "2", "--log-interval", "1"]
+        + ["--modes", "plain,ema,csv", "--threads", "1"]
+    )
+    text = capsys.readouterr().out
+    assert set(out["ratios"]) == {"plain", "ema", "csv"} and out["ratios"]["plain"] == 1.0
+    assert all(len(t) == 2 and min(t) > 0 for t in out["times"].values())
+    assert "ema/plain" in text and "csv/plain" in text and "at most 3%" in text
+    assert set(out["shares"]) == {"ema", "csv"} and all(v > 0 for v in out["shares"].values())

@@ -4,6 +4,7 @@ missing library."""
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import struct
 import sys
@@ -122,6 +123,18 @@ def test_logger_choices_and_a_missing_library(tiny_data, tmp_path, monkeypatch):
     cfg = train_config(tiny_config(tiny_data, logger="[tensorboard,csv]"))
     assert not build_loggers(cfg, tmp_path / "rank1", 0, is_main=False)  # only rank 0 logs
     assert not (tmp_path / "rank1").exists()
+
+    # a class name MLflow refuses in a metric name is made one it takes
+    if importlib.util.find_spec("mlflow"):
+        from deeplab.loggers.mlflow_tracking import MlflowLogger
+
+        (tmp_path / "m").mkdir()
+        logger = MlflowLogger(tmp_path / "m", 0, str(tmp_path / "mlruns"), "names", {})
+        logger.scalars({"val/IoU/road (paved)": 0.5}, 1)
+        logger.checkpointed(1)
+        logger.close()
+        history = logger.client.get_metric_history(logger.run_id, "val/IoU/road _paved_")
+        assert [(m.step, m.value) for m in history] == [(1, 0.5)]
 
     monkeypatch.setitem(sys.modules, "wandb", None)  # as if the [wandb] extra were not installed
     cfg = train_config(tiny_config(tiny_data, logger="[csv,wandb]"))

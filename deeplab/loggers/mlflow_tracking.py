@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -16,6 +17,11 @@ from deeplab.errors import ConfigError
 from deeplab.loggers.base import Pending
 
 RUN_FILE = "mlflow_run.json"  # in the run dir: the MLflow run a resumed run continues
+
+
+def metric_name(key: str) -> str:
+    """key with the characters MLflow refuses in a metric name (a class named "road (paved)") as "_"."""
+    return re.sub(r"[^\w\-. /]", "_", key)
 
 
 def default_tracking_uri(run_dir: Path) -> str:
@@ -78,7 +84,7 @@ class MlflowLogger:
 
         rows = self.pending.take(step)
         now = int(time.time() * 1000)
-        metrics = [Metric(k, float(v), now, s) for s, row in rows for k, v in row.items()]
+        metrics = [Metric(metric_name(k), float(v), now, s) for s, row in rows for k, v in row.items()]
         for i in range(0, len(metrics), 1000):  # MLflow takes at most 1000 metrics per batch
             self.client.log_batch(self.run_id, metrics=metrics[i : i + 1000])
         self.sent_upto = max(self.sent_upto, step)
