@@ -114,7 +114,6 @@ class Run:
     lock: rundir.RunDirLock | None  # rank 0's lock on the run dir
     validated: bool = False  # whether this process has validated (a resumed, finished run has not)
     ema: AveragedModel | None = None  # trainer.ema: the averaged weights (deeplab/ema.py)
-    eta: Eta = field(default_factory=Eta)  # the time left, from a smoothed time per iteration
 
     def close(self) -> None:
         """Release the run's threads and processes, also after an error: the loggers, loader workers, and
@@ -429,26 +428,39 @@ class LossSums:
         self.steps += 1
 
 
+@dataclass
+class LoopState:
+    """What the loop carries from one iteration to the next, on one rank."""
+
+    sums: LossSums  # losses since the last log boundary, on the device
+    watch: collapse.CollapseWatch  # predicted pixels per class, for the first log boundaries
+    data_iter: Iterator[Any]
+    bar: tqdm
+    # a data error of this rank, raised with the others' at the next boundary
+    pending: UserError | None = None
+    skipped_steps: int = 0  # non-finite steps skipped (trainer.max_nonfinite_skips)
+    bad_samples: int = 0  # unreadable samples skipped so far, over all ranks (dataset.skip_bad)
+    stop_signum: int = 0  # the stop signal any rank received, agreed at a log boundary
+    lr: float = 0.0  # the lr of the last step
+    tic: float = field(default_factory=time.perf_counter)  # the start of the current log interval
+    eta: Eta = field(default_factory=Eta)  # the time left, from a smoothed time per iteration
+
+
 def _loop(run: Run, stop: StopRequest) -> dict[str, Any]:
-    rt, t = run.rt, run.cfg.trainer
+    rt, t, d = run.rt, run.cfg.trainer, run.cfg.dataset
     main = rt.is_main
-    it = run.progress.iteration
-    sums = LossSums(rt.device)
-    d = run.cfg.dataset
-    watch = collapse.CollapseWatch(d.num_classes, d.ignore_index, rt.device)  # the first log boundaries
-    skipped_steps, bad_samples, stop_signum = 0, 0, 0
-    data_iter = batches(run.train_loader)
-    pending: UserError | None = (
-        None  # a data error of this rank, raised with the others' at the next boundary
-    )
-    tic = time.perf_counter()
+    it = start = run.progress.iteration
     run.model.train()
-    bar = tqdm(total=t.max_iters, initial=it, desc="train", disable=not main, dynamic_ncols=True)
-    start = it
-    with bar:  # the bar is closed before any error is printed
+    state = LoopState(
+        sums=LossSums(rt.device),
+        watch=collapse.CollapseWatch(d.num_classes, d.ignore_index, rt.device),
+        data_iter=batches(run.train_loader),
+        bar=tqdm(total=t.max_iters, initial=it, desc="train", disable=not main, dynamic_ncols=True),
+    )
+    with state.bar:  # the bar is closed before any error is printed
         while it < t.max_iters:
             try:
-                loss, parts, pending, finite = _forward_backward(run, data_iter, pending, watch)
+                loss, parts, finite = _forward_backward(run, state)
             except RuntimeError as e:
                 # A worker ended by a signal (e.g. killed by the scheduler) after a stop signal: the stop it
                 # follows, at the last finished iteration. (Under DDP the other ranks need this one: an error.)
@@ -459,8 +471,8 @@ def _loop(run: Run, stop: StopRequest) -> dict[str, Any]:
                     run.save("last.pt")
                 raise _interrupted(run, it, stop.signum, saved) from e
             if not finite:
-                skipped_steps += 1
-                _skip_or_stop(run, it + 1, parts, skipped_steps)
+                state.skipped_steps += 1
+                _skip_or_stop(run, it + 1, parts, state.skipped_steps)
                 run.optimizer.zero_grad(set_to_none=True)
                 continue
             run.scaler.step(run.optimizer)  # once per optimizer step, after all its micro-batches
@@ -468,27 +480,25 @@ def _loop(run: Run, stop: StopRequest) -> dict[str, Any]:
             run.optimizer.zero_grad(set_to_none=True)
             if run.ema is not None:
                 run.ema.update_parameters(run.model)
-            lr = run.optimizer.param_groups[0]["lr"]  # the lr this step used, before the schedule moves on
+            state.lr = run.optimizer.param_groups[0][
+                "lr"
+            ]  # the lr this step used, before the schedule moves on
             run.scheduler.step()
             it += 1
-            sums.add(loss, parts)
-            bar.update(1)
+            state.sums.add(loss, parts)
+            state.bar.update(1)
 
             due_ckpt = it % t.ckpt_interval == 0 or it == t.max_iters
             due_eval = it % t.eval_interval == 0 or it == t.max_iters
             # One process stops at the next iteration; DDP ranks agree on stopping at a log boundary.
             local_stop = stop.signum is not None and not rt.dist.enabled
             if it % t.log_interval == 0 or due_ckpt or due_eval or local_stop:
-                seconds = time.perf_counter() - tic
-                stop_signum, bad_samples = _boundary(
-                    run, it, sums, stop, bar, lr, seconds, bad_samples, pending, watch
-                )
-                tic = time.perf_counter()
+                _boundary(run, it, state, stop)
             run.progress.iteration = it
             # last.pt first: a failure while validating (a bad image, out of memory) loses nothing.
-            if (due_ckpt or stop_signum) and main:
+            if (due_ckpt or state.stop_signum) and main:
                 run.save("last.pt")
-            if stop_signum:  # preemption: exit now; the resumed run validates at its next interval
+            if state.stop_signum:  # preemption: exit now; the resumed run validates at its next interval
                 break
             if due_eval:
                 try:
@@ -505,24 +515,22 @@ def _loop(run: Run, stop: StopRequest) -> dict[str, Any]:
                     run.progress.best_miou = score
                     run.save("best.pt", resumable=False)
                 run.model.train()
-                tic = time.perf_counter()
+                state.tic = time.perf_counter()  # the interval's time leaves validation out
         distributed.barrier()
-    return _finish(run, it, stop_signum, stop)
+    return _finish(run, it, state.stop_signum, stop)
 
 
-def _forward_backward(
-    run: Run, data_iter: Iterator[Any], pending: UserError | None, watch: collapse.CollapseWatch
-) -> tuple[torch.Tensor, dict[str, torch.Tensor], UserError | None, bool]:
+def _forward_backward(run: Run, state: LoopState) -> tuple[torch.Tensor, dict[str, torch.Tensor], bool]:
     """Forward and backward passes of the trainer.accumulate micro-batches of one optimizer step; under DDP
     only the last backward all-reduces (no_sync). Each micro-batch's loss is weighted by its share of the
     step's labelled pixels, so that for a per-pixel mean loss (cross entropy) the gradient is the whole
-    batch's. Returns the step's loss and its parts (detached), the pending data error, and whether the losses
+    batch's. Returns the step's loss and its parts (detached), and whether the losses
     were finite (checked, on every rank, only with trainer.max_nonfinite_skips: else a non-finite loss is
     caught at the next log boundary)."""
     rt, t = run.rt, run.cfg.trainer
     micro_batches = []
     for _ in range(t.accumulate):  # uint8 images and masks of the whole step: small next to activations
-        images, masks, pending = _next_batch(run, data_iter, pending)
+        images, masks, state.pending = _next_batch(run, state.data_iter, state.pending)
         micro_batches.append((images, masks))
     labelled = torch.stack([(m != run.cfg.dataset.ignore_index).sum() for _, m in micro_batches]).float()
     shares = labelled / labelled.sum() if t.accumulate > 1 else torch.ones(1, device=rt.device)
@@ -537,16 +545,16 @@ def _forward_backward(
             with rt.autocast():
                 outputs = run.step_model(run.normalize(images))
                 loss, parts = run.criterion(outputs, masks)
-            watch.add(outputs["out"], masks)  # predicted pixels per class, until the checks are done
+            state.watch.add(outputs["out"], masks)  # predicted pixels per class, until the checks are done
             del outputs  # (B, C, H, W) logits: not kept through the backward pass and the next forward
             # A sync per step only when skipping is enabled; under DDP all ranks skip together.
             if t.max_nonfinite_skips and not _finite_everywhere(loss, rt.device):
-                return loss.detach(), parts, pending, False
+                return loss.detach(), parts, False
             run.scaler.scale(loss * shares[i]).backward()
         total = total + loss.detach() * shares[i]
         for k, v in parts.items():
             sums[k] = sums.get(k, 0) + v.detach() * shares[i]
-    return total, sums, pending, True
+    return total, sums, True
 
 
 def _next_batch(
@@ -583,32 +591,23 @@ def _skip_or_stop(run: Run, iteration: int, parts: dict[str, torch.Tensor], skip
     log.warning("iter %d: non-finite loss, step skipped (%d/%d)", iteration, skipped, allowed)
 
 
-def _boundary(
-    run: Run,
-    it: int,
-    sums: LossSums,
-    stop: StopRequest,
-    bar: tqdm,
-    lr: float,
-    seconds: float,
-    bad_samples: int,
-    pending: UserError | None = None,
-    watch: collapse.CollapseWatch | None = None,
-) -> tuple[int, int]:
+def _boundary(run: Run, it: int, state: LoopState, stop: StopRequest) -> None:
     """A log boundary: the one host sync (named sums of every rank, so that every rank takes the same
-    decisions), the divergence check, logging. Returns the stop signal any rank received and the number of
-    bad samples skipped so far."""
+    decisions), the divergence check, logging. Sets the stop signal any rank received and the number of bad
+    samples skipped so far, and starts the next interval."""
     rt, t = run.rt, run.cfg.trainer
+    sums, watch, pending, bad_samples = state.sums, state.watch, state.pending, state.bad_samples
+    seconds = time.perf_counter() - state.tic
     skips = run.train_set.skipped + run.val_set.skipped
     errors = float(pending is not None)
-    named = sums.sums | (watch.named() if watch is not None else {})
+    named = sums.sums | watch.named()
     total = distributed.sum_over_ranks(named | {"bad_samples": float(skips), "errors": errors}, rt.device)
     if total["errors"]:
         distributed.raise_any(pending)
-    warning = watch.boundary(total, run.cfg.dataset.label_names()) if watch is not None else None
+    warning = watch.boundary(total, run.cfg.dataset.label_names())
     if warning and rt.is_main:
         log.warning("iter %d, training batches: %s", it, warning)
-    stop_signum = distributed.max_over_ranks(stop.signum or 0, rt.device)
+    state.stop_signum = distributed.max_over_ranks(stop.signum or 0, rt.device)
     losses = ("loss", "main", "aux") if run.cfg.model.aux_head else ("loss", "main")
     if not all(math.isfinite(total[k]) for k in losses):
         where = f"in iterations {it - sums.steps + 1}..{it}"
@@ -621,12 +620,13 @@ def _boundary(
         n = sums.steps * rt.dist.world_size  # losses summed over steps and ranks
         means = {k: total[k] / n for k in (losses if run.cfg.model.aux_head else ("loss",))}
         ips = sums.steps * t.batch_size / max(seconds, 1e-9)
-        run.eta.update(seconds, sums.steps)
-        eta = run.eta.left(t.max_iters - it)
-        bar.set_postfix(loss=f"{means['loss']:.4f}", lr=f"{lr:.2e}", img_s=f"{ips:.1f}", eta=eta)
-        run.loggers.scalars(train_scalars(means, lr, ips), it)
+        state.eta.update(seconds, sums.steps)
+        eta = state.eta.left(t.max_iters - it)
+        state.bar.set_postfix(loss=f"{means['loss']:.4f}", lr=f"{state.lr:.2e}", img_s=f"{ips:.1f}", eta=eta)
+        run.loggers.scalars(train_scalars(means, state.lr, ips), it)
     sums.reset()
-    return stop_signum, bad_samples
+    state.bad_samples = bad_samples
+    state.tic = time.perf_counter()
 
 
 def _interrupted(run: Run, it: int, signum: int, checkpoint: Path | None) -> TrainingInterrupted:
