@@ -68,7 +68,6 @@ def list_images(path: Path) -> list[Path]:
                 "of images"
             )
         return [path]
-
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if files:
@@ -112,7 +111,6 @@ class Segmenter:
             for c in classes
             if c < len(self.labels) and c not in self.background
         ]
-
 
     def __call__(self, image: np.ndarray, ev: EvalConfig) -> np.ndarray:
         """(H, W, C) uint8 image -> (H, W) uint8 class ids."""

@@ -415,7 +415,9 @@ def offline(monkeypatch, tmp_path) -> None:
 
 def test_an_unknown_weights_name_is_one_line_before_any_download(offline) -> None:
     # Checked where the weights are loaded, so that validating a config does not import torchvision.
-    with pytest.raises(ConfigError, match=r"^backbone\.weights must name torchvision's ResNet50_Weights weights"):
+    with pytest.raises(
+        ConfigError, match=r"^backbone\.weights must name torchvision's ResNet50_Weights weights"
+    ):
         build("backbone=resnet50", "backbone.pretrained=true", "backbone.weights=IMAGENET9K")
 
 
@@ -431,6 +433,7 @@ def test_imagenet_download_failure_says_how_to_pass_a_local_file(offline) -> Non
 
 def test_torchvision_deeplabv3_download_failure_says_how_to_pass_a_local_file(offline) -> None:
     with pytest.raises(
-        ConfigError, match=r"model.pretrained=/path/to/deeplabv3_resnet101_coco-586e9e4e\.pth.*model\.pretrained=null"
+        ConfigError,
+        match=r"model.pretrained=/path/to/deeplabv3_resnet101_coco-586e9e4e\.pth.*model\.pretrained=null",
     ):
         build("experiment=torchvision_deeplabv3_r101", "model.pretrained=torchvision")

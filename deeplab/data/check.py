@@ -20,7 +20,6 @@ from deeplab.data.stats import check_labels, scan
 from deeplab.errors import ConfigError, DatasetError, UserError, first_line
 from deeplab.losses import median_frequency_weights
 
-
 RARE_SHARE = 0.001  # a class under 0.1% of the class pixels is named as rare
 
 
