@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import one_thread, tiny_config
+from helpers.configs import one_thread, tiny_config
 
 from deeplab.checkpoint import load_checkpoint
 from deeplab.engine import train

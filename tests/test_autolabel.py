@@ -4,7 +4,7 @@ config with the class names) that train.py trains on."""
 from __future__ import annotations
 
 import numpy as np
-from conftest import compose_config, one_thread
+from helpers.configs import compose_config, one_thread
 from PIL import Image
 
 from deeplab.engine import train

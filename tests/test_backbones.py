@@ -9,16 +9,15 @@ import pytest
 import safetensors.torch
 import timm
 import torch
-import torch.nn.functional as F
-from conftest import compose_config
-from test_models import conv_geometry, perturb_batchnorm
+from helpers.configs import compose_config
+from helpers.torchvision_refs import torchvision_reference
+from test_models import conv_geometry
 from torch import nn
 from torchvision.models import mobilenet_v2, mobilenet_v3_large, resnet18
-from torchvision.models.segmentation import deeplabv3_mobilenet_v3_large
 
 from deeplab.config import train_config
 from deeplab.errors import CheckpointError, ConfigError
-from deeplab.models import build_model, convert_torchvision_state_dict
+from deeplab.models import build_model
 from deeplab.models.mobilenet import MobileNetBackbone
 
 BACKBONES = {  # name -> extra overrides
@@ -96,27 +95,8 @@ def test_mobilenet_dilation_equals_torchvisions_dilated_mobilenet_v3() -> None:
 
 
 @pytest.fixture(scope="module")
-def torchvision_mobilenet(tmp_path_factory):
-    torch.manual_seed(0)
-    model = deeplabv3_mobilenet_v3_large(weights=None, weights_backbone=None, aux_loss=True)
-    perturb_batchnorm(model)
-    path = tmp_path_factory.mktemp("tv") / "deeplabv3_mobilenet_v3_large.pth"
-    torch.save(model.state_dict(), path)
-    return model.eval(), path
-
-
-def test_torchvision_mobilenet_v3_weights_give_the_same_logits(torchvision_mobilenet) -> None:
-    reference, path = torchvision_mobilenet
-    model = build("experiment=torchvision_deeplabv3_mobilenet_v3_large", f"model.pretrained={path}").eval()
-    assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in reference.parameters())
-    model.load_state_dict(convert_torchvision_state_dict(reference.state_dict()), strict=True)
-    x = 3 * torch.randn(2, 3, 67, 53)
-    with torch.no_grad():
-        expected = reference(x)
-        got = model(x)["out"]
-        aux = F.interpolate(model.aux_head(model.backbone(x)["aux"]), size=(67, 53), mode="bilinear")
-    assert (got - expected["out"]).abs().max() < 1e-4 and (aux - expected["aux"]).abs().max() < 1e-4
-    assert expected["out"].abs().max() > 0.1
+def torchvision_mobilenet():
+    return torchvision_reference("mobilenet_v3_large")
 
 
 def test_torchvision_mobilenet_file_restores_for_evaluate_and_predict(torchvision_mobilenet) -> None:

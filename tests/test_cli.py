@@ -10,9 +10,9 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+from helpers.processes import ROOT, run_cli
 from hydra import compose, initialize_config_dir
 from omegaconf.errors import ConfigKeyError
-from reliability_helpers import ROOT, run_cli
 
 from deeplab.cli import composition_error, hydra_main, unset_keys
 from deeplab.config import config_dir

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import one_thread, tiny_config
+from helpers.configs import one_thread, tiny_config
 
 import deeplab.engine as engine
 from deeplab.collapse import CollapseWatch, collapse_warning
@@ -85,7 +85,7 @@ def test_a_model_forced_to_one_class_is_named_in_training_and_validation(
 def test_the_quickstart_run_is_not_collapsed(tmp_path: Path, caplog):
     """python train.py experiment=quickstart (40 iterations of ResNet-50, a minute or more on a CPU): no warning
     at its first log boundaries nor at its validations."""
-    from conftest import compose_config
+    from helpers.configs import compose_config
 
     cfg = compose_config(["experiment=quickstart", f"paths.data_dir={tmp_path / 'data'}"])
     with caplog.at_level(logging.WARNING, logger="deeplab.engine"):

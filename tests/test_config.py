@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import CONFIG_DIR, compose_config, tiny_config
+from helpers.configs import CONFIG_DIR, compose_config, tiny_config
+from helpers.processes import run_cli
 from omegaconf import OmegaConf
 from pydantic import ValidationError
-from reliability_helpers import run_cli
 
 import deeplab.engine as engine
 from deeplab import data

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fake_data import save_palette_png, write_voc
+from helpers.fake_data import save_palette_png, write_voc
 
 from deeplab.data.check import main
 
@@ -68,7 +68,7 @@ def test_config_mistakes_exit_2_with_one_line(capsys: pytest.CaptureFixture) -> 
 def test_imbalance_shares_auto_weights_and_rare_classes(
     tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    from fake_data import fake_image, save_jpg
+    from helpers.fake_data import fake_image, save_jpg
 
     from deeplab.losses import median_frequency_weights
 

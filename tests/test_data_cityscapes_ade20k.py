@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import compose_config, one_thread
-from fake_data import write_ade20k, write_cityscapes, zip_folder
+from helpers.configs import compose_config, one_thread
+from helpers.fake_data import write_ade20k, write_cityscapes, zip_folder
 from PIL import Image
 
 import deeplab.data.prepare as prepare

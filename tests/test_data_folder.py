@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import compose_config
-from fake_data import fake_image, save_jpg, save_palette_png
+from helpers.configs import compose_config
+from helpers.fake_data import fake_image, save_jpg, save_palette_png
 from PIL import Image
 
 from deeplab.config import train_config

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import compose_config
+from helpers.configs import compose_config
 from PIL import Image
 
 from deeplab.config import train_config

@@ -10,8 +10,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import compose_config
-from fake_data import tar_folder, write_sbd, write_voc
+from helpers.configs import compose_config
+from helpers.fake_data import tar_folder, write_sbd, write_voc
 
 import deeplab.data.prepare as prepare
 from deeplab.data import build_dataset

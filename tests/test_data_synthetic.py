@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import compose_config
+from helpers.configs import compose_config
 from PIL import Image
 
 import deeplab.data.synthetic as synthetic

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import scipy.io
 import torch
-from conftest import compose_config
-from fake_data import (
+from helpers.configs import compose_config
+from helpers.fake_data import (
     fake_mask,
     fake_sbd_label,
     save_palette_png,

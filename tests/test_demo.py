@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import compose_config, one_thread
+from helpers.configs import compose_config, one_thread
 from PIL import Image
 
 from deeplab.config import demo_config, predict_config

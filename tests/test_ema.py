@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import compose_config, one_thread, tiny_config
+from helpers.configs import compose_config, one_thread, tiny_config
 from torch import nn
 
 from deeplab.checkpoint import load_checkpoint

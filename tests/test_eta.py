@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import one_thread, tiny_config
+from helpers.configs import one_thread, tiny_config
 
 from deeplab.engine import train
 from deeplab.eta import Eta

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
+from helpers.ddp import join_group, spawn
 from PIL import Image
 
 from deeplab import data
@@ -42,7 +42,7 @@ def make_folder_dataset(root: Path) -> None:
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    from conftest import compose_config
+    from helpers.configs import compose_config
 
     root = tmp_path_factory.mktemp("folder")
     make_folder_dataset(root)
@@ -111,7 +111,7 @@ def test_sliding_window_covers_the_image(setup):
 def _ddp_worker(rank: int, world: int, init_file: str, out_file: str, cfg_yaml: str) -> None:
     from omegaconf import OmegaConf
 
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    join_group(rank, world, init_file)
     cfg = OmegaConf.create(cfg_yaml)
     torch.manual_seed(0)
     model = build_model(cfg).eval()
@@ -131,12 +131,7 @@ def test_two_process_ddp_evaluation_equals_one_process(setup, tmp_path):
     cfg, model, dataset = setup
     single = run_eval(cfg, model, dataset, 2)
     out = tmp_path / "cm.pt"
-    mp.spawn(
-        _ddp_worker,
-        args=(2, str(tmp_path / "init"), str(out), OmegaConf.to_yaml(cfg, resolve=True)),
-        nprocs=2,
-        join=True,
-    )
+    spawn(_ddp_worker, tmp_path, str(out), OmegaConf.to_yaml(cfg, resolve=True))
     assert torch.equal(torch.load(out, weights_only=True), single)
 
 

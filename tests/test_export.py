@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import compose_config, one_thread
+from helpers.configs import compose_config, one_thread
 from PIL import Image
 
 from deeplab.config import export_config as export_config_model

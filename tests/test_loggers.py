@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import one_thread, tiny_config
+from helpers.configs import one_thread, tiny_config
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from deeplab.config import train_config

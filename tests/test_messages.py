@@ -10,8 +10,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from conftest import compose_config
-from fake_data import write_cityscapes
+from helpers.configs import compose_config
+from helpers.fake_data import write_cityscapes
 from PIL import Image
 
 from deeplab.config import train_config

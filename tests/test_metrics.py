@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
+from helpers.ddp import join_group, spawn
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -178,7 +178,7 @@ def test_json_safe_and_table():
 
 
 def _ddp_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    join_group(rank, world, init_file)
     try:
         g = torch.Generator().manual_seed(rank)
         cm = ConfusionMatrix(3)
@@ -192,7 +192,7 @@ def _ddp_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
 
 @pytest.mark.slow  # the same sums are checked end to end by test_two_process_ddp_evaluation_equals_one_process
 def test_all_reduce_sums_over_two_gloo_processes(tmp_path):
-    mp.spawn(_ddp_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    spawn(_ddp_worker, tmp_path, str(tmp_path))
     r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
     r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
     total = r0["local"] + r1["local"]

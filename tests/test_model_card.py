@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import compose_config, one_thread, tiny_config
+from helpers.configs import compose_config, one_thread, tiny_config
 from PIL import Image
 
 import deeplab

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import compose_config, one_thread
+from helpers.configs import compose_config, one_thread
 from PIL import Image
 
 from deeplab.errors import ConfigError, DatasetError
@@ -105,7 +105,7 @@ def test_overlay_leaves_the_background_as_the_photo_and_has_a_legend() -> None:
 def test_torchvision_weights_load_inside_the_hydra_app(tmp_path, monkeypatch) -> None:
     """evaluate.py and predict run inside a Hydra app: composing torchvision's experiment there must work
     (it raised "GlobalHydra is already initialized")."""
-    from conftest import CONFIG_DIR
+    from helpers.configs import CONFIG_DIR
     from hydra import initialize_config_dir
     from torchvision.models.segmentation import deeplabv3_resnet50
 

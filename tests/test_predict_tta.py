@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from conftest import compose_config, one_thread
+from helpers.configs import compose_config, one_thread
 from PIL import Image
 
 from deeplab.config import predict_config

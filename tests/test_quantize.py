@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from conftest import compose_config, one_thread
+from helpers.configs import compose_config, one_thread
 from onnx import numpy_helper
 
 from deeplab.evaluate import evaluate_checkpoint

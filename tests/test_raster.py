@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import compose_config, one_thread
+from helpers.configs import compose_config, one_thread
 
 rasterio = pytest.importorskip("rasterio")
 from rasterio.windows import Window  # noqa: E402
@@ -93,7 +93,7 @@ from pathlib import Path
 sys.path.insert(0, "tests")
 import torch
 torch.set_num_threads(1)  # as the test's own slide evaluation: the same arithmetic
-from conftest import compose_config
+from helpers.configs import compose_config
 from deeplab.predict import predict
 checkpoint, small, big, out = sys.argv[1:5]
 def run(source, folder):

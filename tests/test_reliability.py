@@ -13,17 +13,17 @@ import logging
 import os
 import shutil
 import signal
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import compose_config, one_thread, tiny_config, tiny_overrides
-from fake_data import save_palette_png
+from helpers.configs import compose_config, one_thread, tiny_config, tiny_overrides
+from helpers.ddp import join_group, spawn
+from helpers.fake_data import save_palette_png
+from helpers.processes import run_cli
 from omegaconf import OmegaConf
 from PIL import Image
-from reliability_helpers import run_cli
 
 import deeplab.checkpoint as ckpt_module
 import deeplab.engine as engine
@@ -508,11 +508,7 @@ def _ddp_stop_worker(
     rank: int, world: int, init_file: str, cfg_yaml: str, run_dir: str, out_dir: str
 ) -> None:
     """One DDP rank of a tiny training; rank 1 alone receives SIGTERM, during its third step."""
-    import torch.distributed as dist
-
-    os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world)})
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    join_group(rank, world, init_file)
     calls = []
     real = SegmentationLoss.forward
 
@@ -534,8 +530,6 @@ def _ddp_stop_worker(
 @pytest.mark.slow
 def test_ddp_ranks_agree_to_stop_when_one_receives_a_signal(data_dir, tmp_path):
     """Without agreement, rank 1 would leave the loop after step 3 and rank 0 would wait for it forever."""
-    import torch.multiprocessing as mp
-
     cfg = compose(
         data_dir,
         **{
@@ -547,14 +541,14 @@ def test_ddp_ranks_agree_to_stop_when_one_receives_a_signal(data_dir, tmp_path):
     )
     run_dir, out_dir = tmp_path / "run", tmp_path / "out"
     out_dir.mkdir()
-    args = (2, str(tmp_path / "init"), OmegaConf.to_yaml(cfg, resolve=True), str(run_dir), str(out_dir))
-    context = mp.spawn(_ddp_stop_worker, args=args, nprocs=2, join=False)
-    deadline = time.monotonic() + 240
-    while not context.join(timeout=5):
-        if time.monotonic() > deadline:
-            for p in context.processes:
-                p.kill()
-            pytest.fail("the DDP ranks did not stop together (a hang)")
+    spawn(
+        _ddp_stop_worker,
+        tmp_path,
+        OmegaConf.to_yaml(cfg, resolve=True),
+        str(run_dir),
+        str(out_dir),
+        deadline=240,
+    )
     assert [(out_dir / f"rank{r}").read_text() for r in (0, 1)] == [f"{signal.SIGTERM.value} 4"] * 2
     assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["iteration"] == 4
 
@@ -718,11 +712,7 @@ def test_evaluation_with_skip_bad_leaves_a_bad_image_out(data_dir, model_file, t
 def _ddp_data_error_worker(
     rank: int, world: int, init_file: str, cfg_yaml: str, run_dir: str, out_dir: str
 ) -> None:
-    import torch.distributed as dist
-
-    os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world)})
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    join_group(rank, world, init_file)
     try:
         train(OmegaConf.create(cfg_yaml), Path(run_dir))
         result = "finished"
@@ -734,8 +724,6 @@ def _ddp_data_error_worker(
 def test_ddp_ranks_stop_together_with_the_message_of_one_ranks_data_error(data_dir, tmp_path):
     """Rank 1 alone reads the broken image; both ranks stop with its message, at the next log boundary,
     instead of rank 0 waiting for rank 1 in the next collective until the timeout."""
-    import torch.multiprocessing as mp
-
     data_copy = copy_data(data_dir, tmp_path)
     bad = sorted((data_copy / "synthetic").rglob("JPEGImages/train_*.jpg"))
     for path in bad:  # every training image: whichever rank reads first, the error is the same kind
@@ -745,19 +733,12 @@ def test_ddp_ranks_stop_together_with_the_message_of_one_ranks_data_error(data_d
     )
     out_dir = tmp_path / "out"
     out_dir.mkdir()
-    args = (
-        2,
-        str(tmp_path / "init"),
+    spawn(
+        _ddp_data_error_worker,
+        tmp_path,
         OmegaConf.to_yaml(cfg, resolve=True),
         str(tmp_path / "run"),
         str(out_dir),
     )
-    context = mp.spawn(_ddp_data_error_worker, args=args, nprocs=2, join=False)
-    deadline = time.monotonic() + 120
-    while not context.join(timeout=5):
-        if time.monotonic() > deadline:
-            for p in context.processes:
-                p.kill()
-            pytest.fail("the DDP ranks did not stop together (a hang)")
     results = [(out_dir / f"rank{r}").read_text() for r in (0, 1)]
     assert results[0] == results[1] and results[0].startswith("DatasetError: cannot read image ")

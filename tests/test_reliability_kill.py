@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import one_thread, tiny_config, tiny_overrides
-from reliability_helpers import TrainProcess
+from helpers.configs import one_thread, tiny_config, tiny_overrides
+from helpers.processes import TrainProcess
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from deeplab.checkpoint import load_checkpoint

@@ -8,7 +8,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import compose_config, one_thread, tiny_config
+from helpers.configs import compose_config, one_thread, tiny_config
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

@@ -33,7 +33,7 @@ def test_ranks_split_each_epoch_without_overlap():
 
 
 def test_loader_batches_do_not_depend_on_workers_or_resume(tmp_path):
-    from conftest import compose_config
+    from helpers.configs import compose_config
 
     cfg = compose_config(
         ["dataset=synthetic", f"paths.data_dir={tmp_path}", "dataset.num_train=6", "dataset.num_val=1",
@@ -53,8 +53,8 @@ def test_loader_batches_do_not_depend_on_workers_or_resume(tmp_path):
 
 def rare_folder_dataset(root):
     """40 generated 8x10 images: classes 0 and 1 in every mask, class 2 in 2 of them (5%), as a small blob."""
-    from conftest import compose_config
-    from fake_data import fake_image, save_jpg, save_palette_png
+    from helpers.configs import compose_config
+    from helpers.fake_data import fake_image, save_jpg, save_palette_png
 
     for split in ("train", "val"):
         for i in range(40 if split == "train" else 2):

@@ -13,8 +13,8 @@ import time
 
 import pytest
 import torch
-from conftest import one_thread, tiny_config
-from reliability_helpers import ROOT
+from helpers.configs import one_thread, tiny_config
+from helpers.processes import ROOT
 
 import deeplab.engine
 import deeplab.evaluation

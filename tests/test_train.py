@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import compose_config, one_thread, tiny_config, tiny_overrides
-from reliability_helpers import run_cli
+from helpers.configs import compose_config, one_thread, tiny_config, tiny_overrides
+from helpers.processes import run_cli
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from deeplab.checkpoint import load_checkpoint

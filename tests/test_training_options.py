@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import compose_config, one_thread, tiny_config, tiny_overrides
+from helpers.configs import compose_config, one_thread, tiny_config, tiny_overrides
 from torch import nn
 from torchvision.models.segmentation import deeplabv3_resnet50
 

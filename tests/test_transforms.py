@@ -111,7 +111,7 @@ def test_bad_scale_range_is_refused() -> None:
 
 
 def _tiny_dataset(tmp_path, transform) -> SegmentationDataset:
-    from fake_data import save_jpg, save_palette_png
+    from helpers.fake_data import save_jpg, save_palette_png
 
     image, col_mask, _ = ramp(20, 24)
     save_jpg(image, tmp_path / "a.jpg")

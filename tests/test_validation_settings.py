@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from conftest import compose_config, one_thread, tiny_config
+from helpers.configs import compose_config, one_thread, tiny_config
 
 from deeplab.engine import train
 from deeplab.evaluate import evaluate_checkpoint
