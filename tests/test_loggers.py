@@ -146,3 +146,31 @@ def test_logger_choices_and_a_missing_library(tiny_data, tmp_path, monkeypatch):
     with pytest.raises(ConfigError) as e:
         build_loggers(cfg, tmp_path / "run", 0, is_main=True)
     assert str(e.value) == 'logger=mlflow needs MLflow: pip install -e ".[mlflow]"'
+
+
+@pytest.mark.parametrize("start_step", [0, 2])
+def test_tensorboard_and_csv_drop_the_steps_a_killed_run_logged_after_its_checkpoint(tmp_path, start_step):
+    """A run killed before its first checkpoint starts over at step 1 (start_step 0); one killed after the
+    checkpoint of step 2 resumes at step 3: in both, each step is in the curves once, the new run's value."""
+    from deeplab.loggers.csvfile import CsvLogger
+    from deeplab.loggers.tensorboard import TensorBoardLogger
+
+    killed = [TensorBoardLogger(tmp_path, 0), CsvLogger(tmp_path, 0)]
+    for step in range(1, 5):
+        for lg in killed:
+            lg.scalars({"train/loss": 10.0 + step}, step)
+            if step == start_step:
+                lg.checkpointed(step)
+    killed[0].close()  # the CSV is written at checkpoints: its rows after step 2 are lost with the kill
+    again = [TensorBoardLogger(tmp_path, start_step), CsvLogger(tmp_path, start_step)]
+    for step in range(start_step + 1, 4):
+        for lg in again:
+            lg.scalars({"train/loss": float(step)}, step)
+    for lg in again:
+        lg.close()
+    expected = [(s, 10.0 + s if s <= start_step else float(s)) for s in range(1, 4)]
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    assert [(e.step, e.value) for e in events.Scalars("train/loss")] == expected
+    with (tmp_path / "metrics.csv").open() as f:
+        assert [(int(r["step"]), float(r["train/loss"])) for r in csv.DictReader(f)] == expected

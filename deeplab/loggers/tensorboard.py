@@ -15,10 +15,9 @@ HPARAM_METRICS = ("pixel_acc", "mean_acc", "miou", "fwiou")
 
 class TensorBoardLogger:
     def __init__(self, run_dir: Path, start_step: int) -> None:
-        # purge_step drops the events logged after the checkpoint a run resumes from
-        self.writer = SummaryWriter(
-            log_dir=str(run_dir / "tensorboard"), purge_step=start_step + 1 if start_step else None
-        )
+        # purge_step drops the events logged after the checkpoint a run resumes from, and those of a run that
+        # was killed before its first checkpoint when this one starts over (start_step 0)
+        self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=start_step + 1)
         self.closed = False
 
     def scalars(self, values: Mapping[str, float], step: int) -> None:
