@@ -23,7 +23,6 @@ from pydantic import BaseModel, ConfigDict, Field
 import deeplab
 from deeplab.config import BackboneConfig, Color, DatasetConfig, ModelConfig, TrainConfig, validate
 from deeplab.errors import CheckpointError, ConfigError
-from deeplab.roles import upgrade
 
 CARD_VERSION = 1
 
@@ -141,7 +140,9 @@ def make_card(
             dataset=config.dataset.model_copy(deep=True),
         )  # fmt: skip
     else:
-        plain = upgrade(TrainConfig, config)
+        from deeplab.checkpoint import upgrade_config
+
+        plain = upgrade_config(config)
         parts = validate(_Rebuildable, {k: plain.get(k) for k in ("model", "backbone", "dataset")})  # type: ignore[arg-type]
     d = parts.dataset
     names = d.label_names()
@@ -165,7 +166,9 @@ def read_card(obj: Mapping[str, Any], source: str | Path) -> ModelCard:
     """The card of a file: its own, checked; a mistake names the file."""
     data = dict(obj)
     if isinstance(data.get("dataset"), Mapping):
-        data["dataset"] = upgrade(TrainConfig, {"dataset": data["dataset"]})["dataset"]
+        from deeplab.checkpoint import upgrade_config
+
+        data["dataset"] = upgrade_config({"dataset": data["dataset"]})["dataset"]
     try:
         return validate(ModelCard, data)  # type: ignore[arg-type]
     except ConfigError as e:

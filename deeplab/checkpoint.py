@@ -81,8 +81,13 @@ def why_unreadable(path: Path, what: str, e: Exception) -> str:
 def upgrade_config(config: Mapping[str, Any]) -> dict[str, Any]:
     """A checkpoint's config with the keys added since it was written filled in, with the values that
     reproduce how it was trained (declared next to each key in deeplab/config.py; the loss group: see
-    LossConfig)."""
-    return upgrade(TrainConfig, config)
+    LossConfig); class names that only the dataset's name implied are written out."""
+    from deeplab.data.classes import with_official_names
+
+    upgraded = upgrade(TrainConfig, config)
+    if isinstance(upgraded.get("dataset"), Mapping):
+        upgraded["dataset"] = with_official_names(upgraded["dataset"])
+    return upgraded
 
 
 def load_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:

@@ -32,7 +32,6 @@ MetricName = Literal["miou", "pixel_acc", "mean_acc", "fwiou"]
 
 OUTPUT_STRIDES = (8, 16)
 TORCHVISION_DEEPLABS = ("resnet50", "resnet101", "mobilenet_v3_large")  # backbones of its DeepLabV3 weights
-VOC_FAMILY = ("voc", "voc_aug", "sbd")
 
 
 class Section(BaseModel):
@@ -241,7 +240,7 @@ class DatasetBase(Section):
     ignore_index: Label
     """The label the loss and the metrics skip, and the mask padding: 255, or a class id (CamVid: 11)."""
     class_names: list[str] | None
-    """null: the 21 VOC names for the VOC datasets (Cityscapes', ADE20K's), foreground for one class,
+    """One name per class (configs/dataset/ lists the official datasets'); null: foreground for one class,
     class_0, class_1, ... otherwise."""
     palette: list[Color] | None
     """[r, g, b] of each class for drawing (and, for dataset=folder, to read colour-coded masks)."""
@@ -292,7 +291,8 @@ class DatasetBase(Section):
         if self.class_names is not None and len(self.class_names) != self.num_classes:
             raise ConfigError(
                 f"dataset.class_names has {len(self.class_names)} names but dataset.num_classes is "
-                f"{self.num_classes}"
+                f"{self.num_classes}; give {self.num_classes} names, or dataset.class_names=null for class_0, "
+                "class_1, ..."
             )
         return self
 
@@ -313,22 +313,10 @@ class DatasetBase(Section):
         return overlay_background_ids(self.label_names(), self.overlay_background)
 
     def names(self) -> list[str]:
-        """Class names, one per class (for one class, the foreground's name)."""
+        """Class names, one per class (for one class, the foreground's name). The dataset files in
+        configs/dataset/ give the official datasets' names; without dataset.class_names, generic ones."""
         if self.class_names is not None:
             return list(self.class_names)
-        name = getattr(self, "name", "")
-        if name in VOC_FAMILY and self.num_classes == 21:
-            from deeplab.data.classes import VOC_CLASSES
-
-            return list(VOC_CLASSES)
-        if name == "cityscapes":
-            from deeplab.data.classes import CITYSCAPES_CLASSES
-
-            return list(CITYSCAPES_CLASSES)
-        if name == "ade20k":
-            from deeplab.data.classes import ADE20K_CLASSES
-
-            return list(ADE20K_CLASSES)
         if self.num_classes == 1:  # a binary model: background (logit < 0) and this class
             return ["foreground"]
         return [f"class_{i}" for i in range(self.num_classes)]
@@ -466,13 +454,13 @@ class CityscapesDataset(SplitLayout):
     """Which gtFine masks to read: the official *_labelIds.png (mapped here), or *_labelTrainIds.png already
     converted by cityscapesScripts."""
 
-    @model_validator(mode="after")
-    def _classes(self) -> CityscapesDataset:
-        if self.num_classes != 19:
-            raise ConfigError(
-                f"dataset.num_classes must be 19 for Cityscapes (its trainIds), got {self.num_classes}"
-            )
-        return self
+    @model_validator(mode="before")
+    @classmethod
+    def _classes(cls, data: Any) -> Any:  # before the class names' count is compared with it
+        count = data.get("num_classes") if isinstance(data, Mapping) else None
+        if isinstance(count, int) and count != 19:
+            raise ConfigError(f"dataset.num_classes must be 19 for Cityscapes (its trainIds), got {count}")
+        return data
 
 
 class ADE20KDataset(SplitLayout):
@@ -480,11 +468,13 @@ class ADE20KDataset(SplitLayout):
 
     name: Literal["ade20k"]
 
-    @model_validator(mode="after")
-    def _classes(self) -> ADE20KDataset:
-        if self.num_classes != 150:
-            raise ConfigError(f"dataset.num_classes must be 150 for ADE20K, got {self.num_classes}")
-        return self
+    @model_validator(mode="before")
+    @classmethod
+    def _classes(cls, data: Any) -> Any:  # before the class names' count is compared with it
+        count = data.get("num_classes") if isinstance(data, Mapping) else None
+        if isinstance(count, int) and count != 150:
+            raise ConfigError(f"dataset.num_classes must be 150 for ADE20K, got {count}")
+        return data
 
 
 DatasetConfig = Annotated[

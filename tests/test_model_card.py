@@ -293,6 +293,8 @@ def test_the_schema_and_the_backbone_interface_import_nothing_above_them() -> No
     # Validating a config imports neither torch nor torchvision (train.py checks it before importing torch).
     config = _imports(package / "config.py") | _imports(package / "roles.py")
     assert not {m for m in config if m.split(".")[0] in ("torch", "torchvision")}
+    # The schema holds no domain facts: class names come from configs/dataset/, not from deeplab.data.
+    assert not {m for m in config if m.startswith("deeplab.data")}
     # The backbone interface does not import the backbones that subclass it (build_backbone is in models/).
     backbone = _imports(package / "models" / "backbone.py")
     assert not backbone & {
@@ -301,3 +303,31 @@ def test_the_schema_and_the_backbone_interface_import_nothing_above_them() -> No
         "deeplab.models.mobilenet",
         "deeplab.models.timm_backbone",
     }
+
+
+@pytest.mark.parametrize(
+    ("dataset", "table"),
+    [("voc", "VOC_CLASSES"), ("voc_aug", "VOC_CLASSES"), ("sbd", "VOC_CLASSES"),
+     ("cityscapes", "CITYSCAPES_CLASSES"), ("ade20k", "ADE20K_CLASSES")],
+)  # fmt: skip
+def test_class_names_come_from_the_dataset_files_and_older_configs_get_them(dataset, table) -> None:
+    from deeplab import data
+    from deeplab.checkpoint import upgrade_config
+
+    names = list(getattr(data.classes, table))
+    cfg = train_config(compose_config([f"dataset={dataset}"]))
+    assert cfg.dataset.label_names() == names
+    # A config saved before configs/dataset/ listed the names: class_names null, the names implied.
+    older = cfg.model_dump(mode="json")
+    older["dataset"]["class_names"] = None
+    assert train_config(older).dataset.label_names() == [f"class_{i}" for i in range(len(names))]
+    assert train_config(upgrade_config(older)).dataset.label_names() == names
+    assert make_card(older).labels.class_names == names
+    # Another class count keeps what the config says (no official names to imply).
+    older["dataset"]["num_classes"] = 3
+    assert upgrade_config(older)["dataset"]["class_names"] is None
+    if dataset == "voc":  # the names that configs/dataset/voc.yaml lists do not fit another class count
+        with pytest.raises(
+            ConfigError, match=r"^dataset.class_names has 21 names but dataset.num_classes is 5; give"
+        ):
+            train_config(compose_config(["dataset=voc", "dataset.num_classes=5"]))

@@ -107,7 +107,12 @@ def test_init_from_torchvision_weights_with_another_class_count(tmp_path: Path) 
     torch.save(tv.state_dict(), tmp_path / "tv.pth")
     model = build_model(
         compose_config(
-            ["experiment=torchvision_deeplabv3_r50", "dataset.num_classes=5", "backbone.pretrained=false"]
+            [
+                "experiment=torchvision_deeplabv3_r50",
+                "dataset.num_classes=5",
+                "dataset.class_names=null",
+                "backbone.pretrained=false",
+            ]
         )
     )
     skipped = load_matching(model, tmp_path / "tv.pth")

@@ -1,8 +1,10 @@
-"""Class names and colour maps: the 21 Pascal VOC classes and the standard VOC colour map."""
+"""Class names and colour maps: the 21 Pascal VOC classes and the standard VOC colour map. (configs/dataset/ lists
+the official datasets' names for new runs; the tables here are for label maps and older checkpoints.)"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -102,3 +104,14 @@ def ade20k_label_map() -> np.ndarray:
     """(256,) uint8 lookup table: annotation 0 -> 255, k -> k - 1 (mmseg's reduce_zero_label)."""
     table = (np.arange(256, dtype=np.int64) - 1) % 256
     return table.astype(np.uint8)
+
+
+def with_official_names(dataset: Mapping[str, Any]) -> dict[str, Any]:
+    """A dataset section written before configs/dataset/ listed the class names (class_names null on VOC,
+    SBD, trainaug, Cityscapes or ADE20K), with those names filled in."""
+    tables = {"voc": VOC_CLASSES, "voc_aug": VOC_CLASSES, "sbd": VOC_CLASSES, "cityscapes": CITYSCAPES_CLASSES,
+              "ade20k": ADE20K_CLASSES}  # fmt: skip
+    names = tables.get(str(dataset.get("name")))
+    if dataset.get("class_names") is not None or names is None or dataset.get("num_classes") != len(names):
+        return dict(dataset)
+    return {**dataset, "class_names": list(names)}
