@@ -106,8 +106,20 @@ def test_tensorboard_csv_and_mlflow_log_each_step_once_across_a_resume(tiny_data
     assert run.data.params["trainer.max_iters"] == "4" and run.data.params["backbone.name"] == "resnet_tiny"
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"metrics.json", "model_card.json"} <= artifacts
+    # The validation images (examples, confusion matrix), each at its step once: MLflow's images by key.
+    images = [a.path.split("/")[-1].split("+") for a in client.list_artifacts(run.info.run_id, "images")]
+    tags = ["val~confusion_matrix", "val~example_0", "val~example_1"]
+    assert sorted((n[0], int(n[2])) for n in images if n[-1].endswith(".png")) == [
+        (t, s) for t in tags for s in (2, 4)
+    ]
     history = wandb_history(run_dir)
     assert [r["_step"] for r in history] == [1, 2, 3, 4]
+    for row in history[1], history[3]:  # W&B's: image files in the offline run, named in the history
+        for tag in ("val/confusion_matrix", "val/example_0", "val/example_1"):
+            assert row[f"{tag}/_type"] == "image-file"
+            [image] = run_dir.glob(f"wandb/offline-run-*/files/{row[f'{tag}/path']}")
+            assert image.stat().st_size == row[f"{tag}/size"]
+    assert not any("val/example_0/_type" in r for r in (history[0], history[2]))
     assert history[-1]["val/mIoU"] == pytest.approx(saved["miou"])
     assert len({p.name.rsplit("-", 1)[1] for p in run_dir.glob("wandb/offline-run-*")}) == 1  # one run id
     card_file = client.download_artifacts(run.info.run_id, "model_card.json", str(tmp_path))

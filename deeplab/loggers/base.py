@@ -35,21 +35,31 @@ class Logger(Protocol):
 
 
 class Pending:
-    """Scalars held back until a checkpoint holds their step: a run resumed from last.pt redoes the steps
-    after it, so a tracking service that cannot forget a logged point only receives steps before it."""
+    """Scalars and images held back until a checkpoint holds their step: a run resumed from last.pt redoes the
+    steps after it, so a tracking service that cannot forget a logged point only receives steps before it."""
 
     def __init__(self, after: int) -> None:
         self.after = after  # the resumed iteration: steps up to it were sent by the run before
         self.rows: dict[int, dict[str, float]] = {}
+        self.images: dict[int, dict[str, np.ndarray]] = {}  # (H, W, 3) uint8 by tag
 
     def add(self, values: Mapping[str, float], step: int) -> None:
         if step > self.after:
             self.rows.setdefault(step, {}).update(values)
 
+    def add_image(self, tag: str, image: np.ndarray, step: int) -> None:
+        if step > self.after:
+            self.images.setdefault(step, {})[tag] = image
+
     def take(self, upto: int) -> list[tuple[int, dict[str, float]]]:
         """The held rows of steps up to `upto`, in step order (removed); later ones stay held."""
         ready = sorted(s for s in self.rows if s <= upto)
         return [(s, self.rows.pop(s)) for s in ready]
+
+    def take_images(self, upto: int) -> list[tuple[int, dict[str, np.ndarray]]]:
+        """The held images of steps up to `upto`, as take()."""
+        ready = sorted(s for s in self.images if s <= upto)
+        return [(s, self.images.pop(s)) for s in ready]
 
 
 class Loggers:

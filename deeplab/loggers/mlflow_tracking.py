@@ -1,5 +1,5 @@
-"""MLflow tracking: params are the flattened config, metrics per optimizer step, artifacts metrics.json and
-the model card; the run is named after the run dir, and a resumed run continues the same MLflow run."""
+"""MLflow tracking: params are the flattened config, metrics and images per optimizer step, artifacts
+metrics.json and the model card; the run is named after the run dir, and a resumed run continues the same MLflow run."""
 
 from __future__ import annotations
 
@@ -68,7 +68,7 @@ class MlflowLogger:
         self.pending.add(values, step)
 
     def image(self, tag: str, image: np.ndarray, step: int) -> None:
-        """Images stay in TensorBoard and the run dir (confusion_matrix.png)."""
+        self.pending.add_image(tag, image, step)
 
     def hparams(self, hparams: Mapping[str, Any], metrics: Mapping[str, float]) -> None:
         """The params were logged when the run began; the final metrics are its last points."""
@@ -87,6 +87,9 @@ class MlflowLogger:
         metrics = [Metric(metric_name(k), float(v), now, s) for s, row in rows for k, v in row.items()]
         for i in range(0, len(metrics), 1000):  # MLflow takes at most 1000 metrics per batch
             self.client.log_batch(self.run_id, metrics=metrics[i : i + 1000])
+        for s, images in self.pending.take_images(step):
+            for tag, image in images.items():  # the UI's images by key and step (artifacts under images/)
+                self.client.log_image(self.run_id, image, key=metric_name(tag), step=s)
         self.sent_upto = max(self.sent_upto, step)
 
     def close(self) -> None:

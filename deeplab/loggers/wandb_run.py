@@ -1,5 +1,5 @@
 """Weights & Biases: offline (a run folder under the run dir's wandb/, `wandb sync` uploads it) unless the
-user has logged in; the config, scalars per optimizer step, metrics.json and the model card."""
+user has logged in; the config, scalars and images per optimizer step, metrics.json and the model card."""
 
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ class WandbLogger:
         self.pending.add(values, step)
 
     def image(self, tag: str, image: np.ndarray, step: int) -> None:
-        """Images stay in TensorBoard and the run dir (confusion_matrix.png)."""
+        self.pending.add_image(tag, image, step)
 
     def hparams(self, hparams: Mapping[str, Any], metrics: Mapping[str, float]) -> None:
         """The config was given when the run began; the final metrics are its last points."""
@@ -62,8 +62,12 @@ class WandbLogger:
         target.write_text(value.read_text() if isinstance(value, Path) else json.dumps(dict(value), indent=2))
 
     def checkpointed(self, step: int) -> None:
-        for s, row in self.pending.take(step):
-            self.run.log(dict(row), step=s)
+        import wandb
+
+        rows, images = dict(self.pending.take(step)), dict(self.pending.take_images(step))
+        for s in sorted(rows.keys() | images.keys()):  # W&B takes steps in increasing order only
+            shown = {tag: wandb.Image(image) for tag, image in images.get(s, {}).items()}
+            self.run.log({**rows.get(s, {}), **shown}, step=s)
         self.sent_upto = max(self.sent_upto, step)
 
     def close(self) -> None:
