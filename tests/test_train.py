@@ -210,12 +210,20 @@ def test_multirun_records_each_job_and_a_failed_one_does_not_end_the_sweep(tiny_
     assert f"validation at iteration 2 of 2: {sweep / '0' / 'checkpoints' / 'last.pt'}" in proc.stdout
 
 
-def test_torchrun_two_processes_train_and_agree(tiny_data, tmp_path):
+@pytest.mark.parametrize(
+    "sampler", ["random", pytest.param("rare_class", marks=pytest.mark.slow)]
+)  # rare_class: each rank scans the masks' classes (one label-count cache) and draws its own stream
+def test_torchrun_two_processes_train_and_agree(tiny_data, tmp_path, sampler):
     """`torchrun --nproc_per_node=2 train.py ...` on CPU (gloo): rank 0 writes one run dir, metrics span both shards."""
     run_dir = tmp_path / "ddp"
-    args = tiny_overrides(tiny_data, **{"trainer.max_iters": 2, "trainer.batch_size": 4})
+    args = tiny_overrides(
+        tiny_data,
+        **{"trainer.max_iters": 2, "trainer.batch_size": 4, "dataset.sampler": sampler,
+           "paths.cache_dir": tmp_path / "cache"},
+    )  # fmt: skip
+    port = 29533 if sampler == "random" else 29534
     proc = run_cli(
-        "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533", "train.py", *args,
+        "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}", "train.py", *args,
         f"hydra.run.dir={run_dir}",
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -226,6 +234,9 @@ def test_torchrun_two_processes_train_and_agree(tiny_data, tmp_path):
     single = evaluate_in_process(run_dir / "checkpoints" / "last.pt", tmp_path / "eval")
     assert metrics["pixel_acc"] == pytest.approx(single["pixel_acc"], abs=1e-9)
     assert metrics["miou"] == pytest.approx(single["miou"], abs=1e-9)
+    if sampler == "rare_class":  # both ranks read one cache of the masks' classes, written whole
+        assert len(list((tmp_path / "cache" / "label_counts").glob("*.json"))) == 1
+        assert not list((tmp_path / "cache").rglob("*.tmp*"))
 
 
 def test_a_run_does_not_depend_on_whether_the_label_counts_were_cached(tiny_data, tmp_path):
