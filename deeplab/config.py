@@ -446,6 +446,14 @@ class FolderDataset(DatasetBase):
         return self
 
 
+def _fixed_class_count(data: Any, count: int, dataset: str) -> Any:
+    """A dataset whose class count is fixed: checked before the fields (and the class names' count)."""
+    given = data.get("num_classes") if isinstance(data, Mapping) else None
+    if isinstance(given, int) and given != count:
+        raise ConfigError(f"dataset.num_classes must be {count} for {dataset}, got {given}")
+    return data
+
+
 class CityscapesDataset(SplitLayout):
     """Cityscapes fine annotations (train 2,975 / val 500 / test 1,525), labelIds mapped to the 19 trainIds."""
 
@@ -456,11 +464,8 @@ class CityscapesDataset(SplitLayout):
 
     @model_validator(mode="before")
     @classmethod
-    def _classes(cls, data: Any) -> Any:  # before the class names' count is compared with it
-        count = data.get("num_classes") if isinstance(data, Mapping) else None
-        if isinstance(count, int) and count != 19:
-            raise ConfigError(f"dataset.num_classes must be 19 for Cityscapes (its trainIds), got {count}")
-        return data
+    def _classes(cls, data: Any) -> Any:
+        return _fixed_class_count(data, 19, "Cityscapes (its trainIds)")
 
 
 class ADE20KDataset(SplitLayout):
@@ -470,11 +475,8 @@ class ADE20KDataset(SplitLayout):
 
     @model_validator(mode="before")
     @classmethod
-    def _classes(cls, data: Any) -> Any:  # before the class names' count is compared with it
-        count = data.get("num_classes") if isinstance(data, Mapping) else None
-        if isinstance(count, int) and count != 150:
-            raise ConfigError(f"dataset.num_classes must be 150 for ADE20K, got {count}")
-        return data
+    def _classes(cls, data: Any) -> Any:
+        return _fixed_class_count(data, 150, "ADE20K")
 
 
 DatasetConfig = Annotated[
