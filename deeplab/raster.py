@@ -3,11 +3,13 @@ rasterio) predicts a georeferenced TIFF window by window.
 
 The windows are those of slide evaluation (deeplab.inference.slide_logits) over the whole scene: eval.window
 square, eval.overlap apart, the last row and column flush with the scene's edge; the logits of overlapping
-windows are averaged. The scene is read one row of windows at a time, and the averaged logits are kept for
-one window's height only: rows that no later window reaches are finished and written. Memory is bounded by
-eval.window x the scene's width, not by the scene. The output is <stem>.tif: class ids, uint8, tiled and
-compressed, with the input's CRS and transform and the class colours as its colour map; with raster_color=true
-also <stem>_color.tif (RGB).
+windows are averaged. The scene is cut into vertical stripes of STRIPE_WINDOWS windows' width (whole output
+blocks), each swept from top to bottom: a stripe's windows are those that reach its columns (the one or two
+before it are computed again, about 1/8 more work), the summed logits are kept for one window's height, and
+rows that no later window reaches are finished and written. Memory is bounded by the window (about
+classes x window x (STRIPE_WINDOWS + 1) x window floats), not by the scene's height or width. The output is
+<stem>.tif: class ids, uint8, tiled and compressed, with the input's CRS and transform and the class colours
+as its colour map; with raster_color=true also <stem>_color.tif (RGB).
 """
 
 from __future__ import annotations
@@ -26,7 +28,15 @@ from deeplab.errors import ConfigError, DatasetError
 from deeplab.inference import logits_to_probs
 
 BLOCK = 256  # output tile size (GeoTIFF blocks must be multiples of 16)
-GDAL_CACHE_MB = 64  # GDAL's block cache would otherwise grow to 5% of RAM and hold the scene's blocks
+GDAL_CACHE_MB = 32  # GDAL's block cache would otherwise grow to 5% of RAM and hold the scene's blocks
+STRIPE_WINDOWS = 8  # a stripe's width in windows: memory against the windows computed twice (1 in 8)
+
+
+def stripes(width: int, window: int) -> list[tuple[int, int]]:
+    """Column ranges [c0, c1) that cover the scene, each STRIPE_WINDOWS windows wide in whole output blocks
+    (a block is written by one stripe)."""
+    cols = max(round(STRIPE_WINDOWS * window / BLOCK), 1) * BLOCK
+    return [(c0, min(c0 + cols, width)) for c0 in range(0, width, cols)]
 
 
 def window_starts(size: int, window: int, step: int) -> list[int]:
@@ -78,7 +88,6 @@ def predict_raster(cfg: PredictConfig, seg: Any, path: Path, output: Path) -> li
             "BIGTIFF": "IF_SAFER",
         }  # fmt: skip
         ys, xs = window_starts(height, window, step), window_starts(width, window, step)
-        padded_w = max(width, window)
         colors = {i: tuple(int(v) for v in seg.palette[i]) for i in range(num_labels)}
         with rasterio.open(target, "w", count=1, dtype="uint8", **profile) as dst:
             dst.write_colormap(1, colors)
@@ -88,7 +97,14 @@ def predict_raster(cfg: PredictConfig, seg: Any, path: Path, output: Path) -> li
                 else None
             )
             try:
-                rows_of_windows(seg, src, dst, color_dst, ys, xs, window, padded_w, Window)
+                parts = [
+                    (c0, c1, [x for x in xs if x < c1 and x + window > c0])
+                    for c0, c1 in stripes(width, window)
+                ]
+                bar = tqdm(total=sum(len(ys) * len(p[2]) for p in parts), desc=path.name, unit=" windows")
+                for c0, c1, stripe_xs in parts:
+                    sweep_stripe(seg, src, (dst, color_dst), ys, stripe_xs, window, (c0, c1), bar, Window)
+                bar.close()
             finally:
                 if color_dst is not None:
                     color_dst.close()
@@ -97,17 +113,21 @@ def predict_raster(cfg: PredictConfig, seg: Any, path: Path, output: Path) -> li
     return [target]
 
 
-def rows_of_windows(
-    seg: Any, src: Any, dst: Any, color_dst: Any, ys: list[int], xs: list[int], window: int, padded_w: int,
-    Window: Any,
+def sweep_stripe(
+    seg: Any, src: Any, outputs: tuple[Any, Any], ys: list[int], xs: list[int], window: int,
+    own: tuple[int, int], bar: Any, Window: Any,
 ) -> None:  # fmt: skip
-    """The scene row of windows by row of windows; finished rows are written to dst (and color_dst)."""
+    """One stripe from top to bottom: the windows starting at xs (those that reach the stripe's columns
+    own = [c0, c1)) row of windows by row of windows; finished rows of its columns are written to the outputs
+    (class ids, and colours or None)."""
     height, width = src.height, src.width
+    dst, color_dst = outputs
     device = seg.rt.device
-    acc: torch.Tensor | None = None  # (K, window, padded_w) summed logits of rows [top, top + window)
-    count = torch.zeros((1, window, padded_w), device=device)
+    left, right = xs[0], xs[-1] + window  # the columns the windows cover (past the scene's edge: padding)
+    acc: torch.Tensor | None = None  # (K, window, right - left) summed logits of rows [top, top + window)
+    count = torch.zeros((1, window, right - left), device=device)
     top = 0
-    for r, y0 in enumerate(tqdm(ys, desc=Path(src.name).name, unit=" window rows")):
+    for r, y0 in enumerate(ys):
         if acc is not None:  # move the rows that later windows still reach to the top of the buffers
             keep = top + window - y0
             acc[:, :keep] = acc[:, y0 - top :].clone()
@@ -116,24 +136,27 @@ def rows_of_windows(
             count[:, keep:] = 0
         top = y0
         rows = min(window, height - y0)
-        band = _to_uint8(src.read(window=Window(0, y0, width, rows)), Path(src.name))  # (C, rows, W) uint8
+        read = Window(left, y0, min(right, width) - left, rows)
+        band = _to_uint8(src.read(window=read), Path(src.name))  # (C, rows, <= right - left) uint8
         for x0 in xs:
             cols = min(window, width - x0)
-            crop = torch.from_numpy(np.ascontiguousarray(band[:, :, x0 : x0 + cols])).unsqueeze(0).to(device)
-            x = seg.normalize(crop)  # (1, C, rows, cols); padded with 0, the normalised mean, as slide_logits
-            if rows < window or cols < window:
+            crop = torch.from_numpy(np.ascontiguousarray(band[:, :, x0 - left : x0 - left + cols]))
+            x = seg.normalize(crop.unsqueeze(0).to(device))  # (1, C, rows, cols); padded with 0, the
+            if rows < window or cols < window:  # normalised mean, as slide_logits pads
                 x = F.pad(x, (0, window - cols, 0, window - rows))
             with torch.no_grad(), seg.rt.autocast():
                 logits = seg.model(x)["out"].float()[0]  # (K, window, window)
             if acc is None:
-                acc = torch.zeros((logits.shape[0], window, padded_w), device=device)
-            acc[:, :, x0 : x0 + window] += logits
-            count[:, :, x0 : x0 + window] += 1
+                acc = torch.zeros((logits.shape[0], window, right - left), device=device)
+            acc[:, :, x0 - left : x0 - left + window] += logits
+            count[:, :, x0 - left : x0 - left + window] += 1
+            bar.update()
         assert acc is not None
-        # Rows above the next row of windows are final.
+        # Rows above the next row of windows are final; the stripe writes its own columns.
         end = min((ys[r + 1] if r + 1 < len(ys) else y0 + window) - y0, height - y0)
-        averaged = (acc[:, :end, :width] / count[:, :end, :width]).unsqueeze(0)
-        ids = logits_to_probs(averaged).argmax(1)[0].to(torch.uint8).cpu().numpy()  # (end, W)
-        dst.write(ids[None], window=Window(0, y0, width, end))
+        c0, c1 = own
+        averaged = (acc[:, :end, c0 - left : c1 - left] / count[:, :end, c0 - left : c1 - left]).unsqueeze(0)
+        ids = logits_to_probs(averaged).argmax(1)[0].to(torch.uint8).cpu().numpy()  # (end, c1 - c0)
+        dst.write(ids[None], window=Window(c0, y0, c1 - c0, end))
         if color_dst is not None:
-            color_dst.write(seg.palette[ids].transpose(2, 0, 1), window=Window(0, y0, width, end))
+            color_dst.write(seg.palette[ids].transpose(2, 0, 1), window=Window(c0, y0, c1 - c0, end))
