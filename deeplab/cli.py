@@ -138,17 +138,21 @@ def unset_keys(config_file: Path, overrides: Sequence[str]) -> list[str]:
 
 
 @contextlib.contextmanager
-def _hydra_raises() -> Iterator[None]:
-    """Hydra raises what it would print (its documented HYDRA_FULL_ERROR switch), so that it can be reported."""
-    before = os.environ.get("HYDRA_FULL_ERROR")
-    os.environ["HYDRA_FULL_ERROR"] = "1"
+def _environment(name: str, value: str | None) -> Iterator[None]:
+    """os.environ[name] set to value (None: removed) inside the block, as it was after. Hydra raises what it
+    would print when HYDRA_FULL_ERROR=1 (its documented switch), so that it can be reported."""
+    before = os.environ.get(name)
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value
     try:
         yield
     finally:
         if before is None:
-            del os.environ["HYDRA_FULL_ERROR"]
+            os.environ.pop(name, None)
         else:
-            os.environ["HYDRA_FULL_ERROR"] = before
+            os.environ[name] = before
 
 
 def hydra_main(
@@ -163,13 +167,17 @@ def hydra_main(
         config_dir = (Path(inspect.getfile(task)).parent / config_path).resolve()
         from_task: list[BaseException] = []  # what the task raised is not a composition error
 
+        user_setting: list[str | None] = [None]  # HYDRA_FULL_ERROR as the user set it (None: unset)
+
         @functools.wraps(task)
         def recorded(cfg: DictConfig) -> Any:
-            try:
-                return task(cfg)
-            except Exception as e:
-                from_task.append(e)
-                raise
+            # The task, and the processes it starts (sweep jobs, DataLoader workers), see the user's setting.
+            with _environment("HYDRA_FULL_ERROR", user_setting[0]):
+                try:
+                    return task(cfg)
+                except Exception as e:
+                    from_task.append(e)
+                    raise
 
         # An absolute config_path: the same configs/ whatever module name the entry point is imported under.
         app = hydra.main(version_base="1.3", config_path=str(config_dir), config_name=config_name)(recorded)
@@ -180,8 +188,9 @@ def hydra_main(
                 return task(cfg_passthrough)
             if os.environ.get("HYDRA_FULL_ERROR") == "1":
                 return app()
+            user_setting[0] = os.environ.get("HYDRA_FULL_ERROR")
             try:
-                with _hydra_raises():
+                with _environment("HYDRA_FULL_ERROR", "1"):
                     return app()
             except Exception as e:
                 message = None
