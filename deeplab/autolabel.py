@@ -10,7 +10,6 @@ OUT/dataset/autolabel.yaml  the dataset config (dataset=folder with these folder
 
 from __future__ import annotations
 
-import logging
 import shutil
 from pathlib import Path
 from typing import Any
@@ -18,11 +17,6 @@ from typing import Any
 import numpy as np
 from omegaconf import OmegaConf
 from PIL import Image
-from tqdm import tqdm
-
-from deeplab.errors import DatasetError
-
-log = logging.getLogger(__name__)
 
 CONFIG_NAME = "autolabel"
 
@@ -75,33 +69,23 @@ def predict_folder(
 ) -> list[Path]:
     """deeplab.predict's loop for autolabel=true (cfg: PredictConfig, seg: predict.Segmenter): returns the
     masks written; unreadable images are named and skipped, then counted in a DatasetError."""
-    from deeplab.data.reading import read_image
-    from deeplab.predict import draw, save_ids
+    from deeplab.predict import check_unreadable, draw, predict_each, save_ids
 
     where = folders(output)
-    written, unreadable = [], []
-    for path in tqdm(images, desc="autolabel", unit=" images"):
-        try:
-            image = read_image(path, seg.in_channels)  # (H, W, C) uint8
-        except DatasetError as e:
-            log.warning("%s", e)
-            unreadable.append(path.name)
-            continue
-        pred = seg(image, cfg.eval)  # (H, W) class ids
+
+    def write(path: Path, image: np.ndarray, pred: np.ndarray) -> Path:
         copy_image(path, names[path], where["images"])
         mask = where["masks"] / f"{names[path]}.png"
         save_ids(pred, seg.palette, mask)
         _, overlay = draw(seg, image, pred, cfg.alpha)
         Image.fromarray(overlay).save(where["overlays"] / f"{names[path]}.jpg", quality=92)
-        written.append(mask)
+        return mask
+
+    written, unreadable = predict_each(seg, cfg.eval, images, write, "autolabel")
     config = write_dataset_config(output, seg.labels, seg.palette, seg.in_channels)
     print(f"wrote {len(written)} images and masks to {output} and the dataset config {config}")
     print(
         f"correct the masks in {where['masks']} (pixel value = class id), then train: {train_command(output)}"
     )
-    if unreadable:
-        raise DatasetError(
-            f"{len(unreadable)} of {len(images)} images could not be read and were skipped: "
-            f"{', '.join(unreadable[:5])}{' ...' if len(unreadable) > 5 else ''} (the others are in {output})"
-        )
+    check_unreadable(unreadable, len(images), output)
     return written

@@ -282,31 +282,49 @@ def predict(cfg: PredictConfig | DictConfig, output: Path) -> list[Path]:
     output.mkdir(parents=True, exist_ok=True)
     if cfg.autolabel:
         return autolabel.predict_folder(cfg, seg, images, names, output)
+
+    def write(path: Path, image: np.ndarray, pred: np.ndarray) -> Path:
+        ids_path = output / f"{names[path]}.png"
+        save_ids(pred, seg.palette, ids_path)
+        color, overlay = draw(seg, image, pred, cfg.alpha)
+        Image.fromarray(color).save(output / f"{names[path]}_color.png")
+        Image.fromarray(overlay).save(output / f"{names[path]}_overlay.jpg", quality=92)
+        return ids_path
+
+    written, unreadable = predict_each(seg, cfg.eval, images, write, "predict")
+    print(f"wrote {len(written)} x 3 files to {output}")
+    check_unreadable(unreadable, len(images), output)
+    return written
+
+
+def predict_each(
+    seg: Segmenter, ev: EvalConfig, images: list[Path], write: Callable[[Path, np.ndarray, np.ndarray], Path],
+    desc: str,
+) -> tuple[list[Path], list[str]]:  # fmt: skip
+    """Predict each image and write(path, image (H, W, C) uint8, class ids (H, W)) its files; returns what
+    write returned, and the names of the images that could not be read (each named in a warning, skipped)."""
     written, unreadable = [], []
-    for path in tqdm(images, desc="predict", unit=" images"):
+    for path in tqdm(images, desc=desc, unit=" images"):
         try:
             image = read_image(path, seg.in_channels)  # (H, W, C) uint8
         except DatasetError as e:
             log.warning("%s", e)
             unreadable.append(path.name)
             continue
-        pred = seg(image, cfg.eval)  # (H, W)
-        ids_path = output / f"{names[path]}.png"
-        save_ids(pred, seg.palette, ids_path)
-        color, overlay = draw(seg, image, pred, cfg.alpha)
-        Image.fromarray(color).save(output / f"{names[path]}_color.png")
-        Image.fromarray(overlay).save(output / f"{names[path]}_overlay.jpg", quality=92)
-        written.append(ids_path)
-    print(f"wrote {len(written)} x 3 files to {output}")
+        written.append(write(path, image, seg(image, ev)))
+    return written, unreadable
+
+
+def check_unreadable(unreadable: list[str], total: int, output: Path) -> None:
+    """The images predict_each skipped, counted in one DatasetError (after the others were written)."""
     if unreadable:
         shown = ", ".join(unreadable[:5]) + (
             f" and {len(unreadable) - 5} more" if len(unreadable) > 5 else ""
         )
         raise DatasetError(
-            f"{len(unreadable)} of {len(images)} images could not be read and were skipped: {shown} (the others "
+            f"{len(unreadable)} of {total} images could not be read and were skipped: {shown} (the others "
             f"are in {output})"
         )
-    return written
 
 
 @hydra_main(config_path="../configs", config_name="predict")

@@ -4,10 +4,12 @@ config with the class names) that train.py trains on."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from helpers.configs import compose_config, one_thread
 from PIL import Image
 
 from deeplab.engine import train
+from deeplab.errors import DatasetError
 from deeplab.predict import predict
 
 
@@ -61,3 +63,29 @@ def test_predict_writes_a_folder_dataset_that_trains(trained_run, tmp_path) -> N
         metrics = train(train_cfg, tmp_path / "run")
     assert (tmp_path / "run" / "checkpoints" / "last.pt").is_file()
     assert 0.0 <= metrics["pixel_acc"] <= 1.0
+
+
+def test_autolabel_skips_an_unreadable_image_and_still_writes_the_dataset(trained_run, tmp_path) -> None:
+    run_dir, _, data_dir = trained_run
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    source = sorted((data_dir / "synthetic" / "VOC2012" / "JPEGImages").glob("val_*.jpg"))[0]
+    (photos / source.name).write_bytes(source.read_bytes())
+    (photos / "broken.jpg").write_bytes(b"not a jpeg")
+    out = tmp_path / "labelled"
+    cfg = compose_config(
+        [
+            f"checkpoint={run_dir / 'checkpoints' / 'best.pt'}",
+            f"input={photos}",
+            f"output={out}",
+            "autolabel=true",
+        ],
+        "predict",
+    )
+    with (
+        one_thread(),
+        pytest.raises(DatasetError, match=r"^1 of 2 images could not be read and were skipped: broken"),
+    ):
+        predict(cfg, out)
+    assert [p.name for p in (out / "masks").iterdir()] == [f"{source.stem}.png"]
+    assert (out / "dataset" / "autolabel.yaml").is_file()
