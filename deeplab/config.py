@@ -788,23 +788,30 @@ def location_keys() -> list[str]:
     return keys_with(key_roles(TrainConfig), "location", "dataset")
 
 
-class EvaluateConfig(Section):
-    """configs/evaluate.yaml: `python evaluate.py checkpoint=PATH`."""
+class ModelRun(Section):
+    """What running a trained model takes (evaluate.py, deeplab.predict, deeplab.demo): which model, and where
+    and how it runs (deeplab.predict.load_segmenter, deeplab.runtime)."""
 
     task_name: str
     checkpoint: str
     """A checkpoint train.py wrote (last.pt or best.pt), a run folder or its checkpoints/ folder (best.pt, else
     last.pt), an exported model folder (format=hub), torchvision's DeepLabV3 .pth, or an ONNX file of
-    python -m deeplab.export (run with ONNX Runtime, on the dataset its metadata records); see deeplab.locate."""
+    python -m deeplab.export (run with ONNX Runtime); see deeplab.locate."""
     device: Device
-    num_workers: NonNegativeInt
-    dataset: dict[str, Any]
-    """Non-null values replace the model's dataset settings; only location keys (location_keys()), e.g.
-    dataset.root=/data/VOCdevkit, dataset.skip_bad=true (an unreadable image left out of the metrics)."""
     amp: Amp
     channels_last: Flag
     eval: EvalConfig
     paths: PathsConfig
+
+
+class EvaluateConfig(ModelRun):
+    """configs/evaluate.yaml: `python evaluate.py checkpoint=PATH` (an ONNX file is scored on the dataset its
+    metadata records)."""
+
+    num_workers: NonNegativeInt
+    dataset: dict[str, Any]
+    """Non-null values replace the model's dataset settings; only location keys (location_keys()), e.g.
+    dataset.root=/data/VOCdevkit, dataset.skip_bad=true (an unreadable image left out of the metrics)."""
 
     @model_validator(mode="after")
     def _dataset(self) -> EvaluateConfig:
@@ -818,13 +825,9 @@ class EvaluateConfig(Section):
         return self
 
 
-class PredictConfig(Section):
+class PredictConfig(ModelRun):
     """configs/predict.yaml: `python -m deeplab.predict checkpoint=PATH input=FILE_OR_DIR_OR_VIDEO`."""
 
-    task_name: str
-    checkpoint: str
-    """Our checkpoint (.pt), a run folder, an exported model folder (format=hub), torchvision's deeplabv3 .pth,
-    or a model exported to ONNX (.onnx, by python -m deeplab.export), which runs with ONNX Runtime."""
     input: str
     output: str
     save_masks: bool
@@ -835,31 +838,18 @@ class PredictConfig(Section):
     raster_color: bool
     """A GeoTIFF input (predicted in eval.window windows with eval.overlap, deeplab.raster): also write the
     colour mask as an RGB GeoTIFF."""
-    device: Device
     alpha: Annotated[float, Field(ge=0, le=1)]
     """Opacity of the colour mask drawn over the photo."""
-    amp: Amp
-    channels_last: Flag
-    eval: EvalConfig
-    paths: PathsConfig
 
 
-class DemoConfig(Section):
+class DemoConfig(ModelRun):
     """configs/demo.yaml: `python -m deeplab.demo checkpoint=PATH`, a Gradio page (deeplab.demo)."""
 
-    task_name: str
-    checkpoint: str
-    """What predict takes: a checkpoint, an exported model folder or an .onnx file."""
     host: str
     """The address the page is served on: 127.0.0.1 (this machine) or 0.0.0.0 (others too)."""
     port: Annotated[int, Field(ge=1, le=65535)]
-    device: Device
     alpha: Annotated[float, Field(ge=0, le=1)]
     """Opacity of the colour mask drawn over the photo."""
-    amp: Amp
-    channels_last: Flag
-    eval: EvalConfig
-    paths: PathsConfig
 
 
 class ExportConfig(Section):

@@ -75,7 +75,7 @@ def serve(cfg: DemoConfig | DictConfig, block: bool = True) -> Any:
     from deeplab.predict import load_segmenter
 
     cfg = demo_config(cfg)
-    seg = load_segmenter(cfg)  # type: ignore[arg-type]  # reads checkpoint, device, amp, channels_last, eval
+    seg = load_segmenter(cfg)
     app = build_app(seg, cfg)
     import gradio as gr
 

@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from deeplab import autolabel
 from deeplab.cli import hydra_main
-from deeplab.config import EvalConfig, PredictConfig, overlay_background_ids, predict_config
+from deeplab.config import EvalConfig, ModelRun, PredictConfig, overlay_background_ids, predict_config
 from deeplab.data.reading import read_image
 from deeplab.errors import ConfigError, DatasetError
 from deeplab.visualize import (
@@ -125,7 +125,7 @@ class Segmenter:
         return probs.argmax(1)[0].to(torch.uint8).cpu().numpy()
 
 
-def load_segmenter(cfg: PredictConfig) -> Segmenter:
+def load_segmenter(cfg: ModelRun) -> Segmenter:
     from deeplab.data.classes import color_table
     from deeplab.locate import locate
     from deeplab.runtime import make_runtime
