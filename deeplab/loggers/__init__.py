@@ -9,9 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from deeplab.config import TrainConfig, flatten
-from deeplab.loggers.base import Logger, Loggers, Pending
+from deeplab.loggers.base import HeldTracker, Logger, Loggers
 
-__all__ = ["Logger", "Loggers", "Pending", "build_loggers"]
+__all__ = ["HeldTracker", "Logger", "Loggers", "build_loggers"]
 
 
 def build_loggers(cfg: TrainConfig, run_dir: Path, start_step: int, is_main: bool) -> Loggers:

@@ -1,7 +1,7 @@
 """The logger interface the training loop calls, and the fan-out to the configured loggers (rank 0 only).
 
 No step twice after a resume: a logger either rewinds to the resumed iteration when it opens (TensorBoard's
-purge_step, the CSV file's rows), or sends only what a checkpoint holds (Pending: MLflow, W&B), since a
+purge_step, the CSV file's rows), or sends only what a checkpoint holds (HeldTracker: MLflow, W&B), since a
 resumed run redoes every iteration after its last.pt.
 """
 
@@ -34,32 +34,37 @@ class Logger(Protocol):
     def close(self) -> None: ...
 
 
-class Pending:
-    """Scalars and images held back until a checkpoint holds their step: a run resumed from last.pt redoes the
-    steps after it, so a tracking service that cannot forget a logged point only receives steps before it."""
+class HeldTracker:
+    """The part of a tracking service's logger (MLflow, W&B) that holds scalars and images back until a
+    checkpoint holds their step: a run resumed from last.pt redoes the steps after it, and such a service
+    cannot forget a logged point. A subclass sends them (send) and opens and ends its run."""
 
-    def __init__(self, after: int) -> None:
-        self.after = after  # the resumed iteration: steps up to it were sent by the run before
+    def __init__(self, start_step: int) -> None:
+        self.after = start_step  # the resumed iteration: steps up to it were sent by the run before
+        self.sent_upto = start_step
         self.rows: dict[int, dict[str, float]] = {}
         self.images: dict[int, dict[str, np.ndarray]] = {}  # (H, W, 3) uint8 by tag
 
-    def add(self, values: Mapping[str, float], step: int) -> None:
+    def scalars(self, values: Mapping[str, float], step: int) -> None:
         if step > self.after:
             self.rows.setdefault(step, {}).update(values)
 
-    def add_image(self, tag: str, image: np.ndarray, step: int) -> None:
+    def image(self, tag: str, image: np.ndarray, step: int) -> None:
         if step > self.after:
             self.images.setdefault(step, {})[tag] = image
 
-    def take(self, upto: int) -> list[tuple[int, dict[str, float]]]:
-        """The held rows of steps up to `upto`, in step order (removed); later ones stay held."""
-        ready = sorted(s for s in self.rows if s <= upto)
-        return [(s, self.rows.pop(s)) for s in ready]
+    def hparams(self, hparams: Mapping[str, Any], metrics: Mapping[str, float]) -> None:
+        """The config was sent when the run began; the final metrics are its last points."""
 
-    def take_images(self, upto: int) -> list[tuple[int, dict[str, np.ndarray]]]:
-        """The held images of steps up to `upto`, as take()."""
-        ready = sorted(s for s in self.images if s <= upto)
-        return [(s, self.images.pop(s)) for s in ready]
+    def checkpointed(self, step: int) -> None:
+        """Send the held steps up to `step`, in step order; later ones stay held."""
+        ready = sorted(s for s in self.rows.keys() | self.images.keys() if s <= step)
+        self.send([(s, self.rows.pop(s, {}), self.images.pop(s, {})) for s in ready])
+        self.sent_upto = max(self.sent_upto, step)
+
+    def send(self, steps: list[tuple[int, dict[str, float], dict[str, np.ndarray]]]) -> None:
+        """(step, scalars, images) of each step, in step order."""
+        raise NotImplementedError
 
 
 class Loggers:

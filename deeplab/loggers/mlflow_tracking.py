@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from deeplab.errors import ConfigError
-from deeplab.loggers.base import Pending
+from deeplab.loggers.base import HeldTracker
 
 RUN_FILE = "mlflow_run.json"  # in the run dir: the MLflow run a resumed run continues
 
@@ -29,7 +29,7 @@ def default_tracking_uri(run_dir: Path) -> str:
     return str((run_dir.parent / "mlruns").resolve())
 
 
-class MlflowLogger:
+class MlflowLogger(HeldTracker):
     def __init__(
         self,
         run_dir: Path,
@@ -47,9 +47,8 @@ class MlflowLogger:
             from mlflow import MlflowClient
         except ImportError:
             raise ConfigError('logger=mlflow needs MLflow: pip install -e ".[mlflow]"') from None
+        super().__init__(start_step)
         self.client = MlflowClient(tracking_uri=uri)
-        self.pending = Pending(after=start_step)
-        self.sent_upto = start_step
         record = run_dir / RUN_FILE
         if start_step and record.is_file():  # a resumed run continues its MLflow run
             self.run_id = json.loads(record.read_text())["run_id"]
@@ -64,33 +63,22 @@ class MlflowLogger:
         # MLflow caps a param's value at 6000 characters (a long class list)
         self.client.log_batch(self.run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
 
-    def scalars(self, values: Mapping[str, float], step: int) -> None:
-        self.pending.add(values, step)
-
-    def image(self, tag: str, image: np.ndarray, step: int) -> None:
-        self.pending.add_image(tag, image, step)
-
-    def hparams(self, hparams: Mapping[str, Any], metrics: Mapping[str, float]) -> None:
-        """The params were logged when the run began; the final metrics are its last points."""
-
     def artifact(self, name: str, value: Path | Mapping[str, Any]) -> None:
         if isinstance(value, Path):
             self.client.log_artifact(self.run_id, str(value))
         else:
             self.client.log_dict(self.run_id, dict(value), name)
 
-    def checkpointed(self, step: int) -> None:
+    def send(self, steps: list[tuple[int, dict[str, float], dict[str, np.ndarray]]]) -> None:
         from mlflow.entities import Metric
 
-        rows = self.pending.take(step)
         now = int(time.time() * 1000)
-        metrics = [Metric(metric_name(k), float(v), now, s) for s, row in rows for k, v in row.items()]
+        metrics = [Metric(metric_name(k), float(v), now, s) for s, row, _ in steps for k, v in row.items()]
         for i in range(0, len(metrics), 1000):  # MLflow takes at most 1000 metrics per batch
             self.client.log_batch(self.run_id, metrics=metrics[i : i + 1000])
-        for s, images in self.pending.take_images(step):
+        for s, _, images in steps:
             for tag, image in images.items():  # the UI's images by key and step (artifacts under images/)
                 self.client.log_image(self.run_id, image, key=metric_name(tag), step=s)
-        self.sent_upto = max(self.sent_upto, step)
 
     def close(self) -> None:
         """Steps a checkpoint holds are sent (the last validation follows its last.pt); later ones, logged

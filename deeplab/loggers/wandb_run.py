@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from deeplab.errors import ConfigError
-from deeplab.loggers.base import Pending
+from deeplab.loggers.base import HeldTracker
 
 RUN_FILE = "wandb_run.json"  # in the run dir: the W&B run id a resumed run continues
 
@@ -29,7 +29,7 @@ def logged_in() -> bool:
         return False
 
 
-class WandbLogger:
+class WandbLogger(HeldTracker):
     def __init__(self, run_dir: Path, start_step: int, project: str, config: Mapping[str, Any]) -> None:
         try:
             import wandb
@@ -45,30 +45,17 @@ class WandbLogger:
             dir=str(run_dir), mode=mode, config=dict(config),  # type: ignore[arg-type]
         )  # fmt: skip
         record.write_text(json.dumps({"id": run_id, "project": project}) + "\n")
-        self.pending = Pending(after=start_step)  # W&B cannot forget a step: only what last.pt holds is sent
-        self.sent_upto = start_step
-
-    def scalars(self, values: Mapping[str, float], step: int) -> None:
-        self.pending.add(values, step)
-
-    def image(self, tag: str, image: np.ndarray, step: int) -> None:
-        self.pending.add_image(tag, image, step)
-
-    def hparams(self, hparams: Mapping[str, Any], metrics: Mapping[str, float]) -> None:
-        """The config was given when the run began; the final metrics are its last points."""
+        super().__init__(start_step)  # W&B cannot forget a step: only what last.pt holds is sent
 
     def artifact(self, name: str, value: Path | Mapping[str, Any]) -> None:
         target = Path(self.run.dir) / name  # the run's files/ folder, uploaded with it
         target.write_text(value.read_text() if isinstance(value, Path) else json.dumps(dict(value), indent=2))
 
-    def checkpointed(self, step: int) -> None:
+    def send(self, steps: list[tuple[int, dict[str, float], dict[str, np.ndarray]]]) -> None:
         import wandb
 
-        rows, images = dict(self.pending.take(step)), dict(self.pending.take_images(step))
-        for s in sorted(rows.keys() | images.keys()):  # W&B takes steps in increasing order only
-            shown = {tag: wandb.Image(image) for tag, image in images.get(s, {}).items()}
-            self.run.log({**rows.get(s, {}), **shown}, step=s)
-        self.sent_upto = max(self.sent_upto, step)
+        for s, row, images in steps:  # W&B takes steps in increasing order only
+            self.run.log({**row, **{tag: wandb.Image(image) for tag, image in images.items()}}, step=s)
 
     def close(self) -> None:
         """Steps a checkpoint holds are sent; later ones, logged before a crash, are redone on resume."""
