@@ -161,7 +161,9 @@ def test_what_the_task_raises_is_not_reported_as_a_composition_mistake(tmp_path,
     @hydra_main(config_path="../configs", config_name="export")
     def app(cfg):
         seen.append(cfg.checkpoint)
-        assert "HYDRA_FULL_ERROR" not in os.environ  # the switch that composition sets does not reach the task
+        assert (
+            "HYDRA_FULL_ERROR" not in os.environ
+        )  # the switch that composition sets does not reach the task
         if cfg.format == "exported_program":
             raise ConfigKeyError("a bug in the code")
         return 1.5

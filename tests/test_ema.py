@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
 from helpers.configs import compose_config, one_thread, tiny_config
+from helpers.interrupt import interrupted_at
 from torch import nn
 
 from deeplab.checkpoint import load_checkpoint
@@ -37,8 +37,6 @@ def test_ema_resumes_exactly_is_validated_apart_and_best_pt_keeps_the_better_wei
     """Stopped after last.pt at iteration 2 and resumed == 4 uninterrupted iterations, for the weights and
     the EMA (also with gradient accumulation); val/ema/* logged; best.pt holds the weights that scored
     better, which evaluate.py scores."""
-    import deeplab.engine as engine
-
     full_dir, part_dir = tmp_path / "full", tmp_path / "part"
     # with 2 micro-batches per step: the resume continues at the right sample, the EMA counts optimizer steps
     options = {
@@ -47,17 +45,8 @@ def test_ema_resumes_exactly_is_validated_apart_and_best_pt_keeps_the_better_wei
     }  # fmt: skip
     with one_thread():
         train(tiny_config(tiny_data, **options), full_dir)
-    real_save = engine.save_checkpoint
-
-    def save_then_die(path, state):
-        real_save(path, state)
-        if Path(path).name == "last.pt" and state["iteration"] == 2:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(engine, "save_checkpoint", save_then_die)
-    with one_thread(), pytest.raises(KeyboardInterrupt):
+    with interrupted_at(monkeypatch, 2), one_thread(), pytest.raises(KeyboardInterrupt):
         train(tiny_config(tiny_data, **options), part_dir)
-    monkeypatch.setattr(engine, "save_checkpoint", real_save)
     with one_thread():
         train(tiny_config(tiny_data, **options, **{"trainer.resume": "auto"}), part_dir)
     full = load_checkpoint(full_dir / "checkpoints" / "last.pt")

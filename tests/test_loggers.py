@@ -9,9 +9,11 @@ import json
 import struct
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from helpers.configs import one_thread, tiny_config
+from helpers.interrupt import interrupted_at
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from deeplab.config import train_config
@@ -20,13 +22,13 @@ from deeplab.errors import ConfigError
 from deeplab.loggers import build_loggers
 
 
-def wandb_history(run_dir: Path) -> list[dict[str, float]]:
-    """The history rows of the offline W&B run folders under run_dir/wandb, in order: each run-<id>.wandb file
-    is a LevelDB-style log (32 KiB blocks of records with a 7-byte header: checksum, length, type 1 full /
-    2 first / 3 middle / 4 last) of wandb_internal_pb2.Record messages, after a 7-byte ':W&B' file header."""
+def wandb_records(run_dir: Path) -> list[Any]:
+    """The records (wandb_internal_pb2.Record) of the offline W&B run folders under run_dir/wandb, in order:
+    each run-<id>.wandb file is a LevelDB-style log (32 KiB blocks of records with a 7-byte header: checksum,
+    length, type 1 full / 2 first / 3 middle / 4 last), after a 7-byte ':W&B' file header."""
     from wandb.proto import wandb_internal_pb2
 
-    rows = []
+    records = []
     for path in sorted(run_dir.glob("wandb/offline-run-*/run-*.wandb")):
         data, pos, pieces = path.read_bytes(), 7, b""
         while pos + 7 <= len(data):
@@ -38,13 +40,18 @@ def wandb_history(run_dir: Path) -> list[dict[str, float]]:
             pieces += data[pos + 7 : pos + 7 + length]
             pos += 7 + length
             if kind in (1, 4):
-                record = wandb_internal_pb2.Record.FromString(pieces)
+                records.append(wandb_internal_pb2.Record.FromString(pieces))
                 pieces = b""
-                if record.WhichOneof("record_type") == "history":
-                    items = {
-                        i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in record.history.item
-                    }
-                    rows.append({k: v for k, v in items.items() if not k.startswith("_") or k == "_step"})
+    return records
+
+
+def wandb_history(run_dir: Path) -> list[dict[str, float]]:
+    """The history rows of the offline W&B runs under run_dir, in order."""
+    rows = []
+    for record in wandb_records(run_dir):
+        if record.WhichOneof("record_type") == "history":
+            items = {i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in record.history.item}
+            rows.append({k: v for k, v in items.items() if not k.startswith("_") or k == "_step"})
     return rows
 
 
@@ -63,21 +70,13 @@ def test_tensorboard_csv_and_mlflow_log_each_step_once_across_a_resume(tiny_data
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc of `wandb login`: offline
     monkeypatch.setenv("WANDB_SILENT", "true")
-    import deeplab.engine as engine
-
     run_dir, store = tmp_path / "run", tmp_path / "mlruns"
-    options = {"logger": "[tensorboard,csv,mlflow,wandb]", "logger.mlflow.tracking_uri": store}
-    real_save = engine.save_checkpoint
-
-    def die_at_4(path, state):
-        if state["iteration"] == 4:
-            raise KeyboardInterrupt
-        real_save(path, state)
-
-    monkeypatch.setattr(engine, "save_checkpoint", die_at_4)
-    with one_thread(), pytest.raises(KeyboardInterrupt):
+    options = {
+        "logger": "[tensorboard,csv,mlflow,wandb]", "logger.mlflow.tracking_uri": store,
+        "logger.mlflow.experiment": "sweep-a", "logger.wandb.project": "voc-runs",
+    }  # fmt: skip
+    with interrupted_at(monkeypatch, 4, written=False), one_thread(), pytest.raises(KeyboardInterrupt):
         train(tiny_config(tiny_data, **options), run_dir)
-    monkeypatch.setattr(engine, "save_checkpoint", real_save)
     # rows 3 and 4, written before the crash, are dropped by the resumed run
     assert _steps(run_dir / "metrics.csv", "train/loss") == [1, 2, 3, 4]
     with one_thread():
@@ -97,7 +96,7 @@ def test_tensorboard_csv_and_mlflow_log_each_step_once_across_a_resume(tiny_data
     assert sorted(e.step for e in events.Scalars("train/loss")) == [1, 2, 3, 4]
 
     client = mlflow.MlflowClient(tracking_uri=str(store))
-    [experiment] = [e for e in client.search_experiments() if e.name == "deeplab"]
+    [experiment] = [e for e in client.search_experiments() if e.name == "sweep-a"]  # logger.mlflow.experiment
     [run] = client.search_runs([experiment.experiment_id])  # the resumed run continued the same MLflow run
     assert run.info.run_name == "run" and run.info.status == "FINISHED"
     assert [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")] == [1, 2, 3, 4]
@@ -122,6 +121,8 @@ def test_tensorboard_csv_and_mlflow_log_each_step_once_across_a_resume(tiny_data
     assert not any("val/example_0/_type" in r for r in (history[0], history[2]))
     assert history[-1]["val/mIoU"] == pytest.approx(saved["miou"])
     assert len({p.name.rsplit("-", 1)[1] for p in run_dir.glob("wandb/offline-run-*")}) == 1  # one run id
+    runs = [r.run for r in wandb_records(run_dir) if r.WhichOneof("record_type") == "run"]
+    assert runs and {r.project for r in runs} == {"voc-runs"}  # logger.wandb.project
     card_file = client.download_artifacts(run.info.run_id, "model_card.json", str(tmp_path))
     card = json.loads(Path(card_file).read_text())
     assert card["provenance"]["iteration"] == 4 and card["provenance"]["metrics"]["miou"] == saved["miou"]

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from helpers.configs import compose_config, one_thread, tiny_config, tiny_overrides
+from helpers.interrupt import interrupted_at
 from helpers.processes import run_cli
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -69,23 +70,11 @@ def test_training_writes_checkpoints_metrics_and_tensorboard(trained_run):
 def test_resume_after_interruption_gives_the_same_weights(sampler, tiny_data, tmp_path, monkeypatch):
     """Stopped after 2 of 4 iterations and resumed with resume=auto == 4 uninterrupted iterations (also with
     the rare-class sampler)."""
-    import deeplab.engine as engine
-
     full_dir, part_dir = tmp_path / "full", tmp_path / "part"
     options = {"trainer.eval_interval": 4, "dataset.sampler": sampler}
     train(tiny_config(tiny_data, **options), full_dir)
-
-    real_save = engine.save_checkpoint
-
-    def save_then_die(path, state):
-        real_save(path, state)
-        if Path(path).name == "last.pt" and state["iteration"] == 2:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(engine, "save_checkpoint", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
+    with interrupted_at(monkeypatch, 2), pytest.raises(KeyboardInterrupt):
         train(tiny_config(tiny_data, **options), part_dir)
-    monkeypatch.setattr(engine, "save_checkpoint", real_save)
     assert load_checkpoint(part_dir / "checkpoints" / "last.pt")["iteration"] == 2
 
     train(tiny_config(tiny_data, **options, **{"trainer.resume": "auto"}), part_dir)
