@@ -110,3 +110,16 @@ def test_the_page_in_a_browser_shows_predicts_overlay(trained_run, tmp_path) -> 
     assert got.shape == expected.shape
     assert np.array_equal(got, expected)
     assert any(name in labels for name in seg.labels)
+
+
+def test_host_and_port_are_where_the_page_is_served(trained_run, monkeypatch) -> None:
+    """host=0.0.0.0 port=N: Gradio is asked to listen on every interface at N (the browser test loads the
+    page from 127.0.0.1)."""
+    gr = pytest.importorskip("gradio")
+    from deeplab.demo import serve
+
+    asked = {}
+    monkeypatch.setattr(gr.Blocks, "launch", lambda self, **kwargs: asked.update(kwargs))
+    checkpoint = trained_run[0] / "checkpoints" / "best.pt"
+    serve(compose_config([f"checkpoint={checkpoint}", "host=0.0.0.0", "port=8123"], "demo"))
+    assert (asked["server_name"], asked["server_port"]) == ("0.0.0.0", 8123)

@@ -51,9 +51,9 @@ def test_loader_batches_do_not_depend_on_workers_or_resume(tmp_path):
     assert not torch.equal(plain[0][0], plain[3][0])  # same images in another epoch are cropped differently
 
 
-def rare_folder_dataset(root):
-    """40 generated 8x10 images: classes 0 and 1 in every mask, class 2 in 2 of them (5%), as a small blob."""
-    from helpers.configs import compose_config
+def rare_folder_overrides(root):
+    """40 generated 8x10 images: classes 0 and 1 in every mask, class 2 in 2 of them (5%), as a small blob;
+    the overrides of the folder dataset that reads them."""
     from helpers.fake_data import fake_image, save_jpg, save_palette_png
 
     for split in ("train", "val"):
@@ -65,8 +65,13 @@ def rare_folder_dataset(root):
             save_palette_png(mask, root / split / "masks" / f"{i:02d}.png")
             save_jpg(fake_image(f"{i:02d}", mask.shape), root / split / "images" / f"{i:02d}.jpg")
     keys = [f"dataset.{s}.{k}={root / s / k}" for s in ("train", "val") for k in ("images", "masks")]
-    cfg = compose_config(["dataset=folder", *keys, "dataset.num_classes=3", "trainer.crop_size=8"])
-    return data.build_dataset(cfg, "train")
+    return ["dataset=folder", *keys, "dataset.num_classes=3", "trainer.crop_size=8"]
+
+
+def rare_folder_dataset(root):
+    from helpers.configs import compose_config
+
+    return data.build_dataset(compose_config(rare_folder_overrides(root)), "train")
 
 
 def test_rare_class_sampler_draws_the_rare_images_more_often_and_resumes(tmp_path):
@@ -100,3 +105,22 @@ def test_rare_class_sampler_draws_the_rare_images_more_often_and_resumes(tmp_pat
     # a higher temperature flattens the class distribution
     warm = rare_classes(stats.counts[:3].tolist(), stats.presence, temperature=10.0)
     assert warm.probabilities[2] < rare.probabilities[2] and max(warm.probabilities) < 0.4
+
+
+def test_dataset_sampler_temperature_sets_how_often_the_rare_class_is_drawn(tmp_path):
+    """The training run's class probabilities (deeplab.engine) follow dataset.sampler_temperature."""
+    from helpers.configs import compose_config
+
+    from deeplab.config import train_config
+    from deeplab.engine import _rare_classes
+
+    overrides = [*rare_folder_overrides(tmp_path / "data"), "dataset.sampler=rare_class",
+                 f"paths.cache_dir={tmp_path / 'cache'}", "trainer.num_workers=0"]  # fmt: skip
+    dataset = data.build_dataset(compose_config(overrides), "train")
+    rarest = []
+    for temperature in (0.01, 0.5, 10.0):
+        cfg = train_config(compose_config([*overrides, f"dataset.sampler_temperature={temperature}"]))
+        rare = _rare_classes(cfg, dataset)
+        assert rare is not None and rare.images[2] == [7, 23]
+        rarest.append(rare.probabilities[2])
+    assert rarest[0] > 0.99 and rarest[0] > rarest[1] > rarest[2] > 1 / 3 - 0.01
