@@ -79,3 +79,21 @@ def test_ema_resumes_exactly_is_validated_apart_and_best_pt_keeps_the_better_wei
             compose_config([f"checkpoint={full_dir}", "num_workers=0"], "evaluate"), out
         )
     assert scored["miou"] == pytest.approx(best["metrics"]["miou"], abs=1e-6)
+
+
+def test_ema_warmup_ramps_the_decay_of_a_training_run(tiny_data, tmp_path) -> None:
+    """trainer.ema.warmup: over a long warm-up the EMA of 3 steps stays next to the weights (decay near 0); without
+    one it lags behind them (decay 0.99 from the second update)."""
+    gaps = {}
+    for warmup in (0, 10_000):
+        options = {"trainer.ema.decay": 0.99, "trainer.ema.warmup": warmup, "trainer.max_iters": 3,
+                   "trainer.eval_interval": 3, "logger": "[]"}  # fmt: skip
+        with one_thread():
+            train(tiny_config(tiny_data, **options), tmp_path / str(warmup))
+        ckpt = load_checkpoint(tmp_path / str(warmup) / "checkpoints" / "last.pt")
+        ema = {k.removeprefix("module."): v for k, v in ckpt["ema"].items()}
+        weights = ckpt["model"]
+        gaps[warmup] = max(
+            float((ema[k] - v).abs().max()) for k, v in weights.items() if v.is_floating_point()
+        )
+    assert gaps[10_000] < 0.01 * gaps[0], gaps
