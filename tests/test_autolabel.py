@@ -13,23 +13,25 @@ from deeplab.errors import DatasetError
 from deeplab.predict import predict
 
 
-def test_predict_writes_a_folder_dataset_that_trains(trained_run, tmp_path) -> None:
+def photos_and_config(trained_run, tmp_path, count: int):
+    """`count` validation photos of the trained run copied to tmp_path/photos, and the autolabel config that
+    writes to tmp_path/labelled."""
     run_dir, _, data_dir = trained_run
     photos = tmp_path / "photos"
     photos.mkdir()
-    sources = sorted((data_dir / "synthetic" / "VOC2012" / "JPEGImages").glob("val_*.jpg"))[:3]
+    sources = sorted((data_dir / "synthetic" / "VOC2012" / "JPEGImages").glob("val_*.jpg"))[:count]
     for p in sources:
         (photos / p.name).write_bytes(p.read_bytes())
     out = tmp_path / "labelled"
+    checkpoint = run_dir / "checkpoints" / "best.pt"
     cfg = compose_config(
-        [
-            f"checkpoint={run_dir / 'checkpoints' / 'best.pt'}",
-            f"input={photos}",
-            f"output={out}",
-            "autolabel=true",
-        ],
-        "predict",
+        [f"checkpoint={checkpoint}", f"input={photos}", f"output={out}", "autolabel=true"], "predict"
     )
+    return sources, cfg, out
+
+
+def test_predict_writes_a_folder_dataset_that_trains(trained_run, tmp_path) -> None:
+    sources, cfg, out = photos_and_config(trained_run, tmp_path, 3)
     with one_thread():
         masks = predict(cfg, out)
     stems = [p.stem for p in sources]
@@ -66,22 +68,8 @@ def test_predict_writes_a_folder_dataset_that_trains(trained_run, tmp_path) -> N
 
 
 def test_autolabel_skips_an_unreadable_image_and_still_writes_the_dataset(trained_run, tmp_path) -> None:
-    run_dir, _, data_dir = trained_run
-    photos = tmp_path / "photos"
-    photos.mkdir()
-    source = sorted((data_dir / "synthetic" / "VOC2012" / "JPEGImages").glob("val_*.jpg"))[0]
-    (photos / source.name).write_bytes(source.read_bytes())
-    (photos / "broken.jpg").write_bytes(b"not a jpeg")
-    out = tmp_path / "labelled"
-    cfg = compose_config(
-        [
-            f"checkpoint={run_dir / 'checkpoints' / 'best.pt'}",
-            f"input={photos}",
-            f"output={out}",
-            "autolabel=true",
-        ],
-        "predict",
-    )
+    [source], cfg, out = photos_and_config(trained_run, tmp_path, 1)
+    (tmp_path / "photos" / "broken.jpg").write_bytes(b"not a jpeg")
     with (
         one_thread(),
         pytest.raises(DatasetError, match=r"^1 of 2 images could not be read and were skipped: broken"),
