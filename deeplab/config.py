@@ -479,6 +479,17 @@ class ADE20KDataset(SplitLayout):
         return _fixed_class_count(data, 150, "ADE20K")
 
 
+class CamVidDataset(SplitLayout):
+    """CamVid in the SegNet layout (train 367 / val 101 / test 233, 480x360), 11 classes, void ignored."""
+
+    name: Literal["camvid"]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _classes(cls, data: Any) -> Any:
+        return _fixed_class_count(data, 11, "CamVid (the SegNet layout's 11 classes)")
+
+
 DatasetConfig = Annotated[
     VOCDataset
     | SBDDataset
@@ -486,7 +497,8 @@ DatasetConfig = Annotated[
     | SyntheticDataset
     | FolderDataset
     | CityscapesDataset
-    | ADE20KDataset,
+    | ADE20KDataset
+    | CamVidDataset,
     Field(discriminator="name"),
 ]
 

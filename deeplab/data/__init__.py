@@ -10,6 +10,7 @@ from omegaconf import DictConfig
 
 from deeplab.config import (
     ADE20KDataset,
+    CamVidDataset,
     CityscapesDataset,
     DatasetBase,
     FolderDataset,
@@ -21,8 +22,15 @@ from deeplab.config import (
     train_config,
 )
 from deeplab.data.ade20k import ade20k_samples, find_ade20k_dir
+from deeplab.data.camvid import camvid_samples, find_camvid_dir
 from deeplab.data.cityscapes import cityscapes_samples, find_cityscapes_dir, unlisted_label_ids
-from deeplab.data.classes import CITYSCAPES_COLORS, ade20k_label_map, cityscapes_label_map, color_table
+from deeplab.data.classes import (
+    CITYSCAPES_COLORS,
+    ade20k_label_map,
+    camvid_label_map,
+    cityscapes_label_map,
+    color_table,
+)
 from deeplab.data.collate import collate_eval
 from deeplab.data.dataset import SegmentationDataset
 from deeplab.data.folder import color_lookup, folder_samples
@@ -108,6 +116,12 @@ def load_split(
             samples = ade20k_samples(root, split_name)
             dataset = SegmentationDataset(
                 samples, label_map=ade20k_label_map(), name=f"{root}/{split_name}", **common
+            )
+        elif isinstance(d, CamVidDataset):
+            root = find_camvid_dir(d.root)
+            samples = camvid_samples(root, split_name)
+            dataset = SegmentationDataset(
+                samples, label_map=camvid_label_map(), name=f"{root}/{split_name}", **common
             )
         elif isinstance(d, VOCDataset):
             dataset = VOCSegmentation(d.root, split_name, **common)

