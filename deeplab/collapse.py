@@ -24,9 +24,21 @@ OTHERS_KEPT = 1 / 3
 CHECKED_BOUNDARIES = 3
 
 
-def collapse_warning(predicted: Sequence[float], true: Sequence[float], names: Sequence[str]) -> str | None:
-    """One line naming the collapsed class and its two shares, or None. predicted/true: pixels per class
-    (over the pixels scored: the ignore index not counted)."""
+CLASS_REMEDY = (
+    "weight the classes (loss.class_weights=auto) or draw images of the rare classes more often "
+    "(dataset.sampler=rare_class); if the model trained only briefly from random weights, BatchNorm's running "
+    "statistics may lag its weights instead (trainer.precise_bn)"
+)
+
+
+STATISTICS_REMEDY = "weighting the classes would not help: BatchNorm's running statistics lag the weights (see the next warning)"
+
+
+def collapse_warning(
+    predicted: Sequence[float], true: Sequence[float], names: Sequence[str], remedy: str = CLASS_REMEDY
+) -> str | None:
+    """One line naming the collapsed class, its two shares and the remedy, or None. predicted/true: pixels per
+    class (over the pixels scored: the ignore index not counted)."""
     pred, truth = np.asarray(predicted, np.float64), np.asarray(true, np.float64)
     if pred.sum() <= 0 or truth.sum() <= 0:
         return None
@@ -36,15 +48,16 @@ def collapse_warning(predicted: Sequence[float], true: Sequence[float], names: S
         return None
     return (
         f"the model predicts class {names[c]!r} for {pred_share[c]:.1%} of the pixels, where the truth has "
-        f"{true_share[c]:.1%}: it is collapsing to one class; weight the classes (loss.class_weights=auto) or "
-        f"draw images of the rare classes more often (dataset.sampler=rare_class)"
+        f"{true_share[c]:.1%}: it is collapsing to one class; {remedy}"
     )
 
 
-def matrix_warning(matrix: Tensor | np.ndarray, names: Sequence[str]) -> str | None:
+def matrix_warning(
+    matrix: Tensor | np.ndarray, names: Sequence[str], remedy: str = CLASS_REMEDY
+) -> str | None:
     """collapse_warning of a confusion matrix (rows = truth, columns = prediction)."""
     m = torch.as_tensor(matrix).detach().to("cpu", torch.float64)
-    return collapse_warning(m.sum(0).tolist(), m.sum(1).tolist(), names)
+    return collapse_warning(m.sum(0).tolist(), m.sum(1).tolist(), names, remedy)
 
 
 class CollapseWatch:

@@ -7,6 +7,8 @@ collectives in distributed.py, the loggers in deeplab/loggers/, the evaluation l
 from __future__ import annotations
 
 import contextlib
+import functools
+import itertools
 import json
 import logging
 import math
@@ -23,7 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
-from deeplab import collapse, data, distributed, report, rundir
+from deeplab import collapse, data, distributed, precise_bn, report, rundir
 from deeplab.card import run_card
 from deeplab.checkpoint import (
     Resumed,
@@ -65,6 +67,8 @@ __all__ = ["TrainingInterrupted", "train"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+PRECISE_BN_AUTO = 16  # training batches that trainer.precise_bn=auto recomputes BatchNorm statistics on
+DIAGNOSIS_BATCHES = 4  # training batches that tell a statistics mismatch from a class imbalance
 
 
 def train(cfg: TrainConfig | DictConfig, run_dir: Path) -> dict[str, Any]:
@@ -114,6 +118,10 @@ class Run:
     lock: rundir.RunDirLock | None  # rank 0's lock on the run dir
     validated: bool = False  # whether this process has validated (a resumed, finished run has not)
     ema: AveragedModel | None = None  # trainer.ema: the averaged weights (deeplab/ema.py)
+    # trainer.precise_bn: the copies of model and EMA weights last validated, their BatchNorm statistics
+    # recomputed (what best.pt saves); None when validation scored the weights themselves
+    scored: nn.Module | None = None
+    scored_ema: nn.Module | None = None
 
     def close(self) -> None:
         """Release the run's threads and processes, also after an error: the loggers, loader workers, and
@@ -132,7 +140,8 @@ class Run:
     def save(self, name: str, resumable: bool = True) -> None:
         """checkpoints/<name>: the resumable state (last.pt), or the weights only (best.pt)."""
         extra = (self.optimizer, self.scheduler, self.scaler) if resumable else ()
-        state = training_state(self.model, self.cfg.model_dump(), self.progress, *extra)
+        model = self.model if resumable or self.scored is None else self.scored
+        state = training_state(model, self.cfg.model_dump(), self.progress, *extra)
         if self.ema is not None and resumable:
             state["ema"] = self.ema.state_dict()
         elif self.ema is not None:  # best.pt: the weights that scored better, EMA or not, and which they are
@@ -149,8 +158,48 @@ class Run:
         ema = metrics.pop("ema", None)
         if self.ema is not None and ema is not None and ema["miou"] > metrics.get("miou", -1.0):
             keep = {k: metrics[k] for k in ("iteration", "num_images") if k in metrics}
-            return self.ema.module.state_dict(), ema | keep | {"weights": "ema"}
-        return self.model.state_dict(), metrics | {"weights": "model"}
+            return (self.scored_ema or self.ema.module).state_dict(), ema | keep | {"weights": "ema"}
+        return (self.scored or self.model).state_dict(), metrics | {"weights": "model"}
+
+    def statistics_batches(self, iteration: int) -> int:
+        """trainer.precise_bn at this iteration: the training batches to recompute BatchNorm statistics on."""
+        setting, steps = self.cfg.trainer.precise_bn, iteration * self.cfg.trainer.accumulate
+        if setting == "auto":
+            return PRECISE_BN_AUTO if precise_bn.is_immature(self.model, steps) else 0
+        return setting
+
+    def training_batches(self, count: int, masks: bool = False) -> list[Any]:
+        """`count` batches of training images as evaluation reads them (whole, not augmented; padded with the
+        mean colour to the largest of a batch), the same ones at every call: images on the device, with their
+        masks when asked. Whole images, not training crops: on generated data, statistics from crops (random
+        scale, padding) left a 7-point gap in pixel accuracy to each batch's own statistics, whole images 2."""
+        t, d, rt = self.cfg.trainer, self.cfg.dataset, self.rt
+        per_rank = max(t.batch_size // rt.dist.world_size // t.accumulate, 2)  # 2: ASPP's image pooling
+        whole = data.load_split(self.cfg, "train", augment=False)
+        loader = torch.utils.data.DataLoader(
+            whole, batch_size=per_rank, shuffle=True, drop_last=len(whole) >= per_rank,
+            generator=torch.Generator().manual_seed(t.seed + 7919),
+            collate_fn=functools.partial(data.collate_eval, ignore_index=d.ignore_index, pad=d.mean_pixel()),
+        )  # fmt: skip
+        out = []
+        for images, target, _ in itertools.islice(itertools.cycle(loader), count):
+            images = images.to(rt.device)
+            out.append((images, target.to(rt.device)) if masks else images)
+        return out
+
+    def with_statistics(self, model: nn.Module, batches: list[torch.Tensor]) -> nn.Module:
+        """A copy of `model` with BatchNorm statistics recomputed on `batches` (rank 0's on every rank)."""
+
+        def forward_of(twin: nn.Module) -> Callable[[torch.Tensor], object]:
+            def forward(images: torch.Tensor) -> object:
+                with self.rt.autocast():
+                    return twin(self.normalize(images))
+
+            return forward
+
+        twin = precise_bn.precise_copy(model, batches, forward_of)
+        distributed.broadcast_buffers(twin)
+        return twin
 
     def validate(self, iteration: int, stop: StopRequest | None = None) -> dict[str, Any]:
         """Validation of the model with the eval.* settings, as evaluate.py scores a checkpoint (rank 0's
@@ -161,10 +210,21 @@ class Run:
         distributed.broadcast_buffers(self.model)
         if self.ema is not None:
             distributed.broadcast_buffers(self.ema.module)  # each rank averaged its own statistics
+        model, ema_model = self.model, self.ema.module if self.ema is not None else None
+        self.scored = self.scored_ema = None
+        count = self.statistics_batches(iteration)
+        if count:
+            batches = self.training_batches(count)
+            model = self.scored = self.with_statistics(self.model, batches)
+            if ema_model is not None:
+                ema_model = self.scored_ema = self.with_statistics(ema_model, batches)
+            if main:
+                log.info("iter %d: BatchNorm statistics recomputed on %d training batches (trainer.precise_bn)",
+                         iteration, count)  # fmt: skip
         abort = stop.at_once(not self.rt.dist.enabled) if stop is not None else contextlib.nullcontext()
         with abort:
             result = evaluate_as_configured(  # evaluate.py's scoring, with the same eval.* settings
-                self.model, self.val_loader, self.rt, self.normalize, self.cfg.eval, num_classes=d.num_classes,
+                model, self.val_loader, self.rt, self.normalize, self.cfg.eval, num_classes=d.num_classes,
                 ignore_index=d.ignore_index, num_examples=self.cfg.logger.num_images if main else 0,
                 progress=main,
             )  # fmt: skip
@@ -173,7 +233,7 @@ class Run:
             abort = stop.at_once(not self.rt.dist.enabled) if stop is not None else contextlib.nullcontext()
             with abort:
                 metrics["ema"] = evaluate_as_configured(
-                    self.ema.module, self.val_loader, self.rt, self.normalize, self.cfg.eval,
+                    ema_model, self.val_loader, self.rt, self.normalize, self.cfg.eval,
                     num_classes=d.num_classes, ignore_index=d.ignore_index, progress=main,
                 ).cm.compute()  # fmt: skip
         if main:
@@ -187,14 +247,35 @@ class Run:
                 self.loggers.image(f"val/example_{i}", strip, iteration)
             self.loggers.image("val/confusion_matrix", figure, iteration)
             write_metrics_json(self.run_dir / "metrics.json", metrics)
-            warning = collapse.matrix_warning(result.cm.matrix, d.label_names())
-            if warning:
-                log.warning("iter %d, validation: %s", iteration, warning)
+            mismatch = None if count else self.statistics_mismatch(iteration)
+            remedy = collapse.STATISTICS_REMEDY if mismatch else collapse.CLASS_REMEDY
+            for warning in (collapse.matrix_warning(result.cm.matrix, d.label_names(), remedy), mismatch):
+                if warning:
+                    log.warning("iter %d, validation: %s", iteration, warning)
             log.info(
                 "iter %d | val pixel_acc %.4f | mean_acc %.4f | mIoU %.4f | FWIoU %.4f",
                 iteration, metrics["pixel_acc"], metrics["mean_acc"], metrics["miou"], metrics["fwiou"],
             )  # fmt: skip
         return metrics
+
+    def statistics_mismatch(self, iteration: int) -> str | None:
+        """While the running statistics are immature and not recomputed (trainer.precise_bn=0): a warning when
+        the model scores much worse with them than with each batch's own on a few training batches, else None.
+        (Not under DDP: it runs on rank 0 alone, and SyncBatchNorm would wait for the other ranks.)"""
+        steps = iteration * self.cfg.trainer.accumulate
+        if self.rt.dist.enabled or not precise_bn.is_immature(self.model, steps):
+            return None
+
+        def predict(net: nn.Module, images: torch.Tensor) -> torch.Tensor:
+            with torch.no_grad(), self.rt.autocast():
+                return net(self.normalize(images))["out"].argmax(1)
+
+        batches = self.training_batches(DIAGNOSIS_BATCHES, masks=True)
+        ignore = self.cfg.dataset.ignore_index
+        running, batch = precise_bn.accuracy_by_statistics(self.model, batches, predict, ignore)
+        if batch - running <= precise_bn.MISMATCH:
+            return None
+        return precise_bn.mismatch_warning(running, batch, precise_bn.initial_share(self.model, steps))
 
 
 def _guarded(fn: Callable[[], T]) -> tuple[T | None, UserError | None]:
@@ -664,6 +745,8 @@ def _finish(run: Run, it: int, stop_signum: int, stop: StopRequest | None = None
 def _table_title(run: Run, iteration: int, metrics: dict[str, Any]) -> str:
     """Which weights the final table scores: last.pt at its iteration, and whether best.pt differs."""
     title = f"validation at iteration {iteration} of {run.cfg.trainer.max_iters}: {run.ckpt_dir / 'last.pt'}"
+    if run.scored is not None:
+        title += " with BatchNorm statistics recomputed (trainer.precise_bn)"
     best = run.progress.best_miou
     if best > metrics["miou"] and (run.ckpt_dir / "best.pt").is_file():
         title += f" (best.pt has a higher mIoU, {100 * best:.2f})"

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import contextlib
 import random
+import types
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch import nn
 
 from deeplab.distributed import DistInfo
 from deeplab.errors import ConfigError
@@ -32,18 +34,52 @@ def resolve_device(name: str, local_rank: int = 0, key: str = "trainer.device") 
     return device
 
 
+def cpu_has_bf16() -> bool:
+    """Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX-BF16: Intel Xeons since Cooper Lake,
+    AMD EPYCs since Zen 4); elsewhere bf16 autocast is emulated and slower than float32."""
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+
+
 def resolve_amp(setting: str, device: torch.device, key: str = "trainer.amp") -> torch.dtype | None:
-    """Autocast dtype of a validated amp setting (auto, bf16, fp16, off), or None for full precision."""
+    """Autocast dtype of a validated amp setting (auto, bf16, fp16, off), or None for full precision. auto is
+    bf16 on a CUDA device that has it and on a CPU that computes it natively (benchmarks/cpu_train_step.py)."""
     if setting == "auto":
-        return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+        return torch.bfloat16 if device.type == "cpu" and cpu_has_bf16() else None
     if setting == "fp16" and device.type != "cuda":
         raise ConfigError(f"{key}=fp16 needs a CUDA device; use {key}=bf16 or off on CPU")
     return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(setting)
 
 
-def resolve_flag(setting: str | bool, device: torch.device) -> bool:
-    """`auto` means on with CUDA, off on the CPU."""
-    return device.type == "cuda" if setting == "auto" else bool(setting)
+def resolve_flag(setting: str | bool, device: torch.device, amp: torch.dtype | None = None) -> bool:
+    """channels_last: `auto` means on with CUDA, and on the CPU with bf16 autocast (oneDNN's bf16 convolutions
+    are fastest in NHWC; in float32 it depends on the network: benchmarks/cpu_train_step.py)."""
+    if setting != "auto":
+        return bool(setting)
+    return device.type == "cuda" or (device.type == "cpu" and amp == torch.bfloat16)
+
+
+def _float32_training_forward(self: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """A depthwise convolution's forward, in float32 while training (bf16 autocast left off for it)."""
+    if not self.training:
+        return type(self).forward(self, x)
+    with torch.autocast("cpu", enabled=False):
+        return type(self).forward(self, x.float())
+
+
+def depthwise_in_float32(model: nn.Module) -> int:
+    """Train the depthwise convolutions in float32 under CPU bf16 autocast: oneDNN's bf16 depthwise backward is
+    3-5x slower than its float32 one (EfficientNet-Lite0's 5x5 layers at 480x360: 100 ms against 20 ms), while
+    the dense convolutions gain from bf16. In eval mode they stay bf16 (the forward is faster there). Returns
+    the number of layers changed. The forward is bound to each module (types.MethodType), so deep copies
+    (EMA) and state dicts are unaffected."""
+    changed = 0
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d) and module.groups > 1 and module.groups == module.in_channels:
+            module.forward = types.MethodType(_float32_training_forward, module)
+            changed += 1
+    return changed
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
@@ -103,8 +139,11 @@ class Runtime:
         return autocast(self.device, self.amp_dtype)
 
     def place(self, model: torch.nn.Module) -> torch.nn.Module:
-        """Move the model to the device (and to channels_last memory when on)."""
+        """Move the model to the device (and to channels_last memory when on); under CPU bf16 autocast its
+        depthwise convolutions train in float32 (depthwise_in_float32)."""
         model.to(self.device)
+        if self.device.type == "cpu" and self.amp_dtype == torch.bfloat16:
+            depthwise_in_float32(model)
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
         return model
@@ -120,4 +159,5 @@ def make_runtime(
     dist = dist or DistInfo()
     prefix = f"{key}." if key else ""
     dev = resolve_device(device, dist.local_rank, f"{prefix}device")
-    return Runtime(dev, resolve_amp(amp, dev, f"{prefix}amp"), resolve_flag(channels_last, dev), dist)
+    dtype = resolve_amp(amp, dev, f"{prefix}amp")
+    return Runtime(dev, dtype, resolve_flag(channels_last, dev, dtype), dist)
