@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -81,7 +82,9 @@ def make_step(encoder: str, setting: str, batch: int, height: int, width: int) -
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--encoders", default=",".join(ENCODERS), help=f"comma-separated: {', '.join(ENCODERS)}")
+    parser.add_argument(
+        "--encoders", default=",".join(ENCODERS), help=f"comma-separated: {', '.join(ENCODERS)}"
+    )
     parser.add_argument("--settings", default=",".join(SETTINGS))
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--size", default="480x360", help="WIDTHxHEIGHT of the batch (CamVid's 480x360)")
@@ -96,9 +99,13 @@ def main() -> None:
     auto = make_runtime("cpu", "auto", "auto")
     print(describe_machine(torch.device("cpu")))
     flags = [f for f in ("avx512_bf16", "amx_bf16", "avx512f", "avx2") if f in _cpu_flags()]
-    print(f"CPU {cpu_model()}; flags {' '.join(flags) or 'none of avx2/avx512'}; native bf16: {cpu_has_bf16()}")
+    print(
+        f"CPU {cpu_model()}; flags {' '.join(flags) or 'none of avx2/avx512'}; native bf16: {cpu_has_bf16()}"
+    )
     print(f"auto here: amp {auto.amp_dtype}, channels_last {auto.channels_last}")
-    print(f"DeepLabv3+ OS 16, batch {args.batch} at {width}x{height}, {NUM_CLASSES} classes; s per step (median)")
+    print(
+        f"DeepLabv3+ OS 16, batch {args.batch} at {width}x{height}, {NUM_CLASSES} classes; s per step (median)"
+    )
     print(f"| encoder | {' | '.join(settings)} | " + " | ".join(f"fp32 / {s}" for s in settings[1:]) + " |")
     print("|---" * (2 * len(settings)) + "|")
     for encoder in (e for e in args.encoders.split(",") if e):
@@ -114,12 +121,10 @@ def main() -> None:
 
 def _cpu_flags() -> set[str]:
     try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
     except OSError:
-        pass
-    return set()
+        return set()
+    return next((set(line.split(":", 1)[1].split()) for line in lines if line.startswith("flags")), set())
 
 
 if __name__ == "__main__":

@@ -292,6 +292,7 @@ class Resumed:
     iteration: int = 0
     best_miou: float = -1.0
     metrics: dict[str, Any] | None = None
+    elapsed: float = 0.0  # seconds of training up to `iteration` (validations included), over all processes
 
 
 def training_state(
@@ -308,6 +309,7 @@ def training_state(
         "iteration": progress.iteration,
         "best_miou": progress.best_miou,
         "metrics": progress.metrics,
+        "elapsed": progress.elapsed,
         "config": config,
     }
     if optimizer is not None:
@@ -382,4 +384,9 @@ def restore_training(
         scaler.load_state_dict(ckpt["scaler"])
     if restore_rng:
         set_rng_state(ckpt["rng"])  # dropout continues its random stream
-    return Resumed(int(ckpt["iteration"]), float(ckpt.get("best_miou", -1.0)), ckpt.get("metrics"))
+    return Resumed(
+        int(ckpt["iteration"]),
+        float(ckpt.get("best_miou", -1.0)),
+        ckpt.get("metrics"),
+        float(ckpt.get("elapsed", 0.0)),
+    )

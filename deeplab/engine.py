@@ -7,6 +7,7 @@ collectives in distributed.py, the loggers in deeplab/loggers/, the evaluation l
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import itertools
 import json
@@ -122,6 +123,11 @@ class Run:
     # recomputed (what best.pt saves); None when validation scored the weights themselves
     scored: nn.Module | None = None
     scored_ema: nn.Module | None = None
+    started: float = field(default_factory=time.perf_counter)  # when this process's loop started
+
+    def minutes(self) -> float:
+        """Training minutes up to now: the checkpoint's, plus this process's since its loop started."""
+        return (self.progress.elapsed + time.perf_counter() - self.started) / 60
 
     def close(self) -> None:
         """Release the run's threads and processes, also after an error: the loggers, loader workers, and
@@ -141,7 +147,8 @@ class Run:
         """checkpoints/<name>: the resumable state (last.pt), or the weights only (best.pt)."""
         extra = (self.optimizer, self.scheduler, self.scaler) if resumable else ()
         model = self.model if resumable or self.scored is None else self.scored
-        state = training_state(model, self.cfg.model_dump(), self.progress, *extra)
+        progress = dataclasses.replace(self.progress, elapsed=60 * self.minutes())
+        state = training_state(model, self.cfg.model_dump(), progress, *extra)
         if self.ema is not None and resumable:
             state["ema"] = self.ema.state_dict()
         elif self.ema is not None:  # best.pt: the weights that scored better, EMA or not, and which they are
@@ -532,6 +539,7 @@ def _loop(run: Run, stop: StopRequest) -> dict[str, Any]:
     main = rt.is_main
     it = start = run.progress.iteration
     run.model.train()
+    run.started = time.perf_counter()
     state = LoopState(
         sums=LossSums(rt.device),
         watch=collapse.CollapseWatch(d.num_classes, d.ignore_index, rt.device),
@@ -704,7 +712,7 @@ def _boundary(run: Run, it: int, state: LoopState, stop: StopRequest) -> None:
         state.eta.update(seconds, sums.steps)
         eta = state.eta.left(t.max_iters - it)
         state.bar.set_postfix(loss=f"{means['loss']:.4f}", lr=f"{state.lr:.2e}", img_s=f"{ips:.1f}", eta=eta)
-        run.loggers.scalars(train_scalars(means, state.lr, ips), it)
+        run.loggers.scalars(train_scalars(means, state.lr, ips) | {"train/minutes": run.minutes()}, it)
     sums.reset()
     state.bad_samples = bad_samples
     state.tic = time.perf_counter()
