@@ -13,7 +13,7 @@ from deeplab.cli import hydra_main
 @hydra_main(config_path="configs", config_name="evaluate")
 def main(cfg: DictConfig) -> float:
     from deeplab.cli import exit_on_user_error
-    from deeplab.evaluate import evaluate_checkpoint
+    from deeplab.deploy.evaluate import evaluate_checkpoint
 
     with exit_on_user_error():
         metrics = evaluate_checkpoint(cfg, Path(HydraConfig.get().runtime.output_dir))

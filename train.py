@@ -18,13 +18,13 @@ def main(cfg: DictConfig) -> float:
     # Imported after Hydra has set up logging.
     from deeplab.config import train_config
     from deeplab.errors import UserError
-    from deeplab.signals import TrainingInterrupted
-    from deeplab.sweep import write_status
+    from deeplab.runtime.signals import TrainingInterrupted
+    from deeplab.train.sweep import write_status
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
         config = train_config(cfg)  # before any data is listed or model built, and before torch is imported
-        from deeplab.engine import train
+        from deeplab.train.engine import train
 
         metrics = train(config, run_dir)
     except UserError as e:

@@ -21,9 +21,9 @@ import time
 import torch
 from common import compose_config, describe_machine, resolve_device
 
-from deeplab.losses import SegmentationLoss
 from deeplab.models import build_model
-from deeplab.optim import build_optimizer
+from deeplab.train.losses import SegmentationLoss
+from deeplab.train.optim import build_optimizer
 
 MODEL = ["model=deeplabv3plus", "backbone=resnet101", "backbone.output_stride=8", "backbone.pretrained=false"]
 

@@ -17,7 +17,7 @@ import copy
 import torch
 
 from deeplab.data import load_split
-from deeplab.restore import dataset_with_overrides, load_trained_model
+from deeplab.deploy.restore import dataset_with_overrides, load_trained_model
 
 
 @torch.no_grad()

@@ -20,10 +20,10 @@ import torch
 from omegaconf import DictConfig
 from PIL import Image
 
-from deeplab.data.classes import voc_colormap
+from deeplab.config.compose import compose_train_config
+from deeplab.config.labels import voc_colormap
 from deeplab.data.synthetic import SHAPES, SyntheticSpec, render
 from deeplab.errors import UserError
-from deeplab.restore import compose_train_config
 from deeplab.runtime import resolve_device as engine_resolve_device
 
 # Typical Pascal VOC image sizes (width x height): the long side is 500, the short side varies.

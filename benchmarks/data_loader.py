@@ -1,6 +1,6 @@
 """DataLoader throughput of the train and eval pipelines on VOC-sized JPEGs, per number of workers.
 
-Runs the project's real loaders (deeplab.loaders.build_train_loader / build_val_loader over a dataset from
+Runs the project's real loaders (deeplab.data.loaders.build_train_loader / build_val_loader over a dataset from
 deeplab.data.build_dataset, uint8 output as the engine asks for) on generated images in the VOC layout,
 copying each batch to the device as the engine does (pinned memory and non-blocking copies on CUDA).
 Prints images/s and images/s per worker, and whether a training step running at --gpu-rate images/s
@@ -36,7 +36,7 @@ from common import (
 from torch.utils.data import DataLoader
 
 from deeplab.data import build_dataset
-from deeplab.loaders import build_train_loader, build_val_loader
+from deeplab.data.loaders import build_train_loader, build_val_loader
 
 
 def sizes_arg(text: str) -> list[tuple[int, int]]:

@@ -21,7 +21,7 @@ import torch
 import torchvision.transforms.functional as TF
 from PIL import Image
 
-from deeplab.data.classes import voc_colormap
+from deeplab.config.labels import voc_colormap
 from deeplab.data.dataset import Sample, SegmentationDataset
 from deeplab.data.synthetic import SyntheticSpec, render
 from deeplab.data.transforms import train_transform

@@ -1,4 +1,4 @@
-"""Evaluation time: seconds for deeplab.engine.evaluate over N VOC-sized images, and the confusion
+"""Evaluation time: seconds for deeplab.train.engine.evaluate over N VOC-sized images, and the confusion
 matrix's share of it.
 
 Generates N images in the VOC layout (the Pascal VOC val split has 1,449), builds the model (random
@@ -38,9 +38,9 @@ from common import (
 from torch.utils.data import Subset
 
 from deeplab.data import build_dataset
-from deeplab.evaluation import evaluate
-from deeplab.loaders import build_val_loader
-from deeplab.metrics import ConfusionMatrix
+from deeplab.data.loaders import build_val_loader
+from deeplab.evaluation.loop import evaluate
+from deeplab.evaluation.metrics import ConfusionMatrix
 from deeplab.models import build_model
 from deeplab.runtime import Runtime, resolve_amp, resolve_flag
 

@@ -6,7 +6,7 @@ MobileNetV3-Large DeepLabv3 layout.
 
 Batch 1, random weights (latency does not depend on them), eval mode. Each round runs every runtime in turn
 (order rotated), a warm-up call first; the ratios are medians of per-round ratios, so a change of machine load
-hits all runtimes alike. ONNX Runtime uses its default CPU settings (all cores) and the file deeplab.export
+hits all runtimes alike. ONNX Runtime uses its default CPU settings (all cores) and the file deeplab.deploy.export
 writes (its default TorchScript exporter; graph optimisation is ONNX Runtime's).
 """
 
@@ -21,9 +21,9 @@ import torch
 from common import compose_config, describe_machine, interleaved_rounds, median, paired_ratio
 
 from deeplab.config import train_config
-from deeplab.export import LogitsOnly, export_onnx, metadata
+from deeplab.deploy.export import LogitsOnly, export_onnx, metadata
+from deeplab.deploy.onnx_model import OnnxSegmenter
 from deeplab.models import build_model
-from deeplab.onnx_model import OnnxSegmenter
 
 MODELS = {
     "v3p_r50": ["model=deeplabv3plus", "backbone=resnet50", "backbone.pretrained=false"],

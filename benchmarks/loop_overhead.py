@@ -27,12 +27,12 @@ import torch
 from common import compose_config
 
 from deeplab.config import train_config
-from deeplab.ema import build_ema
-from deeplab.loggers import Loggers, build_loggers
-from deeplab.loggers.records import train_scalars, val_scalars
-from deeplab.losses import SegmentationLoss
 from deeplab.models import build_model
-from deeplab.optim import build_optimizer
+from deeplab.train.ema import build_ema
+from deeplab.train.loggers import Loggers, build_loggers
+from deeplab.train.loggers.records import train_scalars, val_scalars
+from deeplab.train.losses import SegmentationLoss
+from deeplab.train.optim import build_optimizer
 
 LOGGERS = ("tensorboard", "csv", "mlflow", "wandb")
 

@@ -21,8 +21,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from torchvision.models import ResNet50_Weights, resnet50
 from torchvision.models.segmentation import DeepLabV3_ResNet50_Weights, deeplabv3_resnet50
 
+from deeplab.config.compose import compose_train_config
 from deeplab.models import build_model
-from deeplab.restore import compose_train_config
 
 # DeepLabv3+ paper (arXiv 1802.02611) Table 3, ResNet-101 at 513x513, eval output stride 16.
 PAPER_GMACS = {("deeplabv3", "resnet101", 16): 81.02, ("deeplabv3plus", "resnet101", 16): 101.28}

@@ -26,10 +26,10 @@ import torch
 from common import compose_config, describe_machine, interleaved_rounds, median, paired_ratio
 
 from deeplab.config import train_config
-from deeplab.export import LogitsOnly, export, export_onnx, metadata
+from deeplab.deploy.export import LogitsOnly, export, export_onnx, metadata
+from deeplab.deploy.onnx_model import OnnxSegmenter
+from deeplab.deploy.quantize import quantize_int8
 from deeplab.models import build_model
-from deeplab.onnx_model import OnnxSegmenter
-from deeplab.quantize import quantize_int8
 
 MODELS = {
     "v3p_r50": ["model=deeplabv3plus", "backbone=resnet50", "backbone.pretrained=false"],
@@ -52,8 +52,8 @@ def int8_instructions() -> str:
 
 def accuracy(checkpoint: Path | None, calibration: int, work: Path) -> dict[str, float]:
     """mIoU (points) of the quickstart model in fp32 and int8 ONNX, scored by evaluate.py's function."""
-    from deeplab.engine import train
-    from deeplab.evaluate import evaluate_checkpoint
+    from deeplab.deploy.evaluate import evaluate_checkpoint
+    from deeplab.train.engine import train
 
     if checkpoint is None:
         cfg = compose_config(["experiment=quickstart", f"paths.data_dir={work / 'data'}"])

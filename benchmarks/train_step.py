@@ -1,6 +1,6 @@
 """Training-step throughput: images/s, peak memory, FLOPs and MFU of DeepLabv3/v3+ next to torchvision.
 
-One step is what deeplab.engine does per iteration, with the batch already on the device: uint8 images
+One step is what deeplab.train.engine does per iteration, with the batch already on the device: uint8 images
 normalised on the device, forward under autocast, the project's loss (cross-entropy, ignore 255), backward,
 SGD (momentum 0.9, weight decay 1e-4, fused on CUDA) and the poly schedule. torchvision's
 deeplabv3_resnet50/101 (weights=None, aux_loss=False) runs the same step on the same input as the peer.
@@ -50,10 +50,10 @@ from torch.utils.flop_counter import FlopCounterMode
 from torchvision.models.segmentation import deeplabv3_resnet50, deeplabv3_resnet101
 
 from deeplab.config import train_config
-from deeplab.losses import SegmentationLoss
 from deeplab.models import build_model
-from deeplab.optim import build_optimizer, build_scheduler
 from deeplab.runtime import Normalizer, autocast
+from deeplab.train.losses import SegmentationLoss
+from deeplab.train.optim import build_optimizer, build_scheduler
 
 NUM_CLASSES = 21
 IGNORE = 255
@@ -172,7 +172,7 @@ class Runner:
 def make_runner(
     name: str, mode: Mode, images: torch.Tensor, masks: torch.Tensor, device: torch.device
 ) -> Runner:
-    """The engine's training step (deeplab/engine.py `_loop`) for one model, with the batch on the device."""
+    """The engine's training step (deeplab/train/engine.py `_loop`) for one model, with the batch on the device."""
     model, cfg = build(name)
     model.to(device).train()
     if mode.channels_last:

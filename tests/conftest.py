@@ -41,7 +41,7 @@ def tiny_data(tmp_path_factory) -> Path:
 def trained_run(tiny_data, tmp_path_factory) -> tuple[Path, dict, Path]:
     """One tiny training run (4 iterations, validation at 2 and 4) shared by the tests that only read it:
     (run dir, returned metrics, data dir)."""
-    from deeplab.engine import train
+    from deeplab.train.engine import train
 
     run_dir = tmp_path_factory.mktemp("trained") / "run"
     with one_thread():

@@ -31,12 +31,12 @@ from pathlib import Path
 
 import torch
 
+import deeplab.data.loaders
 import deeplab.data.stats
-import deeplab.engine
-import deeplab.evaluation
-import deeplab.loaders
+import deeplab.evaluation.loop
+import deeplab.train.engine
 from deeplab.data.dataset import SegmentationDataset
-from deeplab.losses import SegmentationLoss
+from deeplab.train.losses import SegmentationLoss
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -106,19 +106,19 @@ def inject_group_signal(moment: str, sig: signal.Signals) -> None:
         return wrapper
 
     if moment == "startup":
-        deeplab.engine.build_model = signalling(deeplab.engine.build_model)
+        deeplab.train.engine.build_model = signalling(deeplab.train.engine.build_model)
     elif moment == "label_count":
         inspect = deeplab.data.stats._Inspect
         inspect.__getitem__ = signalling(inspect.__getitem__)
     elif moment == "worker_start":
-        deeplab.loaders.ignore_stop_signals = signalling(deeplab.loaders.ignore_stop_signals)
+        deeplab.data.loaders.ignore_stop_signals = signalling(deeplab.data.loaders.ignore_stop_signals)
     elif moment in ("first_fetch", "worker_death"):
         die = moment == "worker_death"
         SegmentationDataset.__getitem__ = signalling(SegmentationDataset.__getitem__, worker0=die, die=die)
     elif moment == "checkpoint":
-        deeplab.engine.save_checkpoint = signalling(deeplab.engine.save_checkpoint)
+        deeplab.train.engine.save_checkpoint = signalling(deeplab.train.engine.save_checkpoint)
     elif moment == "validation":
-        deeplab.evaluation.predict_probs = signalling(deeplab.evaluation.predict_probs)
+        deeplab.evaluation.loop.predict_probs = signalling(deeplab.evaluation.loop.predict_probs)
     else:
         raise ValueError(f"FAULT_GROUP_SIGNAL: unknown moment {moment!r}")
 

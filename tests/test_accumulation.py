@@ -6,9 +6,9 @@ import pytest
 import torch
 from helpers.configs import one_thread, tiny_config
 
-from deeplab.checkpoint import load_checkpoint
-from deeplab.engine import train
+from deeplab.artifacts.checkpoint import load_checkpoint
 from deeplab.errors import ConfigError
+from deeplab.train.engine import train
 
 
 def test_two_micro_batches_equal_one_batch_with_batchnorm_frozen(trained_run, tmp_path):

@@ -8,9 +8,9 @@ import pytest
 from helpers.configs import compose_config, one_thread
 from PIL import Image
 
-from deeplab.engine import train
+from deeplab.deploy.predict import predict
 from deeplab.errors import DatasetError
-from deeplab.predict import predict
+from deeplab.train.engine import train
 
 
 def photos_and_config(trained_run, tmp_path, count: int):

@@ -100,7 +100,7 @@ def torchvision_mobilenet():
 
 
 def test_torchvision_mobilenet_file_restores_for_evaluate_and_predict(torchvision_mobilenet) -> None:
-    from deeplab.restore import load_trained_model
+    from deeplab.deploy.restore import load_trained_model
 
     reference, path = torchvision_mobilenet
     model, cfg = load_trained_model(path)

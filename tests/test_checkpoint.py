@@ -12,18 +12,11 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from deeplab import checkpoint as ckpt
-from deeplab.checkpoint import (
-    check_compatible,
-    config_diff,
-    load_checkpoint,
-    load_file,
-    load_model_state,
-    rng_state,
-    save_checkpoint,
-    set_rng_state,
-)
+from deeplab.artifacts import checkpoint as ckpt
+from deeplab.artifacts.checkpoint import load_checkpoint, load_file, load_model_state, save_checkpoint
+from deeplab.artifacts.compat import check_compatible, config_diff
 from deeplab.errors import CheckpointError
+from deeplab.train.resume import rng_state, set_rng_state
 
 
 def small_state(value: float) -> dict:

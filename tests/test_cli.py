@@ -114,9 +114,9 @@ def entry_point(path: Path, name: str) -> ModuleType:
     [
         ("train.py", ["--cfg", "job", "trainr.max_iters=5"], "trainr: unknown key; did you mean trainer?"),
         ("evaluate.py", ["best.pt"], "best.pt: not a key=value override; did you mean checkpoint=best.pt?"),
-        ("deeplab/predict.py", ["checkpoint=a.pt", "inpt=photos"], "inpt: unknown key; did you mean input?"),
-        ("deeplab/export.py", ["checkpoint=a.pt", "formt=onnx"], "formt: unknown key; did you mean format?"),
-        ("deeplab/export.py", ["checkpoint=a.pt", "hydra/launcher=slurm"], None),
+        ("deeplab/deploy/predict.py", ["checkpoint=a.pt", "inpt=photos"], "inpt: unknown key; did you mean input?"),
+        ("deeplab/deploy/export.py", ["checkpoint=a.pt", "formt=onnx"], "formt: unknown key; did you mean format?"),
+        ("deeplab/deploy/export.py", ["checkpoint=a.pt", "hydra/launcher=slurm"], None),
     ],
 )  # fmt: skip
 def test_entry_points_report_composition_mistakes_in_one_line_with_exit_2(

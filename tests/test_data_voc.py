@@ -24,10 +24,10 @@ from PIL import Image
 
 from deeplab.config import train_config
 from deeplab.data import build_dataset, palette
+from deeplab.data.loaders import batches
 from deeplab.data.voc import VOCSegmentation
 from deeplab.data.voc_aug import trainaug_ids
 from deeplab.errors import ConfigError, DatasetError
-from deeplab.loaders import batches
 
 VOC_TRAIN = ["2007_000001", "2007_000002", "2007_000003"]
 VOC_VAL = ["2007_000004", "2007_000005"]

@@ -18,8 +18,8 @@ from helpers.configs import compose_config, one_thread
 from PIL import Image
 
 from deeplab.config import demo_config, predict_config
-from deeplab.demo import segment
-from deeplab.predict import draw, load_segmenter
+from deeplab.deploy.demo import segment
+from deeplab.deploy.segmenter import draw, load_segmenter
 
 
 def photo(path: Path) -> np.ndarray:
@@ -63,7 +63,7 @@ def test_the_page_in_a_browser_shows_predicts_overlay(trained_run, tmp_path) -> 
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
 
-    from deeplab.demo import serve
+    from deeplab.deploy.demo import serve
 
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
     checkpoint = trained_run[0] / "checkpoints" / "best.pt"
@@ -116,7 +116,7 @@ def test_host_and_port_are_where_the_page_is_served(trained_run, monkeypatch) ->
     """host=0.0.0.0 port=N: Gradio is asked to listen on every interface at N (the browser test loads the
     page from 127.0.0.1)."""
     gr = pytest.importorskip("gradio")
-    from deeplab.demo import serve
+    from deeplab.deploy.demo import serve
 
     asked = {}
     monkeypatch.setattr(gr.Blocks, "launch", lambda self, **kwargs: asked.update(kwargs))

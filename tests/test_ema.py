@@ -10,10 +10,10 @@ from helpers.configs import compose_config, one_thread, tiny_config
 from helpers.interrupt import interrupted_at
 from torch import nn
 
-from deeplab.checkpoint import load_checkpoint
-from deeplab.ema import build_ema, ema_decay
-from deeplab.engine import train
-from deeplab.evaluate import evaluate_checkpoint
+from deeplab.artifacts.checkpoint import load_checkpoint
+from deeplab.deploy.evaluate import evaluate_checkpoint
+from deeplab.train.ema import build_ema, ema_decay
+from deeplab.train.engine import train
 
 
 def test_the_average_of_weights_and_batchnorm_statistics():

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from helpers.configs import one_thread, tiny_config
 
-from deeplab.engine import train
-from deeplab.eta import Eta
+from deeplab.train.engine import train
+from deeplab.train.eta import Eta
 
 
 def test_the_time_left_follows_a_smoothed_pace():

@@ -13,10 +13,10 @@ from helpers.ddp import join_group, spawn
 from PIL import Image
 
 from deeplab import data
-from deeplab.evaluation import evaluate
-from deeplab.inference import predict_probs
-from deeplab.loaders import build_val_loader
+from deeplab.data.loaders import build_val_loader
+from deeplab.evaluation.loop import evaluate
 from deeplab.models import build_model
+from deeplab.models.inference import predict_probs
 from deeplab.runtime import Runtime
 
 CPU = Runtime(torch.device("cpu"), None, False)
@@ -136,7 +136,7 @@ def test_two_process_ddp_evaluation_equals_one_process(setup, tmp_path):
 
 
 def test_whole_images_too_large_for_memory_get_one_warning(setup, monkeypatch, caplog):
-    import deeplab.evaluation as evaluation
+    import deeplab.evaluation.loop as evaluation
 
     cfg, model, dataset = setup
     monkeypatch.setattr(evaluation, "_warned_memory", False)

@@ -18,11 +18,11 @@ from helpers.configs import compose_config, one_thread
 from PIL import Image
 
 from deeplab.config import export_config as export_config_model
+from deeplab.deploy.export import LogitsOnly, check_export, export
+from deeplab.deploy.onnx_model import METADATA_KEY, OnnxSegmenter
+from deeplab.deploy.predict import predict
+from deeplab.deploy.restore import load_trained_model
 from deeplab.errors import ExportError
-from deeplab.export import LogitsOnly, check_export, export
-from deeplab.onnx_model import METADATA_KEY, OnnxSegmenter
-from deeplab.predict import predict
-from deeplab.restore import load_trained_model
 
 
 def export_config(checkpoint: Path, output: Path, *extra: str):
@@ -104,10 +104,11 @@ def test_predict_with_the_onnx_file_equals_predict_with_the_checkpoint(onnx_file
     for i, (h, w) in enumerate([(40, 56), (61, 33), (90, 120)]):
         Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(photos / f"{i}.png")
     outputs = {}
-    for name, source in (("pt", checkpoint), ("onnx", path)):
+    # the file was exported in float32: the checkpoint runs in float32 too (amp=auto takes the training's setting)
+    for name, source, amp in (("pt", checkpoint, "off"), ("onnx", path, "auto")):
         out = tmp_path / name
         cfg = compose_config(
-            [f"checkpoint={source}", f"input={photos}", f"output={out}"], config_name="predict"
+            [f"checkpoint={source}", f"input={photos}", f"output={out}", f"amp={amp}"], config_name="predict"
         )
         with one_thread():
             outputs[name] = predict(cfg, out)
@@ -174,7 +175,7 @@ def test_onnx_mistakes_are_one_line(tmp_path: Path) -> None:
 )
 @pytest.mark.parametrize("exporter", ["torchscript", "dynamo"])
 def test_every_backbone_and_head_exports(backbone: str, head: str, exporter: str, tmp_path: Path) -> None:
-    from deeplab.export import export_onnx, metadata
+    from deeplab.deploy.export import export_onnx, metadata
     from deeplab.models import build_model
 
     extra = ["backbone.model=efficientnet_b0"] if backbone == "timm" else []
@@ -367,7 +368,7 @@ def test_predict_names_the_file_for_bad_metadata(onnx_file, tmp_path: Path, caps
 def test_evaluating_the_onnx_file_equals_evaluating_the_checkpoint(
     onnx_file, tmp_path: Path, settings
 ) -> None:
-    from deeplab.evaluate import evaluate_checkpoint
+    from deeplab.deploy.evaluate import evaluate_checkpoint
 
     results, files = {}, {}
     for name, source in zip(("pt", "onnx"), onnx_file):
@@ -411,11 +412,11 @@ def test_evaluate_entry_point_on_an_onnx_file(onnx_file, tmp_path: Path, capsys,
 
 
 def test_evaluate_settings_of_an_onnx_file(onnx_file, tmp_path: Path) -> None:
-    """What the graph fixes is refused (by evaluate.py and deeplab.predict); device chooses ONNX Runtime's
+    """What the graph fixes is refused (by evaluate.py and deeplab.deploy.predict); device chooses ONNX Runtime's
     execution provider."""
+    from deeplab.deploy.evaluate import evaluate_checkpoint
+    from deeplab.deploy.onnx_model import onnx_providers
     from deeplab.errors import ConfigError
-    from deeplab.evaluate import evaluate_checkpoint
-    from deeplab.onnx_model import onnx_providers
 
     for setting, message in (
         ("amp=bf16", r"amp=bf16 does not apply to an ONNX model \(the graph runs in the precision"),
@@ -425,7 +426,7 @@ def test_evaluate_settings_of_an_onnx_file(onnx_file, tmp_path: Path) -> None:
         cfg = compose_config([f"checkpoint={onnx_file[1]}", setting], config_name="evaluate")
         with pytest.raises(ConfigError, match=message):
             evaluate_checkpoint(cfg, tmp_path)
-    # deeplab.predict applies the same rules.
+    # deeplab.deploy.predict applies the same rules.
     photos = tmp_path / "photos"
     photos.mkdir()
     Image.fromarray(np.zeros((40, 48, 3), np.uint8)).save(photos / "a.png")

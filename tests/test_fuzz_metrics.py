@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from deeplab.metrics import ConfusionMatrix, metrics_from_matrix
+from deeplab.evaluation.metrics import ConfusionMatrix, metrics_from_matrix
 
 
 def reference(m: np.ndarray) -> dict:

@@ -17,9 +17,9 @@ from helpers.interrupt import interrupted_at
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from deeplab.config import train_config
-from deeplab.engine import train
 from deeplab.errors import ConfigError
-from deeplab.loggers import build_loggers
+from deeplab.train.engine import train
+from deeplab.train.loggers import build_loggers
 
 
 def wandb_records(run_dir: Path) -> list[Any]:
@@ -139,7 +139,7 @@ def test_logger_choices_and_a_missing_library(tiny_data, tmp_path, monkeypatch):
 
     # a class name MLflow refuses in a metric name is made one it takes
     if importlib.util.find_spec("mlflow"):
-        from deeplab.loggers.mlflow_tracking import MlflowLogger
+        from deeplab.train.loggers.mlflow_tracking import MlflowLogger
 
         (tmp_path / "m").mkdir()
         logger = MlflowLogger(tmp_path / "m", 0, str(tmp_path / "mlruns"), "names", {})
@@ -165,8 +165,8 @@ def test_logger_choices_and_a_missing_library(tiny_data, tmp_path, monkeypatch):
 def test_tensorboard_and_csv_drop_the_steps_a_killed_run_logged_after_its_checkpoint(tmp_path, start_step):
     """A run killed before its first checkpoint starts over at step 1 (start_step 0); one killed after the
     checkpoint of step 2 resumes at step 3: in both, each step is in the curves once, the new run's value."""
-    from deeplab.loggers.csvfile import CsvLogger
-    from deeplab.loggers.tensorboard import TensorBoardLogger
+    from deeplab.train.loggers.csvfile import CsvLogger
+    from deeplab.train.loggers.tensorboard import TensorBoardLogger
 
     killed = [TensorBoardLogger(tmp_path, 0), CsvLogger(tmp_path, 0)]
     for step in range(1, 5):

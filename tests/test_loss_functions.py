@@ -1,4 +1,4 @@
-"""deeplab.losses: each loss against values computed by hand (plain Python on tiny inputs), its gradient
+"""deeplab.train.losses: each loss against values computed by hand (plain Python on tiny inputs), its gradient
 (gradcheck in float64), the one-logit case, and median-frequency class weights."""
 
 from __future__ import annotations
@@ -8,13 +8,13 @@ import math
 import pytest
 import torch
 
-from deeplab.losses import (
+from deeplab.data.stats import median_frequency_weights
+from deeplab.train.losses import (
     SegmentationLoss,
     cross_entropy,
     dice_loss,
     focal_loss,
     lovasz_softmax,
-    median_frequency_weights,
     ohem_cross_entropy,
 )
 

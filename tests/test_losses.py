@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from deeplab.losses import SegmentationLoss
+from deeplab.train.losses import SegmentationLoss
 
 
 def test_cross_entropy_on_a_hand_example():

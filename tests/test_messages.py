@@ -18,8 +18,8 @@ from deeplab.config import train_config
 from deeplab.data import load_split
 from deeplab.data.check import main as check_main
 from deeplab.data.reading import read_image
+from deeplab.deploy.predict import predict
 from deeplab.errors import ConfigError, DatasetError
-from deeplab.predict import predict
 
 FOLDER = [
     "dataset=folder", "dataset.train.images=imgs", "dataset.train.masks=masks", "dataset.val.images=imgs",

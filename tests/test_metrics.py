@@ -12,7 +12,7 @@ from helpers.ddp import join_group, spawn
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from deeplab.metrics import ConfusionMatrix, format_table, json_safe, metrics_from_matrix
+from deeplab.evaluation.metrics import ConfusionMatrix, format_table, json_safe, metrics_from_matrix
 
 # Rows = truth. Class 2 is absent from truth and prediction; class 3 is only predicted (once, for a 0).
 HAND = torch.tensor(

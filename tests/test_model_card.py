@@ -18,14 +18,15 @@ from helpers.configs import compose_config, one_thread, tiny_config
 from PIL import Image
 
 import deeplab
-from deeplab.card import make_card
-from deeplab.checkpoint import check_resumable, load_checkpoint
+from deeplab.artifacts.card import make_card
+from deeplab.artifacts.checkpoint import load_checkpoint
+from deeplab.artifacts.locate import locate
 from deeplab.config import location_keys, train_config
+from deeplab.deploy.evaluate import evaluate_checkpoint
+from deeplab.deploy.export import export
+from deeplab.deploy.predict import predict
 from deeplab.errors import CheckpointError, ConfigError
-from deeplab.evaluate import evaluate_checkpoint
-from deeplab.export import export
-from deeplab.locate import locate
-from deeplab.predict import predict
+from deeplab.train.resume import check_resumable
 
 OLD = Path(__file__).parent / "data" / "checkpoint_866ce4c" / "last.pt"
 # Its validation at iteration 2 on the tiny experiment's data (tests/data/checkpoint_866ce4c/README.md).
@@ -126,7 +127,7 @@ def test_load_returns_the_model_with_its_card(trained_run, model_folder, monkeyp
         torch.equal(a, b) for a, b in zip(hub_model.state_dict().values(), model.state_dict().values())
     )
     # push_to_hub uploads the folder's three files (the upload replaced by a recorder).
-    from deeplab.hub import push_to_hub
+    from deeplab.deploy.hub import push_to_hub
 
     calls = []
     monkeypatch.setattr(
@@ -139,13 +140,13 @@ def test_load_returns_the_model_with_its_card(trained_run, model_folder, monkeyp
 
 def test_an_older_checkpoint_loads_evaluates_and_resumes(tiny_data, tmp_path, caplog) -> None:
     """tests/data/checkpoint_866ce4c/last.pt was written before the card and the roles existed."""
-    from deeplab.engine import train
+    from deeplab.train.engine import train
 
     run_dir = tmp_path / "run"
     (run_dir / "checkpoints").mkdir(parents=True)
     shutil.copy(OLD, run_dir / "checkpoints" / "last.pt")
     # A run folder without best.pt: its last.pt, said in one line.
-    with caplog.at_level(logging.WARNING, logger="deeplab.locate"):
+    with caplog.at_level(logging.WARNING, logger="deeplab.artifacts.locate"):
         metrics = _evaluate(run_dir, tmp_path / "eval", f"dataset.root={tiny_data}/synthetic")
     assert sum("has no best.pt yet; using" in r.getMessage() for r in caplog.records) == 1
     assert metrics["pixel_acc"] == pytest.approx(OLD_PIXEL_ACC, abs=1e-12)
@@ -181,7 +182,7 @@ def test_training_sections_this_version_refuses_do_not_stop_evaluation(trained_r
 
 
 def test_loading_a_card_that_says_pretrained_downloads_nothing(tmp_path, monkeypatch) -> None:
-    from deeplab.hub import write_model_folder
+    from deeplab.deploy.hub import write_model_folder
     from deeplab.models import build_network
 
     cfg = train_config(
@@ -218,8 +219,8 @@ def test_loading_a_card_that_says_pretrained_downloads_nothing(tmp_path, monkeyp
 
 
 def test_checkpoint_takes_files_run_folders_and_model_folders(trained_run, model_folder, tmp_path) -> None:
+    from deeplab.deploy.restore import load_trained_model
     from deeplab.models.pretrained import load_matching
-    from deeplab.restore import load_trained_model
 
     run_dir = trained_run[0]
     best = run_dir / "checkpoints" / "best.pt"
@@ -291,7 +292,7 @@ def _imports(path: Path) -> set[str]:
 def test_the_schema_and_the_backbone_interface_import_nothing_above_them() -> None:
     package = Path(deeplab.__file__).parent
     # Validating a config imports neither torch nor torchvision (train.py checks it before importing torch).
-    config = _imports(package / "config.py") | _imports(package / "roles.py")
+    config = set().union(*(_imports(path) for path in (package / "config").glob("*.py")))
     assert not {m for m in config if m.split(".")[0] in ("torch", "torchvision")}
     # The schema holds no domain facts: class names come from configs/dataset/, not from deeplab.data.
     assert not {m for m in config if m.startswith("deeplab.data")}
@@ -311,10 +312,10 @@ def test_the_schema_and_the_backbone_interface_import_nothing_above_them() -> No
      ("cityscapes", "CITYSCAPES_CLASSES"), ("ade20k", "ADE20K_CLASSES")],
 )  # fmt: skip
 def test_class_names_come_from_the_dataset_files_and_older_configs_get_them(dataset, table) -> None:
-    from deeplab import data
-    from deeplab.checkpoint import upgrade_config
+    from deeplab.config import labels
+    from deeplab.config.upgrade import upgrade_config
 
-    names = list(getattr(data.classes, table))
+    names = list(getattr(labels, table))
     cfg = train_config(compose_config([f"dataset={dataset}"]))
     assert cfg.dataset.label_names() == names
     # A config saved before configs/dataset/ listed the names: class_names null, the names implied.

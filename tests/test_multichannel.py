@@ -110,9 +110,9 @@ def test_augmentation_applies_to_every_channel(channels: int) -> None:
 
 
 def test_four_band_folder_trains_evaluates_and_predicts(tmp_path: Path) -> None:
-    from deeplab.engine import train
-    from deeplab.evaluate import evaluate_checkpoint
-    from deeplab.predict import predict
+    from deeplab.deploy.evaluate import evaluate_checkpoint
+    from deeplab.deploy.predict import predict
+    from deeplab.train.engine import train
 
     keys = write_four_band_folder(tmp_path / "data")
     overrides = ["dataset=folder", *keys, "dataset.num_classes=2", "dataset.in_channels=4",

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from deeplab.config import train_config
-from deeplab.optim import build_optimizer, build_scheduler
+from deeplab.train.optim import build_optimizer, build_scheduler
 
 
 class Tiny(nn.Module):

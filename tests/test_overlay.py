@@ -14,11 +14,12 @@ from helpers.configs import compose_config, one_thread
 from PIL import Image
 
 from deeplab.config import TrainConfig, to_plain, train_config
-from deeplab.data.classes import ADE20K_CLASSES
+from deeplab.config.labels import ADE20K_CLASSES
+from deeplab.deploy.export import metadata
+from deeplab.deploy.predict import predict
+from deeplab.deploy.segmenter import onnx_background
 from deeplab.errors import ConfigError
-from deeplab.export import metadata
 from deeplab.models import build_model
-from deeplab.predict import onnx_background, predict
 from deeplab.visualize import LEGEND_SHARE, draw_legend, make_legend
 
 # A folder dataset (never read: predict only needs the model's config) with the tiny model.

@@ -13,11 +13,11 @@ import torch
 from helpers.configs import one_thread, tiny_config
 from torch import nn
 
-from deeplab import precise_bn
-from deeplab.collapse import STATISTICS_REMEDY, collapse_warning
 from deeplab.data import build_dataset
-from deeplab.engine import train
-from deeplab.hub import load
+from deeplab.deploy.hub import load
+from deeplab.evaluation.collapse import STATISTICS_REMEDY, collapse_warning
+from deeplab.train import precise_bn
+from deeplab.train.engine import train
 
 
 def test_statistics_are_the_plain_average_over_the_batches() -> None:
@@ -87,7 +87,7 @@ MEAN, STD = [0.9, 0.9, 0.9], [0.229, 0.229, 0.229]
 SHORT_RUN = {
     "backbone": "mobilenet_v3_large", "backbone.pretrained": "false", "trainer.max_iters": 48,
     "trainer.batch_size": 4, "trainer.eval_interval": 48, "trainer.ckpt_interval": 48, "trainer.log_interval": 16,
-    "optim.lr": 0.05, "dataset.num_train": 16, "dataset.mean": str(MEAN).replace(" ", ""),
+    "optim.lr": 0.05, "dataset.num_train": 16, "trainer.amp": "auto", "dataset.mean": str(MEAN).replace(" ", ""),
     "dataset.std": str(STD).replace(" ", ""),
 }  # fmt: skip
 
@@ -98,7 +98,7 @@ def test_a_short_run_from_random_weights_scores_its_batch_statistics(
 ) -> None:
     data_dir = tmp_path / "data"
     cfg = tiny_config(data_dir, **SHORT_RUN, **{"trainer.precise_bn": setting})
-    with one_thread(), caplog.at_level(logging.INFO, logger="deeplab.engine"):
+    with one_thread(), caplog.at_level(logging.INFO, logger="deeplab.train.engine"):
         metrics = train(cfg, tmp_path / "run")
     model, _ = load(tmp_path / "run")  # best.pt, as evaluate.py and predict read it
     with one_thread():

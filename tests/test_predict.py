@@ -13,8 +13,8 @@ import torch
 from helpers.configs import compose_config, one_thread
 from PIL import Image
 
+from deeplab.deploy.predict import predict
 from deeplab.errors import ConfigError, DatasetError
-from deeplab.predict import predict
 from deeplab.visualize import draw_legend, image_overlay
 
 
@@ -109,7 +109,7 @@ def test_torchvision_weights_load_inside_the_hydra_app(tmp_path, monkeypatch) ->
     from hydra import initialize_config_dir
     from torchvision.models.segmentation import deeplabv3_resnet50
 
-    import deeplab.restore as restore
+    import deeplab.deploy.restore as restore
 
     torch.manual_seed(0)
     state = deeplabv3_resnet50(weights=None, weights_backbone=None, aux_loss=True).state_dict()

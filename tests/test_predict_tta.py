@@ -11,17 +11,18 @@ from PIL import Image
 
 from deeplab.config import predict_config
 from deeplab.data import build_dataset
-from deeplab.evaluation import evaluate
-from deeplab.export import export
-from deeplab.loaders import build_val_loader
-from deeplab.predict import load_segmenter, predict
-from deeplab.restore import load_trained_model
+from deeplab.data.loaders import build_val_loader
+from deeplab.deploy.export import export
+from deeplab.deploy.predict import predict
+from deeplab.deploy.restore import load_trained_model
+from deeplab.deploy.segmenter import load_segmenter
+from deeplab.evaluation.loop import evaluate
 
 TTA = ["eval.scales=[0.75,1.25]", "eval.flip=true"]
 
 
 def evaluation_masks(checkpoint: Path, *tta: str) -> list[np.ndarray]:
-    """The argmax masks deeplab.evaluation computes on the validation images (in the split's order)."""
+    """The argmax masks deeplab.evaluation.loop computes on the validation images (in the split's order)."""
     cfg = predict_config(compose_config([f"checkpoint={checkpoint}", "input=x", "output=x", *tta], "predict"))
     _, card = load_trained_model(checkpoint)
     dataset = build_dataset(card.dataset, "val")
@@ -37,7 +38,7 @@ def evaluation_masks(checkpoint: Path, *tta: str) -> list[np.ndarray]:
 
 def test_predict_tta_equals_evaluations_multi_scale_flip_path(trained_run, tmp_path) -> None:
     """For the checkpoint and its ONNX export: predict's masks with eval.scales and eval.flip are those of
-    deeplab.evaluation (what evaluate.py scores) with the same settings, on the validation images."""
+    deeplab.evaluation.loop (what evaluate.py scores) with the same settings, on the validation images."""
     run_dir, _, data_dir = trained_run
     checkpoint = run_dir / "checkpoints" / "best.pt"
     export_cfg = compose_config(

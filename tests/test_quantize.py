@@ -12,9 +12,9 @@ import pytest
 from helpers.configs import compose_config, one_thread
 from onnx import numpy_helper
 
-from deeplab.evaluate import evaluate_checkpoint
-from deeplab.export import export
-from deeplab.onnx_model import OnnxSegmenter
+from deeplab.deploy.evaluate import evaluate_checkpoint
+from deeplab.deploy.export import export
+from deeplab.deploy.onnx_model import OnnxSegmenter
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""predict on a GeoTIFF (deeplab.raster, rasterio): read in overlapping windows blended as slide evaluation
+"""predict on a GeoTIFF (deeplab.deploy.raster, rasterio): read in overlapping windows blended as slide evaluation
 blends them, written as a tiled, compressed GeoTIFF of class ids with the input's CRS and transform; memory
 bounded by the window, not the scene."""
 
@@ -18,9 +18,10 @@ rasterio = pytest.importorskip("rasterio")
 from rasterio.windows import Window  # noqa: E402
 
 from deeplab.config import predict_config  # noqa: E402
+from deeplab.deploy.predict import predict  # noqa: E402
+from deeplab.deploy.segmenter import load_segmenter  # noqa: E402
 from deeplab.errors import ConfigError  # noqa: E402
-from deeplab.inference import predict_probs  # noqa: E402
-from deeplab.predict import load_segmenter, predict  # noqa: E402
+from deeplab.models.inference import predict_probs  # noqa: E402
 
 CRS = "EPSG:32633"
 TRANSFORM = rasterio.Affine(0.5, 0.0, 500000.0, 0.0, -0.5, 4100000.0)  # UTM 33N, 0.5 m pixels
@@ -51,7 +52,7 @@ def config(checkpoint: Path, source: Path, out: Path, *extra: str):
 
 
 def slide_ids(cfg, image: np.ndarray) -> np.ndarray:
-    """What slide evaluation (deeplab.inference) predicts for a (C, H, W) uint8 image held in memory."""
+    """What slide evaluation (deeplab.models.inference) predicts for a (C, H, W) uint8 image held in memory."""
     seg = load_segmenter(predict_config(cfg))
     x = torch.from_numpy(image).unsqueeze(0)
     with torch.no_grad():
@@ -98,7 +99,7 @@ sys.path.insert(0, "tests")
 import torch
 torch.set_num_threads(1)  # as the test's own slide evaluation: the same arithmetic
 from helpers.configs import compose_config
-from deeplab.predict import predict
+from deeplab.deploy.predict import predict  # noqa: E402
 checkpoint, small, short, big, out = sys.argv[1:6]
 def status_mb(key):
     line = next(l for l in open("/proc/self/status") if l.startswith(key + ":"))

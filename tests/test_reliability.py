@@ -25,17 +25,17 @@ from helpers.processes import run_cli
 from omegaconf import OmegaConf
 from PIL import Image
 
-import deeplab.checkpoint as ckpt_module
-import deeplab.engine as engine
+import deeplab.artifacts.checkpoint as ckpt_module
+import deeplab.train.engine as engine
 from deeplab import data
-from deeplab.checkpoint import load_checkpoint, save_checkpoint
+from deeplab.artifacts.checkpoint import load_checkpoint, save_checkpoint
 from deeplab.config import train_config
-from deeplab.engine import TrainingInterrupted, train
+from deeplab.deploy.evaluate import evaluate_checkpoint
 from deeplab.errors import CheckpointError, ConfigError, DatasetError, DivergenceError
-from deeplab.evaluate import evaluate_checkpoint
-from deeplab.losses import SegmentationLoss
-from deeplab.metrics import ConfusionMatrix
+from deeplab.evaluation.metrics import ConfusionMatrix
 from deeplab.models import build_model
+from deeplab.train.engine import TrainingInterrupted, train
+from deeplab.train.losses import SegmentationLoss
 
 # Characters a shell would act on: config values must reach the file system as plain paths.
 ODD = 'odd dir; touch {marker} $(touch {marker}) `touch {marker}` "dq" & | > <'
@@ -656,7 +656,7 @@ def test_a_restart_without_last_pt_does_not_replace_a_better_best_pt(data_dir, t
 
 
 def test_a_run_dir_in_use_is_refused_naming_the_process(data_dir, tmp_path):
-    from deeplab.rundir import RunDirLock
+    from deeplab.train.rundir import RunDirLock
 
     run_dir = tmp_path / "run"
     (run_dir / "checkpoints").mkdir(parents=True)

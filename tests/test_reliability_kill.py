@@ -16,8 +16,8 @@ from helpers.configs import one_thread, tiny_config, tiny_overrides
 from helpers.processes import TrainProcess
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from deeplab.checkpoint import load_checkpoint
-from deeplab.engine import train
+from deeplab.artifacts.checkpoint import load_checkpoint
+from deeplab.train.engine import train
 
 ITERS = 8
 RUN = {"trainer.max_iters": ITERS, "trainer.eval_interval": ITERS, "trainer.ckpt_interval": 2}

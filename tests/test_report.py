@@ -14,8 +14,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from deeplab import data
 from deeplab.config import train_config
-from deeplab.evaluate import evaluate_checkpoint
-from deeplab.report import confusion_figure, figure_classes, per_class
+from deeplab.deploy.evaluate import evaluate_checkpoint
+from deeplab.evaluation.report import confusion_figure, figure_classes, per_class
 
 
 def read_matrix(path) -> tuple[list[str], np.ndarray]:

@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from deeplab import runtime
 from deeplab.errors import ConfigError
 from deeplab.runtime import Normalizer, make_runtime, resolve_amp, resolve_device, resolve_flag
+from deeplab.runtime import device as runtime
 
 CPU = torch.device("cpu")
 

@@ -8,8 +8,8 @@ import numpy as np
 import torch
 
 from deeplab import data
-from deeplab.loaders import build_train_loader
-from deeplab.sampling import RareClassSampler, ResumableSampler, rare_classes
+from deeplab.data.loaders import build_train_loader
+from deeplab.data.sampling import RareClassSampler, ResumableSampler, rare_classes
 
 
 def take(sampler: ResumableSampler | RareClassSampler, n: int) -> list[tuple[int, int]]:
@@ -108,11 +108,11 @@ def test_rare_class_sampler_draws_the_rare_images_more_often_and_resumes(tmp_pat
 
 
 def test_dataset_sampler_temperature_sets_how_often_the_rare_class_is_drawn(tmp_path):
-    """The training run's class probabilities (deeplab.engine) follow dataset.sampler_temperature."""
+    """The training run's class probabilities (deeplab.train.engine) follow dataset.sampler_temperature."""
     from helpers.configs import compose_config
 
     from deeplab.config import train_config
-    from deeplab.engine import _rare_classes
+    from deeplab.train.engine import _rare_classes
 
     overrides = [*rare_folder_overrides(tmp_path / "data"), "dataset.sampler=rare_class",
                  f"paths.cache_dir={tmp_path / 'cache'}", "trainer.num_workers=0"]  # fmt: skip

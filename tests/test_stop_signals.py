@@ -16,14 +16,14 @@ import torch
 from helpers.configs import one_thread, tiny_config
 from helpers.processes import ROOT
 
-import deeplab.engine
-import deeplab.evaluation
-import deeplab.loaders
-import deeplab.losses
-from deeplab.checkpoint import load_checkpoint
-from deeplab.engine import train
-from deeplab.loaders import batches
-from deeplab.signals import StopRequest, StopSignal, TrainingInterrupted, ignore_stop_signals
+import deeplab.data.loaders
+import deeplab.evaluation.loop
+import deeplab.train.engine
+import deeplab.train.losses
+from deeplab.artifacts.checkpoint import load_checkpoint
+from deeplab.data.loaders import batches
+from deeplab.runtime.signals import StopRequest, StopSignal, TrainingInterrupted, ignore_stop_signals
+from deeplab.train.engine import train
 
 
 class Numbers(torch.utils.data.Dataset):
@@ -93,7 +93,7 @@ def real_call(monkeypatch):
 
 
 def test_signal_during_start_up_ends_the_run_at_once_without_a_checkpoint(tiny_data, tmp_path, real_call):
-    calls = real_call(deeplab.engine, "build_model")
+    calls = real_call(deeplab.train.engine, "build_model")
     previous = signal.getsignal(signal.SIGTERM)
     run_dir = tmp_path / "run"
     with one_thread(), pytest.raises(TrainingInterrupted) as info:
@@ -102,13 +102,13 @@ def test_signal_during_start_up_ends_the_run_at_once_without_a_checkpoint(tiny_d
     assert "nothing new to save" in str(info.value)
     assert calls == [1] and not (run_dir / "checkpoints" / "last.pt").exists()
     assert signal.getsignal(signal.SIGTERM) == previous
-    deeplab.engine.rundir.claim(run_dir, "auto").release()  # the run dir's lock was released
+    deeplab.train.engine.rundir.claim(run_dir, "auto").release()  # the run dir's lock was released
 
 
 def test_signal_during_validation_drops_it_and_saves_the_iteration(tiny_data, tmp_path, real_call):
     """Validation at iteration 1 (no checkpoint due): the first predicted image's signal ends it there; last.pt
     holds iteration 1 and no metrics are written."""
-    calls = real_call(deeplab.evaluation, "predict_probs")
+    calls = real_call(deeplab.evaluation.loop, "predict_probs")
     run_dir = tmp_path / "run"
     cfg = tiny_config(
         tiny_data, **{"trainer.max_iters": 50, "trainer.eval_interval": 1, "eval.batch_size": 1}
@@ -131,15 +131,15 @@ def test_iterators_left_running_are_shut_down_at_exit():
     next(gen)  # left running, as by a traceback that holds it
     workers = set(multiprocessing.active_children()) - before
     assert len(workers) == 2
-    deeplab.loaders._shut_down_at_exit()
+    deeplab.data.loaders._shut_down_at_exit()
     assert not any(w.is_alive() for w in workers)
     gen.close()
 
 
 LEFT_RUNNING = """
 import torch
-from deeplab.loaders import batches
-from deeplab.signals import ignore_stop_signals
+from deeplab.data.loaders import batches
+from deeplab.runtime.signals import ignore_stop_signals
 loader = torch.utils.data.DataLoader(list(range(8)), num_workers=2, worker_init_fn=ignore_stop_signals)
 gen = batches(loader)
 next(gen)
@@ -182,7 +182,7 @@ def test_a_stuck_worker_is_killed_at_shutdown():
 
 def test_signal_during_the_last_iteration_changes_nothing(tiny_data, tmp_path, real_call):
     """max_iters=1: the signal during the only step is recorded; the run validates and finishes."""
-    real_call(deeplab.losses.SegmentationLoss, "forward")
+    real_call(deeplab.train.losses.SegmentationLoss, "forward")
     run_dir = tmp_path / "run"
     with one_thread():
         metrics = train(tiny_config(tiny_data, **{"trainer.max_iters": 1}), run_dir)

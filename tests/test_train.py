@@ -15,10 +15,10 @@ from helpers.interrupt import interrupted_at
 from helpers.processes import run_cli
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from deeplab.checkpoint import load_checkpoint
-from deeplab.engine import train
+from deeplab.artifacts.checkpoint import load_checkpoint
+from deeplab.deploy.evaluate import evaluate_checkpoint
 from deeplab.errors import CheckpointError
-from deeplab.evaluate import evaluate_checkpoint
+from deeplab.train.engine import train
 
 
 def test_training_writes_checkpoints_metrics_and_tensorboard(trained_run):
@@ -208,7 +208,7 @@ def test_torchrun_two_processes_train_and_agree(tiny_data, tmp_path, sampler):
     args = tiny_overrides(
         tiny_data,
         **{"trainer.max_iters": 2, "trainer.batch_size": 4, "dataset.sampler": sampler,
-           "paths.cache_dir": tmp_path / "cache"},
+           "paths.cache_dir": tmp_path / "cache", "trainer.precise_bn": "auto"},
     )  # fmt: skip
     port = 29533 if sampler == "random" else 29534
     proc = run_cli(
@@ -216,6 +216,8 @@ def test_torchrun_two_processes_train_and_agree(tiny_data, tmp_path, sampler):
         f"hydra.run.dir={run_dir}",
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
+    # both ranks recomputed the BatchNorm statistics (immature after 2 steps); last.pt holds rank 0's
+    assert "BatchNorm statistics recomputed on 16 training batches" in proc.stdout + proc.stderr
     ckpt = load_checkpoint(run_dir / "checkpoints" / "last.pt")
     assert ckpt["iteration"] == 2
     metrics = json.loads((run_dir / "metrics.json").read_text())

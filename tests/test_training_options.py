@@ -13,13 +13,13 @@ from helpers.configs import compose_config, one_thread, tiny_config, tiny_overri
 from torch import nn
 from torchvision.models.segmentation import deeplabv3_resnet50
 
-from deeplab.checkpoint import load_checkpoint
+from deeplab.artifacts.checkpoint import load_checkpoint
 from deeplab.config import train_config
 from deeplab.errors import ConfigError
 from deeplab.models import build_model
 from deeplab.models.batchnorm import freeze_batchnorm
 from deeplab.models.pretrained import load_matching
-from deeplab.optim import build_optimizer
+from deeplab.train.optim import build_optimizer
 
 BN_SUFFIXES = (".weight", ".bias", ".running_mean", ".running_var")
 
@@ -35,7 +35,7 @@ def bn_keys(model: nn.Module) -> list[str]:
 
 @pytest.mark.parametrize("loss", ["ohem", "focal", "dice", "lovasz"])
 def test_each_loss_trains(loss: str, tiny_data: Path, tmp_path: Path) -> None:
-    from deeplab.engine import train
+    from deeplab.train.engine import train
 
     with one_thread():
         metrics = train(tiny_config(tiny_data, loss=loss, **{"model.aux_head": "true"}), tmp_path / "run")
@@ -47,10 +47,10 @@ def test_each_loss_trains(loss: str, tiny_data: Path, tmp_path: Path) -> None:
 def test_auto_class_weights_are_computed_once_and_kept_in_the_run_dir(
     tiny_data: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from deeplab.engine import train
+    from deeplab.train.engine import train
 
     run = tmp_path / "run"
-    with one_thread(), caplog.at_level(logging.INFO, logger="deeplab.engine"):
+    with one_thread(), caplog.at_level(logging.INFO, logger="deeplab.train.engine"):
         train(tiny_config(tiny_data, **{"loss.class_weights": "auto"}), run)
     saved = json.loads((run / "class_weights.json").read_text())
     assert saved["classes"] == ["background", "disc", "square", "triangle"]
@@ -63,7 +63,7 @@ def test_auto_class_weights_are_computed_once_and_kept_in_the_run_dir(
     assert "class weights (median frequency" in caplog.text
     # a resumed run reads them back instead of counting again
     (run / "class_weights.json").write_text(json.dumps({**saved, "weights": [1.0, 2.0, 3.0, 4.0]}))
-    from deeplab.engine import _class_weights
+    from deeplab.train.engine import _class_weights
 
     cfg = train_config(tiny_config(tiny_data, **{"loss.class_weights": "auto"}))
     assert _class_weights(cfg, None, run) == [1.0, 2.0, 3.0, 4.0]  # type: ignore[arg-type]
@@ -74,7 +74,7 @@ def test_init_from_a_checkpoint_with_frozen_batchnorm(
 ) -> None:
     """A new run from a trained last.pt, with another class count, 3 iterations with BatchNorm frozen: every
     BatchNorm tensor equals the source's, convolutions moved, the new classifier was initialised afresh."""
-    from deeplab.engine import train
+    from deeplab.train.engine import train
 
     run_dir, _, data_dir = trained_run
     source_path = run_dir / "checkpoints" / "last.pt"
@@ -84,7 +84,7 @@ def test_init_from_a_checkpoint_with_frozen_batchnorm(
                      "dataset.class_names": "[background,disc,square]", "dataset.num_classes": 3,
                      "dataset.root": tmp_path / "data3", "trainer.eval_interval": 3, "trainer.ckpt_interval": 3},
     )  # fmt: skip
-    with one_thread(), caplog.at_level(logging.INFO, logger="deeplab.engine"):
+    with one_thread(), caplog.at_level(logging.INFO, logger="deeplab.train.engine"):
         train(compose_config(overrides), tmp_path / "run")
     new = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
     assert new["iteration"] == 3
@@ -186,7 +186,7 @@ def test_option_mistakes_are_one_line(overrides: list[str], message: str) -> Non
 def test_a_checkpoint_written_before_these_options_still_loads(trained_run, tmp_path: Path) -> None:
     """Checkpoints lack the keys added since (in_channels, init_from, freeze_bn, activation_checkpointing, the
     loss group): they are read with the values those runs trained with."""
-    from deeplab.restore import load_trained_model
+    from deeplab.deploy.restore import load_trained_model
 
     run_dir, _, _ = trained_run
     ckpt = torch.load(run_dir / "checkpoints" / "best.pt", weights_only=True)

@@ -6,10 +6,10 @@ import json
 
 from helpers.configs import compose_config, one_thread, tiny_config
 
-from deeplab.engine import train
-from deeplab.evaluate import evaluate_checkpoint
-from deeplab.evaluation import at_output_stride
-from deeplab.restore import load_trained_model
+from deeplab.deploy.evaluate import evaluate_checkpoint
+from deeplab.deploy.restore import load_trained_model
+from deeplab.evaluation.loop import at_output_stride
+from deeplab.train.engine import train
 
 METRIC_KEYS = ("pixel_acc", "mean_acc", "miou", "fwiou", "iou_per_class")
 SLIDE = {
@@ -39,7 +39,7 @@ def test_slide_validation_uses_the_eval_settings_and_equals_evaluate_py(tiny_dat
     output stride."""
     run_dir = tmp_path / "run"
     options = {"trainer.max_iters": 2, "trainer.eval_interval": 2, "trainer.ckpt_interval": 2, **SLIDE}
-    import deeplab.evaluation as evaluation
+    import deeplab.evaluation.loop as evaluation
 
     seen, real = [], evaluation.predict_probs
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 
-import numpy as np
 from omegaconf import DictConfig
 
 from deeplab.config import (
@@ -17,20 +16,18 @@ from deeplab.config import (
     SBDDataset,
     SyntheticDataset,
     TrainConfig,
-    VOCAugDataset,
     VOCDataset,
     train_config,
+)
+from deeplab.config.labels import (
+    ade20k_label_map,
+    camvid_label_map,
+    cityscapes_label_map,
+    palette,
 )
 from deeplab.data.ade20k import ade20k_samples, find_ade20k_dir
 from deeplab.data.camvid import camvid_samples, find_camvid_dir
 from deeplab.data.cityscapes import cityscapes_samples, find_cityscapes_dir, unlisted_label_ids
-from deeplab.data.classes import (
-    CITYSCAPES_COLORS,
-    ade20k_label_map,
-    camvid_label_map,
-    cityscapes_label_map,
-    color_table,
-)
 from deeplab.data.collate import collate_eval
 from deeplab.data.dataset import SegmentationDataset
 from deeplab.data.folder import color_lookup, folder_samples
@@ -42,16 +39,6 @@ from deeplab.data.voc_aug import TRAINAUG_SPLIT, voc_aug_train_samples
 __all__ = ["SegmentationDataset", "build_dataset", "collate_eval", "load_split", "palette"]
 
 log = logging.getLogger(__name__)
-
-
-def palette(dataset: DatasetBase) -> np.ndarray:
-    """Colour map (N, 3) uint8 indexable by any label value, ignore included (N >= 256): dataset.palette
-    for its classes if given (Cityscapes: its official colours), the standard VOC colour map otherwise (and
-    for the remaining values)."""
-    colors = dataset.palette
-    if colors is None and isinstance(dataset, CityscapesDataset):
-        colors = [list(c) for c in CITYSCAPES_COLORS]
-    return color_table(colors, max(256, dataset.num_classes))
 
 
 def load_split(

@@ -1,6 +1,6 @@
 """ADE20K's SceneParsing benchmark in its official layout: ADEChallengeData2016/images/<split>/*.jpg and
 annotations/<split>/*.png (splits training 20,210 / validation 2,000). Annotation 0 ("other objects") is
-ignored and k becomes class k - 1 on read (deeplab.data.classes.ade20k_label_map)."""
+ignored and k becomes class k - 1 on read (deeplab.config.labels.ade20k_label_map)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """CamVid in the SegNet layout (Brostow et al. 2009; the split of SegNet, ENet, FC-DenseNet, BiSeNet):
 camvid/{train,val,test}/*.png with the masks of the same names in {train,val,test}annot/, 480x360, 11 classes.
-Mask value 11 (void) is ignored: it becomes 255 on read (deeplab.data.classes.camvid_label_map)."""
+Mask value 11 (void) is ignored: it becomes 255 on read (deeplab.config.labels.camvid_label_map)."""
 
 from __future__ import annotations
 

@@ -18,7 +18,7 @@ from deeplab.config import TrainConfig, config_dir, train_config
 from deeplab.data import load_split
 from deeplab.data.stats import check_labels, scan
 from deeplab.errors import ConfigError, DatasetError, UserError, first_line
-from deeplab.losses import median_frequency_weights
+from deeplab.data.stats import median_frequency_weights
 
 RARE_SHARE = 0.001  # a class under 0.1% of the class pixels is named as rare
 
@@ -29,7 +29,7 @@ def print_counts(totals: np.ndarray, names: list[str], ignore: int, weights: boo
     total = max(int(totals.sum()), 1)
     classes = np.array([0 if i == ignore else int(totals[i]) for i in range(len(names))], dtype=np.int64)
     labelled = max(int(classes.sum()), 1)
-    # what loss.class_weights=auto computes from the same counts (deeplab.engine)
+    # what loss.class_weights=auto computes from the same counts (deeplab.train.engine)
     auto = median_frequency_weights(totals[: len(names)].tolist()) if weights and classes.any() else None
     width = max(len(n) for n in names + ["ignore"])
     head = f"  {'id':>4}  {'class':<{width}}  {'pixels':>14}  {'share':>7}  {'of classes':>10}"
@@ -88,7 +88,7 @@ def check(cfg: TrainConfig, splits: list[str], workers: int = 0) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from deeplab.restore import compose_train_config
+    from deeplab.config.compose import compose_train_config
 
     parser = ArgumentParser(prog="python -m deeplab.data.check", description=__doc__.split("\n")[0])
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. dataset=voc dataset.root=/data")

@@ -1,6 +1,6 @@
 """Cityscapes in its official layout: leftImg8bit/<split>/<city>/<stem>_leftImg8bit.png and
 gtFine/<split>/<city>/<stem>_gtFine_labelIds.png (or the _labelTrainIds.png that cityscapesScripts writes).
-labelIds are mapped to the 19 trainIds on read (deeplab.data.classes.cityscapes_label_map)."""
+labelIds are mapped to the 19 trainIds on read (deeplab.config.labels.cityscapes_label_map)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from deeplab.data.classes import CITYSCAPES_NUM_LABEL_IDS
+from deeplab.config.labels import CITYSCAPES_NUM_LABEL_IDS
 from deeplab.data.dataset import Sample, split_folder
 from deeplab.data.reading import class_pixel_counts
 from deeplab.errors import DatasetError

@@ -200,7 +200,7 @@ class SegmentationDataset(Dataset):
         return image_t, mask_t
 
     def __getitem__(self, item: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """item: an index, or (index, augmentation seed) as deeplab.sampling.ResumableSampler yields.
+        """item: an index, or (index, augmentation seed) as deeplab.data.sampling.ResumableSampler yields.
 
         With skip_bad, None for a bad sample when not substituting (evaluation: collate_eval drops it)."""
         index, seed = item if isinstance(item, tuple) else (item, None)

@@ -10,6 +10,7 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,8 +21,8 @@ from tqdm import tqdm
 from deeplab.config import DatasetBase
 from deeplab.data.dataset import SegmentationDataset, missing_files
 from deeplab.errors import DatasetError
-from deeplab.loaders import batches
-from deeplab.signals import ignore_stop_signals
+from deeplab.data.loaders import batches
+from deeplab.runtime.signals import ignore_stop_signals
 
 log = logging.getLogger(__name__)
 
@@ -164,3 +165,15 @@ def check_labels(totals: np.ndarray, d: DatasetBase, num_masks: int, where: str)
             "dataset.num_classes and dataset.class_names to the classes present, or dataset.check_labels=false "
             "to train anyway"
         )
+
+
+def median_frequency_weights(pixel_counts: Sequence[int]) -> list[float]:
+    """Median-frequency balancing: median(f) / f_c, f_c the share of class c among the valid pixels, the
+    median over the classes that occur; a class with no pixel gets weight 0."""
+    counts = torch.tensor([float(n) for n in pixel_counts], dtype=torch.float64)
+    if not bool((counts > 0).any()):
+        raise ValueError("no labelled pixel to compute class weights from")
+    share = counts / counts.sum()
+    median = share[counts > 0].median()  # torch's lower median for an even count
+    weights = torch.where(counts > 0, median / share.clamp(min=1e-30), torch.zeros_like(share))
+    return [float(w) for w in weights]

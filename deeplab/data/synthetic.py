@@ -25,7 +25,7 @@ from PIL import Image, ImageDraw
 from scipy import ndimage
 
 from deeplab.config import SHAPES
-from deeplab.data.classes import voc_colormap
+from deeplab.config.labels import voc_colormap
 from deeplab.errors import DatasetError
 
 FORMAT_VERSION = 1  # bump when the rendering changes, so stale copies are regenerated

@@ -11,7 +11,7 @@ from torchvision.models.segmentation import (
     DeepLabV3_ResNet101_Weights,
 )
 
-from deeplab.checkpoint import load_file
+from deeplab.artifacts.checkpoint import load_file
 from deeplab.config import (
     BackboneConfig,
     MobileNetConfig,

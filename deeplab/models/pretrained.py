@@ -13,9 +13,9 @@ from torch import nn
 from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 from torchvision.models import WeightsEnum
 
-from deeplab.checkpoint import load_file, why_unreadable
+from deeplab.artifacts.checkpoint import load_file, why_unreadable
+from deeplab.artifacts.locate import WEIGHTS_FILE, locate, read_weights_file
 from deeplab.errors import CheckpointError, ConfigError, first_line
-from deeplab.locate import WEIGHTS_FILE, locate, read_weights_file
 
 log = logging.getLogger(__name__)
 

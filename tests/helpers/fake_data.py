@@ -15,7 +15,7 @@ import scipy.io
 import scipy.sparse
 from PIL import Image
 
-from deeplab.data.classes import voc_colormap
+from deeplab.config.labels import voc_colormap
 
 SIZE = (13, 17)  # (height, width): tiny, and not square so transposes would show
 
@@ -144,7 +144,7 @@ def write_cityscapes(
                 masks.mkdir(parents=True, exist_ok=True)
                 Image.fromarray(ids, mode="L").save(masks / f"{stem}_gtFine_labelIds.png")
                 if not label_ids:
-                    from deeplab.data.classes import cityscapes_label_map
+                    from deeplab.config.labels import cityscapes_label_map
 
                     train_ids = cityscapes_label_map()[ids]
                     Image.fromarray(train_ids, mode="L").save(masks / f"{stem}_gtFine_labelTrainIds.png")

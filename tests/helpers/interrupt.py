@@ -16,7 +16,7 @@ def interrupted_at(monkeypatch: pytest.MonkeyPatch, iteration: int, written: boo
     """Inside the block, writing last.pt at `iteration` raises KeyboardInterrupt: after the file is written
     (written=True: a stop right after a checkpoint), or instead (False: killed while writing it, the previous
     last.pt kept)."""
-    import deeplab.engine as engine
+    import deeplab.train.engine as engine
 
     real_save = engine.save_checkpoint
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from deeplab.config import TrainConfig, flatten
-from deeplab.loggers.base import HeldTracker, Logger, Loggers
+from deeplab.train.loggers.base import HeldTracker, Logger, Loggers
 
 __all__ = ["HeldTracker", "Logger", "Loggers", "build_loggers"]
 
@@ -31,21 +31,21 @@ def build_loggers(cfg: TrainConfig, run_dir: Path, start_step: int, is_main: boo
 def _open(cfg: TrainConfig, run_dir: Path, start_step: int, loggers: list[Logger]) -> None:
     lg = cfg.logger
     if lg.tensorboard is not None:
-        from deeplab.loggers.tensorboard import TensorBoardLogger
+        from deeplab.train.loggers.tensorboard import TensorBoardLogger
 
         loggers.append(TensorBoardLogger(run_dir, start_step))
     if lg.csv is not None:
-        from deeplab.loggers.csvfile import CsvLogger
+        from deeplab.train.loggers.csvfile import CsvLogger
 
         loggers.append(CsvLogger(run_dir, start_step))
     if lg.mlflow is not None:
-        from deeplab.loggers.mlflow_tracking import MlflowLogger
+        from deeplab.train.loggers.mlflow_tracking import MlflowLogger
 
         params = flatten(cfg.model_dump(mode="json"))
         loggers.append(
             MlflowLogger(run_dir, start_step, lg.mlflow.tracking_uri, lg.mlflow.experiment, params)
         )
     if lg.wandb is not None:
-        from deeplab.loggers.wandb_run import WandbLogger
+        from deeplab.train.loggers.wandb_run import WandbLogger
 
         loggers.append(WandbLogger(run_dir, start_step, lg.wandb.project, cfg.model_dump(mode="json")))

@@ -9,14 +9,15 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from deeplab import collapse, data, report
+from deeplab import data
+from deeplab.artifacts.locate import locate
 from deeplab.config import DatasetConfig, EvaluateConfig, evaluate_config
+from deeplab.data.loaders import build_val_loader, shut_down_workers
+from deeplab.deploy.restore import dataset_with_overrides, load_trained_model, run_settings
 from deeplab.errors import ExportError
-from deeplab.evaluation import evaluate_as_configured
-from deeplab.loaders import build_val_loader, shut_down_workers
-from deeplab.locate import locate
-from deeplab.metrics import format_table, write_metrics_json
-from deeplab.restore import dataset_with_overrides, load_trained_model
+from deeplab.evaluation import collapse, report
+from deeplab.evaluation.loop import evaluate_as_configured
+from deeplab.evaluation.metrics import format_table, write_metrics_json
 from deeplab.runtime import Runtime, make_runtime
 
 log = logging.getLogger(__name__)
@@ -29,8 +30,8 @@ def evaluate_checkpoint(cfg: EvaluateConfig | DictConfig, run_dir: Path) -> dict
     located = locate(cfg.checkpoint)
     if located.kind == "onnx":
         return evaluate_onnx(cfg, run_dir)
-    rt = make_runtime(cfg.device, cfg.amp, cfg.channels_last, key="")
     model, card = load_trained_model(located.path)
+    rt = make_runtime(cfg.device, *run_settings(cfg.amp, cfg.channels_last, card), key="")
     dataset = dataset_with_overrides(card.dataset, cfg.dataset)
     if cfg.eval.output_stride is not None:
         model.set_output_stride(cfg.eval.output_stride)
@@ -41,7 +42,7 @@ def evaluate_checkpoint(cfg: EvaluateConfig | DictConfig, run_dir: Path) -> dict
 def evaluate_onnx(cfg: EvaluateConfig, run_dir: Path) -> dict[str, Any]:
     """An exported model, run with ONNX Runtime, on the validation set its metadata records (the training
     config's dataset section; cfg.dataset overrides where it lies)."""
-    from deeplab.onnx_model import OnnxSegmenter, onnx_run_settings
+    from deeplab.deploy.onnx_model import OnnxSegmenter, onnx_run_settings
 
     providers = onnx_run_settings(cfg.eval.output_stride, cfg.amp, cfg.channels_last, cfg.device)
     model = OnnxSegmenter(cfg.checkpoint, providers=providers)
@@ -53,7 +54,7 @@ def evaluate_onnx(cfg: EvaluateConfig, run_dir: Path) -> dict[str, Any]:
 def onnx_dataset(meta: dict[str, Any], path: str) -> dict[str, Any]:
     """The dataset section an ONNX file's metadata records (what building the validation split reads),
     upgraded as a checkpoint's is."""
-    from deeplab.checkpoint import upgrade_config
+    from deeplab.config.upgrade import upgrade_config
 
     if meta.get("dataset") is None:
         raise ExportError(

@@ -1,5 +1,6 @@
-"""Class names and colour maps: the 21 Pascal VOC classes and the standard VOC colour map. (configs/dataset/ lists
-the official datasets' names for new runs; the tables here are for label maps and older checkpoints.)"""
+"""Labels: class names, colour maps and palettes, and the tables that map a dataset's stored values to class ids.
+(configs/dataset/ lists the official datasets' names for new runs; the tables here are for label maps, colours
+and older checkpoints.)"""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+
+from deeplab.config.data import CityscapesDataset, DatasetBase
 
 VOC_CLASSES: tuple[str, ...] = (
     "background",
@@ -68,7 +71,27 @@ CITYSCAPES_COLORS: tuple[tuple[int, int, int], ...] = (
     (250, 170, 30), (220, 220, 0), (107, 142, 35), (152, 251, 152), (70, 130, 180), (220, 20, 60),
     (255, 0, 0), (0, 0, 142), (0, 0, 70), (0, 60, 100), (0, 80, 100), (0, 0, 230), (119, 11, 32),
 )  # fmt: skip
-CITYSCAPES_LABEL_IDS: tuple[int, ...] = (7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 32, 33)
+CITYSCAPES_LABEL_IDS: tuple[int, ...] = (
+    7,
+    8,
+    11,
+    12,
+    13,
+    17,
+    19,
+    20,
+    21,
+    22,
+    23,
+    24,
+    25,
+    26,
+    27,
+    28,
+    31,
+    32,
+    33,
+)
 CITYSCAPES_NUM_LABEL_IDS = 34  # labels.py's table: labelIds 0..33 (license plate's -1 is never drawn)
 
 # ADE20K's SceneParsing benchmark (ADEChallengeData2016, objectInfo150.txt): annotation k is class k - 1,
@@ -126,3 +149,13 @@ def with_official_names(dataset: Mapping[str, Any]) -> dict[str, Any]:
     if dataset.get("class_names") is not None or names is None or dataset.get("num_classes") != len(names):
         return dict(dataset)
     return {**dataset, "class_names": list(names)}
+
+
+def palette(dataset: DatasetBase) -> np.ndarray:
+    """Colour map (N, 3) uint8 indexable by any label value, ignore included (N >= 256): dataset.palette
+    for its classes if given (Cityscapes: its official colours), the standard VOC colour map otherwise (and
+    for the remaining values)."""
+    colors = dataset.palette
+    if colors is None and isinstance(dataset, CityscapesDataset):
+        colors = [list(c) for c in CITYSCAPES_COLORS]
+    return color_table(colors, max(256, dataset.num_classes))

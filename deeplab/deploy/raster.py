@@ -1,7 +1,7 @@
 """GeoTIFFs larger than memory: `python -m deeplab.predict checkpoint=PATH input=scene.tif` (the [geo] extra,
 rasterio) predicts a georeferenced TIFF window by window.
 
-The windows are those of slide evaluation (deeplab.inference.slide_logits) over the whole scene: eval.window
+The windows are those of slide evaluation (deeplab.models.inference.slide_logits) over the whole scene: eval.window
 square, eval.overlap apart, the last row and column flush with the scene's edge; the logits of overlapping
 windows are averaged. The scene is cut into vertical stripes of STRIPE_WINDOWS windows' width (whole output
 blocks), each swept from top to bottom: a stripe's windows are those that reach its columns (the one or two
@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from deeplab.config import PredictConfig
 from deeplab.errors import ConfigError, DatasetError
-from deeplab.inference import logits_to_probs
+from deeplab.models.inference import logits_to_probs
 
 BLOCK = 256  # output tile size (GeoTIFF blocks must be multiples of 16)
 GDAL_CACHE_MB = 32  # GDAL's block cache would otherwise grow to 5% of RAM and hold the scene's blocks
@@ -62,7 +62,7 @@ def _to_uint8(values: np.ndarray, path: Path) -> np.ndarray:
 
 
 def predict_raster(cfg: PredictConfig, seg: Any, path: Path, output: Path) -> list[Path]:
-    """Predict the GeoTIFF `path` with seg (deeplab.predict.Segmenter) into output/<stem>.tif (and
+    """Predict the GeoTIFF `path` with seg (deeplab.deploy.predict.Segmenter) into output/<stem>.tif (and
     <stem>_color.tif with cfg.raster_color); returns [the class-id GeoTIFF]."""
     import rasterio
     from rasterio.windows import Window

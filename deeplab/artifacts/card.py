@@ -20,9 +20,11 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-import deeplab
 from deeplab.config import BackboneConfig, Color, DatasetConfig, ModelConfig, TrainConfig, validate
+from deeplab.config.labels import palette  # the datasets' own colours (Cityscapes'), the VOC map otherwise
+from deeplab.config.upgrade import upgrade_config
 from deeplab.errors import CheckpointError, ConfigError
+from deeplab.version import __version__
 
 CARD_VERSION = 1
 
@@ -59,6 +61,11 @@ class Provenance(BaseModel):
     version: str | None = None
     commit: str | None = None
     date: str | None = None
+    amp: str | None = None
+    """The trainer.amp setting the metrics were validated with (auto, bf16, fp16, off): evaluate.py and predict
+    run with it when their own amp is auto, so that they give the training's metrics (null: not recorded)."""
+    channels_last: str | bool | None = None
+    """The trainer.channels_last setting of the validation, likewise (its kernels round bf16 differently)."""
 
 
 class ModelCard(BaseModel):
@@ -93,7 +100,7 @@ class _Rebuildable(BaseModel):
 @functools.lru_cache(maxsize=1)
 def _commit() -> str | None:
     """The git commit of this checkout, when it is one."""
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     try:
         out = subprocess.run(
             ["git", "-C", str(root), "rev-parse", "HEAD"],
@@ -131,7 +138,6 @@ def make_card(
 ) -> ModelCard:
     """The card of a training config (validated or plain; a plain one is upgraded and only its model, backbone
     and dataset sections are read). stamp=False: no version, commit and date (an older checkpoint's)."""
-    from deeplab.data import palette  # the datasets' own colours (Cityscapes'), the VOC map otherwise
 
     if isinstance(config, TrainConfig):
         # Copies: the card must not change with the run's config (nor the config with the card).
@@ -139,11 +145,13 @@ def make_card(
             model=config.model.model_copy(deep=True), backbone=config.backbone.model_copy(deep=True),
             dataset=config.dataset.model_copy(deep=True),
         )  # fmt: skip
+        amp, channels_last = config.trainer.amp, config.trainer.channels_last
     else:
-        from deeplab.checkpoint import upgrade_config
-
         plain = upgrade_config(config)
         parts = validate(_Rebuildable, {k: plain.get(k) for k in ("model", "backbone", "dataset")})  # type: ignore[arg-type]
+        trainer = plain.get("trainer") if isinstance(plain.get("trainer"), Mapping) else {}
+        amp, channels_last = trainer.get("amp"), trainer.get("channels_last")
+        amp = "off" if amp is False else amp  # YAML's bare off
     d = parts.dataset
     names = d.label_names()
     labels = Labels(
@@ -154,8 +162,8 @@ def make_card(
     now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     provenance = Provenance(
         dataset=d.name, iteration=iteration, metrics=_json_metrics(metrics), overrides=overrides,
-        version=deeplab.__version__ if stamp else None, commit=_commit() if stamp else None,
-        date=now if stamp else None,
+        version=__version__ if stamp else None, commit=_commit() if stamp else None,
+        date=now if stamp else None, amp=amp, channels_last=channels_last,
     )  # fmt: skip
     return ModelCard(
         model=parts.model, backbone=parts.backbone, dataset=d, labels=labels, provenance=provenance
@@ -166,8 +174,6 @@ def read_card(obj: Mapping[str, Any], source: str | Path) -> ModelCard:
     """The card of a file: its own, checked; a mistake names the file."""
     data = dict(obj)
     if isinstance(data.get("dataset"), Mapping):
-        from deeplab.checkpoint import upgrade_config
-
         data["dataset"] = upgrade_config({"dataset": data["dataset"]})["dataset"]
     try:
         return validate(ModelCard, data)  # type: ignore[arg-type]

@@ -1,6 +1,6 @@
 """The shareable model folder, as Hugging Face tooling reads it (huggingface_hub's PyTorchModelHubMixin layout):
 
-    config.json         the model card (deeplab.card.ModelCard)
+    config.json         the model card (deeplab.artifacts.card.ModelCard)
     model.safetensors   the weights
     README.md           the card for people: YAML front matter (library, tags, dataset, metrics), the metrics
                         and the per-class IoU as tables, how to load the model, the command that trained it
@@ -17,10 +17,10 @@ from typing import Any
 
 import yaml
 
+from deeplab.artifacts.card import ModelCard
+from deeplab.artifacts.locate import CARD_FILE, WEIGHTS_FILE
 from deeplab.atomicfile import atomic_path
-from deeplab.card import ModelCard
 from deeplab.errors import CheckpointError, ExportError, first_line
-from deeplab.locate import CARD_FILE, WEIGHTS_FILE
 
 README_FILE = "README.md"
 METRICS = (
@@ -160,7 +160,7 @@ def _download(repo_id: str, revision: str | None) -> Path:
 def load(path_or_repo_id: str | Path, revision: str | None = None) -> tuple[Any, ModelCard]:
     """(model in eval mode on the CPU, its card) of a model folder, a checkpoint (a .pt file or run folder),
     or a Hugging Face hub repo id ("owner/name", with the [hub] extra)."""
-    from deeplab.restore import load_trained_model
+    from deeplab.deploy.restore import load_trained_model
 
     path = Path(path_or_repo_id).expanduser()
     text = str(path_or_repo_id)

@@ -1,7 +1,7 @@
 """The training loop: build the parts, resume, then step, check, log, validate and save, top to bottom.
 
 Helpers live in the file of their idea: run-time decisions in runtime.py, resume state in checkpoint.py,
-collectives in distributed.py, the loggers in deeplab/loggers/, the evaluation loop in evaluation.py.
+collectives in distributed.py, the loggers in deeplab/train/loggers/, the evaluation loop in evaluation.py.
 """
 
 from __future__ import annotations
@@ -26,43 +26,46 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
-from deeplab import collapse, data, distributed, precise_bn, report, rundir
-from deeplab.card import run_card
-from deeplab.checkpoint import (
+from deeplab import data
+from deeplab.artifacts.card import run_card
+from deeplab.artifacts.checkpoint import save_checkpoint
+from deeplab.config import CrossEntropyConfig, TrainConfig, train_config
+from deeplab.data.loaders import batches, build_train_loader, build_val_loader, shut_down_workers
+from deeplab.data.sampling import RareClasses, rare_classes
+from deeplab.data.stats import check_labels, label_counts, label_stats, median_frequency_weights
+from deeplab.errors import ConfigError, DivergenceError, UserError
+from deeplab.evaluation import collapse, report
+from deeplab.evaluation.loop import evaluate_as_configured
+from deeplab.evaluation.metrics import format_table, write_metrics_json
+from deeplab.jsonfile import write_json
+from deeplab.models import build_model
+from deeplab.models.batchnorm import freeze_batchnorm
+from deeplab.models.pretrained import load_matching
+from deeplab.runtime import (
+    Normalizer,
+    Runtime,
+    configure_backends,
+    distributed,
+    make_runtime,
+    resolve_device,
+    seed_everything,
+)
+from deeplab.runtime.signals import StopRequest, StopSignal, TrainingInterrupted
+from deeplab.train import precise_bn, rundir
+from deeplab.train.ema import build_ema, restore_ema
+from deeplab.train.eta import Eta
+from deeplab.train.loggers import Loggers, build_loggers
+from deeplab.train.loggers.records import example_strip, flat_hparams, train_scalars, val_scalars
+from deeplab.train.losses import SegmentationLoss, build_criterion
+from deeplab.train.optim import build_optimizer, build_scheduler
+from deeplab.train.resume import (
     Resumed,
     best_so_far,
     open_resume,
     restore_training,
     resume_path,
-    save_checkpoint,
     training_state,
 )
-from deeplab.config import CrossEntropyConfig, TrainConfig, train_config
-from deeplab.data.stats import check_labels, label_counts, label_stats
-from deeplab.ema import build_ema, restore_ema
-from deeplab.errors import ConfigError, DivergenceError, UserError
-from deeplab.eta import Eta
-from deeplab.evaluation import evaluate_as_configured
-from deeplab.jsonfile import write_json
-from deeplab.loaders import batches, build_train_loader, build_val_loader, shut_down_workers
-from deeplab.loggers import Loggers, build_loggers
-from deeplab.loggers.records import example_strip, flat_hparams, train_scalars, val_scalars
-from deeplab.losses import SegmentationLoss, build_criterion, median_frequency_weights
-from deeplab.metrics import format_table, write_metrics_json
-from deeplab.models import build_model
-from deeplab.models.batchnorm import freeze_batchnorm
-from deeplab.models.pretrained import load_matching
-from deeplab.optim import build_optimizer, build_scheduler
-from deeplab.runtime import (
-    Normalizer,
-    Runtime,
-    configure_backends,
-    make_runtime,
-    resolve_device,
-    seed_everything,
-)
-from deeplab.sampling import RareClasses, rare_classes
-from deeplab.signals import StopRequest, StopSignal, TrainingInterrupted
 
 __all__ = ["TrainingInterrupted", "train"]
 
@@ -118,11 +121,10 @@ class Run:
     progress: Resumed
     lock: rundir.RunDirLock | None  # rank 0's lock on the run dir
     validated: bool = False  # whether this process has validated (a resumed, finished run has not)
-    ema: AveragedModel | None = None  # trainer.ema: the averaged weights (deeplab/ema.py)
-    # trainer.precise_bn: the copies of model and EMA weights last validated, their BatchNorm statistics
-    # recomputed (what best.pt saves); None when validation scored the weights themselves
-    scored: nn.Module | None = None
-    scored_ema: nn.Module | None = None
+    ema: AveragedModel | None = None  # trainer.ema: the averaged weights (deeplab/train/ema.py)
+    recomputed_at: int = (
+        -1
+    )  # the iteration whose BatchNorm statistics were last recomputed (trainer.precise_bn)
     started: float = field(default_factory=time.perf_counter)  # when this process's loop started
 
     def minutes(self) -> float:
@@ -146,9 +148,8 @@ class Run:
     def save(self, name: str, resumable: bool = True) -> None:
         """checkpoints/<name>: the resumable state (last.pt), or the weights only (best.pt)."""
         extra = (self.optimizer, self.scheduler, self.scaler) if resumable else ()
-        model = self.model if resumable or self.scored is None else self.scored
         progress = dataclasses.replace(self.progress, elapsed=60 * self.minutes())
-        state = training_state(model, self.cfg.model_dump(), progress, *extra)
+        state = training_state(self.model, self.cfg.model_dump(), progress, *extra)
         if self.ema is not None and resumable:
             state["ema"] = self.ema.state_dict()
         elif self.ema is not None:  # best.pt: the weights that scored better, EMA or not, and which they are
@@ -165,8 +166,8 @@ class Run:
         ema = metrics.pop("ema", None)
         if self.ema is not None and ema is not None and ema["miou"] > metrics.get("miou", -1.0):
             keep = {k: metrics[k] for k in ("iteration", "num_images") if k in metrics}
-            return (self.scored_ema or self.ema.module).state_dict(), ema | keep | {"weights": "ema"}
-        return (self.scored or self.model).state_dict(), metrics | {"weights": "model"}
+            return self.ema.module.state_dict(), ema | keep | {"weights": "ema"}
+        return self.model.state_dict(), metrics | {"weights": "model"}
 
     def statistics_batches(self, iteration: int) -> int:
         """trainer.precise_bn at this iteration: the training batches to recompute BatchNorm statistics on."""
@@ -194,19 +195,29 @@ class Run:
             out.append((images, target.to(rt.device)) if masks else images)
         return out
 
-    def with_statistics(self, model: nn.Module, batches: list[torch.Tensor]) -> nn.Module:
-        """A copy of `model` with BatchNorm statistics recomputed on `batches` (rank 0's on every rank)."""
+    def recompute_statistics(self, iteration: int) -> None:
+        """trainer.precise_bn: recompute the BatchNorm statistics of the model (and of the EMA weights) on
+        training batches, in place, before this iteration's last.pt and validation, so that last.pt, best.pt
+        and the validation agree and a resumed run continues from the same statistics. Every rank computes them
+        on the same batches (SyncBatchNorm's collectives need all ranks); rank 0's are then used everywhere."""
+        count = self.statistics_batches(iteration)
+        if not count:
+            return
+        batches = self.training_batches(count)
+        for model in (self.model, self.ema.module if self.ema is not None else None):
+            if model is None:
+                continue
 
-        def forward_of(twin: nn.Module) -> Callable[[torch.Tensor], object]:
-            def forward(images: torch.Tensor) -> object:
+            def forward(images: torch.Tensor, model: nn.Module = model) -> object:
                 with self.rt.autocast():
-                    return twin(self.normalize(images))
+                    return model(self.normalize(images))
 
-            return forward
-
-        twin = precise_bn.precise_copy(model, batches, forward_of)
-        distributed.broadcast_buffers(twin)
-        return twin
+            precise_bn.recompute_statistics(model, batches, forward)
+            distributed.broadcast_buffers(model)
+        self.recomputed_at = iteration
+        if self.rt.is_main:
+            log.info("iter %d: BatchNorm statistics recomputed on %d training batches (trainer.precise_bn)",
+                     iteration, count)  # fmt: skip
 
     def validate(self, iteration: int, stop: StopRequest | None = None) -> dict[str, Any]:
         """Validation of the model with the eval.* settings, as evaluate.py scores a checkpoint (rank 0's
@@ -218,16 +229,6 @@ class Run:
         if self.ema is not None:
             distributed.broadcast_buffers(self.ema.module)  # each rank averaged its own statistics
         model, ema_model = self.model, self.ema.module if self.ema is not None else None
-        self.scored = self.scored_ema = None
-        count = self.statistics_batches(iteration)
-        if count:
-            batches = self.training_batches(count)
-            model = self.scored = self.with_statistics(self.model, batches)
-            if ema_model is not None:
-                ema_model = self.scored_ema = self.with_statistics(ema_model, batches)
-            if main:
-                log.info("iter %d: BatchNorm statistics recomputed on %d training batches (trainer.precise_bn)",
-                         iteration, count)  # fmt: skip
         abort = stop.at_once(not self.rt.dist.enabled) if stop is not None else contextlib.nullcontext()
         with abort:
             result = evaluate_as_configured(  # evaluate.py's scoring, with the same eval.* settings
@@ -254,7 +255,7 @@ class Run:
                 self.loggers.image(f"val/example_{i}", strip, iteration)
             self.loggers.image("val/confusion_matrix", figure, iteration)
             write_metrics_json(self.run_dir / "metrics.json", metrics)
-            mismatch = None if count else self.statistics_mismatch(iteration)
+            mismatch = None if self.recomputed_at == iteration else self.statistics_mismatch(iteration)
             remedy = collapse.STATISTICS_REMEDY if mismatch else collapse.CLASS_REMEDY
             for warning in (collapse.matrix_warning(result.cm.matrix, d.label_names(), remedy), mismatch):
                 if warning:
@@ -584,6 +585,8 @@ def _loop(run: Run, stop: StopRequest) -> dict[str, Any]:
             if it % t.log_interval == 0 or due_ckpt or due_eval or local_stop:
                 _boundary(run, it, state, stop)
             run.progress.iteration = it
+            if due_eval:  # before last.pt, which then holds the statistics validated (trainer.precise_bn)
+                run.recompute_statistics(it)
             # last.pt first: a failure while validating (a bad image, out of memory) loses nothing.
             if (due_ckpt or state.stop_signum) and main:
                 run.save("last.pt")
@@ -753,8 +756,6 @@ def _finish(run: Run, it: int, stop_signum: int, stop: StopRequest | None = None
 def _table_title(run: Run, iteration: int, metrics: dict[str, Any]) -> str:
     """Which weights the final table scores: last.pt at its iteration, and whether best.pt differs."""
     title = f"validation at iteration {iteration} of {run.cfg.trainer.max_iters}: {run.ckpt_dir / 'last.pt'}"
-    if run.scored is not None:
-        title += " with BatchNorm statistics recomputed (trainer.precise_bn)"
     best = run.progress.best_miou
     if best > metrics["miou"] and (run.ckpt_dir / "best.pt").is_file():
         title += f" (best.pt has a higher mIoU, {100 * best:.2f})"

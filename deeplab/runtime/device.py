@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from deeplab.distributed import DistInfo
 from deeplab.errors import ConfigError
+from deeplab.runtime.distributed import DistInfo
 
 
 def resolve_device(name: str, local_rank: int = 0, key: str = "trainer.device") -> torch.device:

@@ -1,4 +1,4 @@
-"""A model exported by deeplab.export, run with ONNX Runtime, in the shape deeplab.inference expects:
+"""A model exported by deeplab.deploy.export, run with ONNX Runtime, in the shape deeplab.models.inference expects:
 model(x) -> {"out": logits}, with the class names, normalisation and colours read from the file's metadata."""
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ class OnnxSegmenter:
         """The stride built into the graph (None for files exported before it was recorded)."""
         return self.meta.get("output_stride")
 
-    def eval(self) -> OnnxSegmenter:  # deeplab.inference treats models alike
+    def eval(self) -> OnnxSegmenter:  # deeplab.models.inference treats models alike
         return self
 
     def train(self, mode: bool = True) -> OnnxSegmenter:
@@ -108,7 +108,7 @@ def onnx_providers(device: str) -> list[Any] | None:
 
 
 class OnnxMetadata(BaseModel):
-    """The `deeplab` metadata entry deeplab.export writes (see deeplab.export.metadata); keys added later
+    """The `deeplab` metadata entry deeplab.export writes (see deeplab.deploy.export.metadata); keys added later
     are optional, so that older files still load, and keys this version does not know are kept."""
 
     model_config = ConfigDict(extra="allow")

@@ -13,12 +13,11 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from deeplab import distributed
 from deeplab.config import EvalConfig
-from deeplab.inference import predict_probs
-from deeplab.loaders import batches
-from deeplab.metrics import ConfusionMatrix
-from deeplab.runtime import Normalizer, Runtime
+from deeplab.data.loaders import batches
+from deeplab.evaluation.metrics import ConfusionMatrix
+from deeplab.models.inference import predict_probs
+from deeplab.runtime import Normalizer, Runtime, distributed
 
 log = logging.getLogger(__name__)
 

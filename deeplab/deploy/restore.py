@@ -13,15 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from omegaconf import DictConfig
 
-from deeplab.card import ModelCard, card_of_checkpoint, make_card, read_card
-from deeplab.checkpoint import load_file, load_model_state
-from deeplab.config import DatasetBase, DatasetConfig, Section, config_dir, flatten, to_plain, validate
+from deeplab.artifacts.card import ModelCard, card_of_checkpoint, make_card, read_card
+from deeplab.artifacts.checkpoint import load_file, load_model_state
+from deeplab.artifacts.locate import CARD_FILE, WEIGHTS_FILE, Located, locate, read_weights_file
+from deeplab.config import DatasetBase, DatasetConfig, Section, flatten, to_plain, validate
+from deeplab.config.compose import compose_train_config
 from deeplab.errors import CheckpointError, ConfigError
-from deeplab.locate import CARD_FILE, WEIGHTS_FILE, Located, locate, read_weights_file
 from deeplab.models import DeepLab, build_architecture, convert_torchvision_state_dict
 from deeplab.models.input_channels import widen_input
 from deeplab.models.pretrained import is_torchvision_mobilenet
@@ -31,14 +29,6 @@ class _DatasetNode(Section):
     """A dataset section on its own, so that a mistake is reported under its key (dataset.root: ...)."""
 
     dataset: DatasetConfig
-
-
-def compose_train_config(overrides: list[str]) -> DictConfig:
-    """The train config as `python train.py OVERRIDES` would compose it (also inside a Hydra app)."""
-    if GlobalHydra.instance().is_initialized():  # evaluate.py and predict run in Hydra apps on configs/
-        return compose(config_name="train", overrides=overrides)
-    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        return compose(config_name="train", overrides=overrides)
 
 
 def _torchvision_experiment(state: dict[str, Any]) -> str:
@@ -119,3 +109,14 @@ def dataset_with_overrides(
         return validate(_DatasetNode, {"dataset": plain}).dataset
     except ConfigError as e:
         raise ConfigError(f"{e} (the model's dataset section with evaluate's dataset overrides)") from None
+
+
+def run_settings(amp: str, channels_last: str | bool, card: ModelCard) -> tuple[str, str | bool]:
+    """evaluate's and predict's amp and channels_last: `auto` takes the settings the card says the model was
+    validated with (so that evaluate.py gives the training's metrics on the same machine), else as given."""
+    trained = card.provenance
+    if amp == "auto" and trained.amp is not None:
+        amp = trained.amp
+    if channels_last == "auto" and trained.channels_last is not None:
+        channels_last = trained.channels_last
+    return amp, channels_last

@@ -18,6 +18,8 @@ import numpy as np
 from omegaconf import OmegaConf
 from PIL import Image
 
+from deeplab.deploy.segmenter import check_unreadable, draw, predict_each, save_ids
+
 CONFIG_NAME = "autolabel"
 
 
@@ -67,10 +69,8 @@ def train_command(output: Path) -> str:
 def predict_folder(
     cfg: Any, seg: Any, images: list[Path], names: dict[Path, str], output: Path
 ) -> list[Path]:
-    """deeplab.predict's loop for autolabel=true (cfg: PredictConfig, seg: predict.Segmenter): returns the
+    """deeplab.predict's loop for autolabel=true (cfg: PredictConfig, seg: segmenter.Segmenter): returns the
     masks written; unreadable images are named and skipped, then counted in a DatasetError."""
-    from deeplab.predict import check_unreadable, draw, predict_each, save_ids
-
     where = folders(output)
 
     def write(path: Path, image: np.ndarray, pred: np.ndarray) -> Path:

@@ -90,7 +90,7 @@ def quantize_int8(fp32: Path, int8: Path, images: Iterator[np.ndarray]) -> int:
 
 def mask_agreement(fp32: Path, int8: Path, images: Iterator[np.ndarray]) -> tuple[float, int]:
     """(share of pixels where the two models' argmax classes agree, images compared)."""
-    from deeplab.onnx_model import OnnxSegmenter
+    from deeplab.deploy.onnx_model import OnnxSegmenter
 
     reference, quantised = (
         OnnxSegmenter(fp32, ["CPUExecutionProvider"]),

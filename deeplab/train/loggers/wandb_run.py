@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from deeplab.errors import ConfigError
-from deeplab.loggers.base import HeldTracker
+from deeplab.train.loggers.base import HeldTracker
 
 RUN_FILE = "wandb_run.json"  # in the run dir: the W&B run id a resumed run continues
 

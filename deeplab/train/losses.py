@@ -9,7 +9,7 @@ sigmoid(z)), so every loss works on it and cross-entropy is exactly BCE.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -140,18 +140,6 @@ def pixel_loss_of(cfg: LossConfig, ignore_index: int, class_weights: Tensor | No
     if isinstance(cfg, DiceConfig):
         return functools.partial(dice_loss, ignore_index=ignore_index, eps=cfg.eps)
     return functools.partial(lovasz_softmax, ignore_index=ignore_index)
-
-
-def median_frequency_weights(pixel_counts: Sequence[int]) -> list[float]:
-    """Median-frequency balancing: median(f) / f_c, f_c the share of class c among the valid pixels, the
-    median over the classes that occur; a class with no pixel gets weight 0."""
-    counts = torch.tensor([float(n) for n in pixel_counts], dtype=torch.float64)
-    if not bool((counts > 0).any()):
-        raise ValueError("no labelled pixel to compute class weights from")
-    share = counts / counts.sum()
-    median = share[counts > 0].median()  # torch's lower median for an even count
-    weights = torch.where(counts > 0, median / share.clamp(min=1e-30), torch.zeros_like(share))
-    return [float(w) for w in weights]
 
 
 class SegmentationLoss(nn.Module):
