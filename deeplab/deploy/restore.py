@@ -82,11 +82,13 @@ def build_from_card(card: ModelCard) -> DeepLab:
 
 
 def load_trained_model(setting: str | Path, key: str = "checkpoint") -> tuple[DeepLab, ModelCard]:
-    """(model with the trained weights, in eval mode, on the CPU; its card) of what `key=setting` names."""
+    """(model with the trained weights, in eval mode, on the CPU, its input normalisation set from the card for
+    model.predict(image); its card) of what `key=setting` names."""
     located = locate(setting, key)
     card, state = read_trained(located)
     model = build_from_card(card)
     load_model_state(model, state, located.path)
+    model.mean, model.std = list(card.labels.mean), list(card.labels.std)
     model.eval()
     return model, card
 

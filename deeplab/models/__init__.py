@@ -1,4 +1,5 @@
-"""build_model(cfg): the one place where the model and backbone config nodes become modules."""
+"""The models: deeplabv3(...) and deeplabv3plus(...) without a config (factory.py), and build_model(cfg), the one
+place where the model and backbone config nodes become modules (through the same functions)."""
 
 from __future__ import annotations
 
@@ -19,12 +20,13 @@ from deeplab.config import (
     ResNetConfig,
     TimmConfig,
     TrainConfig,
-    default_aspp_rates,
     train_config,
 )
+from deeplab.models import factory
 from deeplab.models.aspp import ASPP
 from deeplab.models.backbone import Backbone
 from deeplab.models.deeplab import DeepLab
+from deeplab.models.factory import deeplabv3, deeplabv3plus
 from deeplab.models.heads import DeepLabV3Head, DeepLabV3PlusDecoder, FCNHead
 from deeplab.models.input_channels import widen_input
 from deeplab.models.mobilenet import MobileNetBackbone
@@ -53,6 +55,8 @@ __all__ = [
     "build_model",
     "build_network",
     "convert_torchvision_state_dict",
+    "deeplabv3",
+    "deeplabv3plus",
     "load_torchvision_deeplabv3",
 ]
 
@@ -69,10 +73,12 @@ def build_backbone(cfg: BackboneConfig) -> Backbone:
     """A randomly initialised backbone (its library's initialisation; a timm encoder with cfg.pretrained loads
     timm's weights as it builds); other weights are loaded separately."""
     if isinstance(cfg, ResNetConfig):
-        return ResNetBackbone.build(cfg.name, cfg.output_stride, cfg.multi_grid, cfg.dilation_style)
+        return factory.backbone(
+            cfg.name, cfg.output_stride, multi_grid=cfg.multi_grid, dilation_style=cfg.dilation_style
+        )
     if isinstance(cfg, MobileNetConfig):
-        return MobileNetBackbone.build(cfg.name, cfg.output_stride)
-    return TimmBackbone(cfg.model, cfg.output_stride, cfg.pretrained)
+        return factory.backbone(cfg.name, cfg.output_stride)
+    return factory.backbone(cfg.model, cfg.output_stride, pretrained=cfg.pretrained)
 
 
 def build_network(cfg: TrainConfig) -> DeepLab:
@@ -82,22 +88,14 @@ def build_network(cfg: TrainConfig) -> DeepLab:
 
 def build_architecture(m: ModelConfig, b: BackboneConfig, num_classes: int) -> DeepLab:
     """The randomly initialised model of the architecture sections (a timm backbone with b.pretrained loads
-    its weights as it builds)."""
-    backbone = build_backbone(b)
-    rates = m.aspp.rates or default_aspp_rates(b.output_stride)
-    aspp = ASPP(
-        backbone.out_channels, rates, m.aspp.channels, m.aspp.image_pooling, m.aspp.separable, m.aspp.dropout
-    )
-    head: DeepLabV3Head | DeepLabV3PlusDecoder
-    if m.decoder.enabled:
-        d = m.decoder
-        head = DeepLabV3PlusDecoder(
-            aspp, backbone.low_channels, num_classes, d.low_level_channels, d.channels, d.separable
-        )
-    else:
-        head = DeepLabV3Head(aspp, num_classes, m.head_conv)
-    aux_head = FCNHead(backbone.aux_channels, num_classes) if m.aux_head else None
-    return DeepLab(backbone, head, aux_head)
+    its weights as it builds): deeplab.models.factory with the sections' values."""
+    a, d = m.aspp, m.decoder
+    return factory.assemble(
+        build_backbone(b), num_classes, decoder=d.enabled, aspp_rates=a.rates, aspp_channels=a.channels,
+        image_pooling=a.image_pooling, separable=a.separable, dropout=a.dropout, head_conv=m.head_conv,
+        low_level_channels=d.low_level_channels, decoder_channels=d.channels, decoder_separable=d.separable,
+        aux_head=m.aux_head,
+    )  # fmt: skip
 
 
 def build_model(cfg: TrainConfig | DictConfig) -> DeepLab:

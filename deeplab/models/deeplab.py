@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from fractions import Fraction
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import nn
 
 from deeplab.errors import ConfigError
@@ -26,6 +29,10 @@ class DeepLab(nn.Module):
         self.backbone = backbone  # the optimiser treats every other parameter as "head"
         self.head = head
         self.aux_head = aux_head
+        # The normalisation of its inputs, per channel in [0, 1] units: set by deeplab.load from the model card
+        # (plain attributes, not part of the state dict), read by predict().
+        self.mean: list[float] | None = None
+        self.std: list[float] | None = None
 
     @property
     def output_stride(self) -> int:
@@ -44,6 +51,44 @@ class DeepLab(nn.Module):
             )
         self.backbone.set_output_stride(output_stride)
         self.head.aspp.set_rates([int(rate) for rate in rates])
+
+    @torch.no_grad()
+    def predict(
+        self,
+        image: np.ndarray | Image.Image,
+        *,
+        probabilities: bool = False,
+        scales: Sequence[float] = (1.0,),
+        flip: bool = False,
+    ) -> np.ndarray:
+        """Segment one photo as deeplab.predict does: image (H, W, C) uint8 (a numpy array or a PIL image),
+        normalised with self.mean and self.std (the model card's, set by deeplab.load), the whole image at
+        once (averaged over `scales` and their mirror images with `flip`). Returns the class ids (H, W) uint8,
+        or with probabilities=True the softmax (max(C, 2), H, W) float32. Runs in eval mode on the model's
+        device; the mode is restored."""
+        from deeplab.models.inference import predict_probs
+
+        if self.mean is None or self.std is None:
+            raise ValueError("predict needs the input normalisation: load the model with deeplab.load, or set "
+                             "model.mean and model.std (per channel, in [0, 1] units)")  # fmt: skip
+        array = np.array(image.convert("RGB") if isinstance(image, Image.Image) else image)  # a writable copy
+        if array.ndim == 2:
+            array = array[..., None]
+        device = next(self.parameters()).device
+        x = (
+            torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1)[None].to(device).float()
+        )  # (1, C, H, W)
+        mean = torch.tensor(self.mean, device=device).view(1, -1, 1, 1) * 255
+        std = torch.tensor(self.std, device=device).view(1, -1, 1, 1) * 255
+        was_training = self.training
+        self.eval()
+        try:
+            probs = predict_probs(self, (x - mean) / std, scales=scales, flip=flip)[0]  # (C, H, W)
+        finally:
+            self.train(was_training)
+        if probabilities:
+            return probs.float().cpu().numpy()
+        return probs.argmax(0).to(torch.uint8).cpu().numpy()
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         size = x.shape[-2:]
