@@ -14,7 +14,7 @@ from PIL import Image
 
 from deeplab import data
 from deeplab.data.loaders import build_val_loader
-from deeplab.evaluation.loop import evaluate
+from deeplab.evaluation.loop import WHOLE, evaluate
 from deeplab.models import build_model
 from deeplab.models.inference import predict_probs
 from deeplab.runtime import Runtime
@@ -64,7 +64,8 @@ def setup(tmp_path_factory):
 def run_eval(cfg, model, dataset, batch_size: int, **kwargs) -> torch.Tensor:
     loader = build_val_loader(dataset, batch_size, num_workers=0)
     normalize = CPU.normalizer(cfg.dataset.mean, cfg.dataset.std)
-    cm = evaluate(model, loader, CPU, normalize, num_classes=3, ignore_index=255, **kwargs).cm
+    ev = WHOLE.model_copy(update=kwargs)
+    cm = evaluate(model, loader, CPU, normalize, ev, num_classes=3, ignore_index=255).cm
     return cm.matrix.clone()
 
 

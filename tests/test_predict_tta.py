@@ -29,9 +29,8 @@ def evaluation_masks(checkpoint: Path, *tta: str) -> list[np.ndarray]:
     seg = load_segmenter(cfg)
     loader = build_val_loader(dataset, 1, 0, ignore_index=card.dataset.ignore_index)
     result = evaluate(
-        seg.model, loader, seg.rt, seg.normalize, num_classes=card.dataset.num_classes,
-        ignore_index=card.dataset.ignore_index, scales=cfg.eval.scales, flip=cfg.eval.flip,
-        num_examples=len(dataset),
+        seg.model, loader, seg.rt, seg.normalize, cfg.eval, num_classes=card.dataset.num_classes,
+        ignore_index=card.dataset.ignore_index, num_examples=len(dataset),
     )  # fmt: skip
     return [pred for _, _, pred in result.examples]
 

@@ -29,7 +29,7 @@ from deeplab.data.ade20k import ade20k_samples, find_ade20k_dir
 from deeplab.data.camvid import camvid_samples, find_camvid_dir
 from deeplab.data.cityscapes import cityscapes_samples, find_cityscapes_dir, unlisted_label_ids
 from deeplab.data.collate import collate_eval
-from deeplab.data.dataset import SegmentationDataset
+from deeplab.data.dataset import MaskDecoding, SegmentationDataset
 from deeplab.data.folder import color_lookup, folder_samples
 from deeplab.data.sbd import SBDSegmentation
 from deeplab.data.synthetic import SyntheticSpec, ensure_synthetic
@@ -82,9 +82,10 @@ def load_split(
         colors, color_ids = color_lookup(d.palette, d.ignore_color, d.ignore_index)
         samples, problems = folder_samples(folders.images, folders.masks, split)
         binary = tuple(d.binary_values) if d.binary_values is not None else None
+        decoding = MaskDecoding(colors=colors, color_ids=color_ids, binary_values=binary)
         dataset = SegmentationDataset(
-            samples, colors=colors, color_ids=color_ids, binary_values=binary, listing_problems=problems,
-            name=f"dataset.{split}.images {folders.images}", **common,
+            samples, masks=decoding, listing_problems=problems, name=f"dataset.{split}.images {folders.images}",
+            **common,
         )  # fmt: skip
         split_name = split
     else:
@@ -93,23 +94,21 @@ def load_split(
             root = find_cityscapes_dir(d.root)
             label_ids = d.labels == "labelIds"
             samples = cityscapes_samples(root, split_name, d.labels)
-            dataset = SegmentationDataset(
-                samples, label_map=cityscapes_label_map() if label_ids else None,
-                unlisted=unlisted_label_ids if label_ids else None, strict_labels=strict_labels,
-                name=f"{root}/{split_name}", **common,
+            decoding = MaskDecoding(
+                label_map=cityscapes_label_map() if label_ids else None,
+                unlisted=unlisted_label_ids if label_ids else None, strict=strict_labels,
             )  # fmt: skip
+            dataset = SegmentationDataset(samples, masks=decoding, name=f"{root}/{split_name}", **common)
         elif isinstance(d, ADE20KDataset):
             root = find_ade20k_dir(d.root)
             samples = ade20k_samples(root, split_name)
-            dataset = SegmentationDataset(
-                samples, label_map=ade20k_label_map(), name=f"{root}/{split_name}", **common
-            )
+            decoding = MaskDecoding(label_map=ade20k_label_map())
+            dataset = SegmentationDataset(samples, masks=decoding, name=f"{root}/{split_name}", **common)
         elif isinstance(d, CamVidDataset):
             root = find_camvid_dir(d.root)
             samples = camvid_samples(root, split_name)
-            dataset = SegmentationDataset(
-                samples, label_map=camvid_label_map(), name=f"{root}/{split_name}", **common
-            )
+            decoding = MaskDecoding(label_map=camvid_label_map())
+            dataset = SegmentationDataset(samples, masks=decoding, name=f"{root}/{split_name}", **common)
         elif isinstance(d, VOCDataset):
             dataset = VOCSegmentation(d.root, split_name, **common)
         elif isinstance(d, SBDDataset):

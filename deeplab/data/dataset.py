@@ -32,6 +32,20 @@ MAX_WORKERS = 64  # DataLoader workers whose skipped samples are counted apart (
 
 
 @dataclass(frozen=True)
+class MaskDecoding:
+    """How a mask file's stored values become class ids (read_mask, then the label map)."""
+
+    colors: np.ndarray | None = None  # (K, 3) colours of colour-coded masks, their ids in color_ids (K,)
+    color_ids: np.ndarray | None = None
+    binary_values: tuple[int, int] | None = None  # (background, foreground) values of 0/255-style masks
+    label_map: np.ndarray | None = None  # (256,) uint8 lookup table stored value -> id (Cityscapes, ADE20K, CamVid)
+    # Names stored values outside the official label table, which label_map reads as ignored (Cityscapes):
+    # a problem with strict (python -m deeplab.data.check), else a warning, once per dataset.
+    unlisted: Callable[[np.ndarray, Path], str | None] | None = None
+    strict: bool = False
+
+
+@dataclass(frozen=True)
 class Sample:
     """One example: an image file and its mask file (.png of ids, colour-coded .png, or SBD .mat)."""
 
@@ -86,12 +100,7 @@ class SegmentationDataset(Dataset):
         num_classes: int,
         ignore_index: int = 255,
         transform: A.Compose | None = None,
-        colors: np.ndarray | None = None,
-        color_ids: np.ndarray | None = None,
-        binary_values: tuple[int, int] | None = None,
-        label_map: np.ndarray | None = None,
-        unlisted: Callable[[np.ndarray, Path], str | None] | None = None,
-        strict_labels: bool = False,
+        masks: MaskDecoding = MaskDecoding(),
         in_channels: int = 3,
         skip_bad: bool = False,
         substitute: bool = True,
@@ -106,16 +115,9 @@ class SegmentationDataset(Dataset):
         self.ignore_index = int(ignore_index)
         self.transform = transform
         self.compact = 0 <= self.ignore_index <= 255 and self.num_labels <= 256
-        self.colors = colors  # (K, 3) colours of colour-coded masks, with their ids in color_ids (K,)
-        self.color_ids = color_ids
-        self.binary_values = binary_values  # (background, foreground) pixel values of 0/255-style masks
-        self.label_map = label_map  # (256,) uint8 lookup table from stored values to ids (Cityscapes, ADE20K)
-        # Names stored values outside the official label table, which label_map reads as ignored (Cityscapes):
-        # a problem with strict_labels (python -m deeplab.data.check), else a warning, once per dataset.
-        self.unlisted = unlisted
-        self.strict_labels = strict_labels
+        self.masks = masks
         self._warned = torch.zeros(1, dtype=torch.bool)
-        if unlisted is not None:
+        if masks.unlisted is not None:
             self._warned.share_memory_()  # DataLoader workers warn once between them
         self.in_channels = in_channels
         self.skip_bad = skip_bad
@@ -144,18 +146,18 @@ class SegmentationDataset(Dataset):
 
     def load_mask(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """Read and check one mask: (H, W) ids, pixel counts per id value."""
-        path = self.samples[index].mask
-        mask = read_mask(path, self.colors, self.color_ids, self.binary_values, self.ignore_index)
-        if self.label_map is not None:
+        path, decoding = self.samples[index].mask, self.masks
+        mask = read_mask(path, decoding.colors, decoding.color_ids, decoding.binary_values, self.ignore_index)
+        if decoding.label_map is not None:
             if mask.dtype != np.uint8:
                 raise DatasetError(f"mask {path} holds values above 255; this dataset's masks are 8-bit ids")
-            problem = self.unlisted(mask, path) if self.unlisted is not None else None
-            if problem is not None and self.strict_labels:
+            problem = decoding.unlisted(mask, path) if decoding.unlisted is not None else None
+            if problem is not None and decoding.strict:
                 raise DatasetError(problem)
             if problem is not None and not bool(self._warned[0]):
                 self._warned[0] = True
                 log.warning("%s (warned once; python -m deeplab.data.check lists every such mask)", problem)
-            mask = self.label_map[mask]
+            mask = decoding.label_map[mask]
         counts = class_pixel_counts(mask, self.num_labels, self.ignore_index)
         check_mask_values(counts, self.num_labels, self.ignore_index, path)
         return mask, counts

@@ -101,9 +101,9 @@ def _cache_key(dataset: SegmentationDataset) -> str:
     for sample in dataset.samples:
         st = sample.mask.stat()
         digest.update(f"{sample.mask}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    how = [dataset.num_labels, dataset.ignore_index, dataset.binary_values, "presence"]  # v2: with presence
+    how = [dataset.num_labels, dataset.ignore_index, dataset.masks.binary_values, "presence"]  # v2: with presence
     digest.update(json.dumps(how).encode())
-    for table in (dataset.colors, dataset.color_ids):
+    for table in (dataset.masks.colors, dataset.masks.color_ids):
         digest.update(b"-" if table is None else table.tobytes())
     return digest.hexdigest()[:32]
 

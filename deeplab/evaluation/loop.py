@@ -21,6 +21,11 @@ from deeplab.runtime import Normalizer, Runtime, distributed
 
 log = logging.getLogger(__name__)
 
+# One scale, no flip, the whole image at once: evaluate()'s default settings (configs/eval/default.yaml's).
+WHOLE = EvalConfig(
+    output_stride=None, scales=[1.0], flip=False, mode="whole", window=513, overlap=0.33, batch_size=1
+)
+
 Example = tuple[np.ndarray, np.ndarray, np.ndarray]  # photo (H, W, 3) uint8, truth (H, W), prediction (H, W)
 BYTES_PER_PIXEL = 1024  # inference memory of whole-image DeepLab (ResNet-101, fp32, OS 8 or 16), measured
 _warned_memory = False
@@ -70,18 +75,16 @@ def evaluate(
     loader: torch.utils.data.DataLoader,
     rt: Runtime,
     normalize: Normalizer,
+    ev: EvalConfig = WHOLE,
     *,
     num_classes: int,
     ignore_index: int,
-    scales: Sequence[float] = (1.0,),
-    flip: bool = False,
-    mode: str = "whole",
-    window: int = 513,
-    overlap: float = 0.33,
     num_examples: int = 0,
     progress: bool = False,
 ) -> Evaluation:
-    """Confusion matrix of `model` over whole images (summed over DDP ranks), and a few examples.
+    """Confusion matrix of `model` over whole images (summed over DDP ranks), and a few examples, with the
+    eval.* settings' scales, flip, mode (whole or slide), window and overlap (WHOLE: one scale, no flip, the
+    whole image; the output stride is evaluate_as_configured's).
 
     Batches of differently sized images are padded by the loader; each such image is then run alone on
     its own pixels, so the result does not depend on the batch size.
@@ -102,7 +105,7 @@ def evaluate(
         if int(sizes.prod(dim=1).max()) > largest:
             largest = int(sizes.prod(dim=1).max())
             h, w = sizes[int(sizes.prod(dim=1).argmax())].tolist()
-            warn_if_too_large(h, w, scales, mode, rt.device)
+            warn_if_too_large(h, w, ev.scales, ev.mode, rt.device)
         images = images.to(rt.device, non_blocking=True)
         masks = masks.to(rt.device, non_blocking=True)
         full = tuple(images.shape[-2:])
@@ -116,14 +119,9 @@ def evaluate(
         for imgs, truth in parts:
             with rt.autocast():
                 probs = predict_probs(
-                    model,
-                    normalize(imgs),
-                    scales=scales,
-                    flip=flip,
-                    mode=mode,
-                    window=window,
-                    overlap=overlap,
-                )
+                    model, normalize(imgs), scales=ev.scales, flip=ev.flip, mode=ev.mode, window=ev.window,
+                    overlap=ev.overlap,
+                )  # fmt: skip
             pred = probs.argmax(1)  # (B, H, W)
             cm.update(pred, truth)
             for i in range(min(num_examples - len(examples), imgs.shape[0])):
@@ -168,7 +166,6 @@ def evaluate_as_configured(
     loader carries eval.batch_size): the one way evaluate.py and validation in training score a model."""
     with at_output_stride(model, ev.output_stride):
         return evaluate(
-            model, loader, rt, normalize, num_classes=num_classes, ignore_index=ignore_index, scales=ev.scales,
-            flip=ev.flip, mode=ev.mode, window=ev.window, overlap=ev.overlap, num_examples=num_examples,
-            progress=progress,
+            model, loader, rt, normalize, ev, num_classes=num_classes, ignore_index=ignore_index,
+            num_examples=num_examples, progress=progress,
         )  # fmt: skip
