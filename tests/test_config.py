@@ -286,12 +286,13 @@ def test_an_unset_value_of_an_option_stays_unset(option: str) -> None:
 
 
 def test_the_readme_error_examples_are_the_real_messages() -> None:
-    """Each `$ python train.py ...` example of the README is followed by the line train.py prints: the
+    """Each `$ python train.py ...` example of the docs is followed by the line train.py prints: the
     schema's message, or the one line deeplab.cli makes of Hydra's composition error."""
     from deeplab.cli import composition_error, unset_keys
     from deeplab.config import config_dir
 
-    readme = (Path(CONFIG_DIR).parent / "README.md").read_text().splitlines()
+    pages = [Path(CONFIG_DIR).parent / "README.md", *sorted((Path(CONFIG_DIR).parent / "docs").glob("*.md"))]
+    readme = [line for page in pages for line in page.read_text().splitlines()]
     examples = [
         (line.removeprefix("$ python train.py ").split(), readme[k + 1].removeprefix("error: "))
         for k, line in enumerate(readme)

@@ -4,6 +4,7 @@ becomes a torch Dataset: build_dataset(cfg, split)."""
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from omegaconf import DictConfig
 
@@ -16,6 +17,7 @@ from deeplab.config import (
     SBDDataset,
     SyntheticDataset,
     TrainConfig,
+    VOCAugDataset,
     VOCDataset,
     train_config,
 )
@@ -56,80 +58,81 @@ def load_split(
     if split not in ("train", "val"):
         raise ValueError(f"split must be 'train' or 'val', got {split!r}")
     if isinstance(cfg, DatasetBase):  # a dataset section alone (a model card's): whole images, no pipeline
-        d, augment = cfg, False
+        d, transform = cfg, None
     else:
         cfg = train_config(cfg)
-        d = cfg.dataset
-    transform = None  # evaluation sees whole images; batches are padded by collate_eval
-    if split == "train" and augment and not isinstance(cfg, DatasetBase):
-        from deeplab.data.transforms import train_transform  # albumentations: imported when training needs it
+        d, transform = cfg.dataset, None  # evaluation sees whole images; batches are padded by collate_eval
+        if split == "train" and augment:
+            from deeplab.data.transforms import (
+                train_transform,  # albumentations: imported when training needs it
+            )
 
-        transform = train_transform(
-            cfg.trainer.crop(), d.augment.scale, d.augment.hflip, d.augment.color_jitter, d.mean, d.ignore_index
-        )
+            a = d.augment
+            transform = train_transform(
+                cfg.trainer.crop(), a.scale, a.hflip, a.color_jitter, d.mean, d.ignore_index
+            )
     common = {
-        "num_classes": d.num_classes,
-        "ignore_index": d.ignore_index,
-        "transform": transform,
-        "skip_bad": d.skip_bad,
-        "substitute": split == "train",
-        "check_files": check_files,
-        "in_channels": d.in_channels,
-    }
-    detail = ""
+        "num_classes": d.num_classes, "ignore_index": d.ignore_index, "transform": transform, "skip_bad": d.skip_bad,
+        "substitute": split == "train", "check_files": check_files, "in_channels": d.in_channels,
+    }  # fmt: skip
+    split_name = split if isinstance(d, FolderDataset) else d.train_split if split == "train" else d.val_split
+    dataset, detail = _split_of_layout(d, split, split_name, strict_labels, common)
+    log.info(
+        "dataset %s %s split (%s): %s images%s",
+        d.name, split, split_name, f"{len(dataset):,}", f" [{detail}]" if detail else "",
+    )  # fmt: skip
+    return dataset
+
+
+def _split_of_layout(
+    d: DatasetBase, split: str, split_name: str, strict_labels: bool, common: dict[str, Any]
+) -> tuple[SegmentationDataset, str]:
+    """The split's files in the dataset's layout and how its masks decode: (dataset, a detail for the log)."""
     if isinstance(d, FolderDataset):
         folders = d.train if split == "train" else d.val
         colors, color_ids = color_lookup(d.palette, d.ignore_color, d.ignore_index)
         samples, problems = folder_samples(folders.images, folders.masks, split)
         binary = tuple(d.binary_values) if d.binary_values is not None else None
         decoding = MaskDecoding(colors=colors, color_ids=color_ids, binary_values=binary)
-        dataset = SegmentationDataset(
-            samples, masks=decoding, listing_problems=problems, name=f"dataset.{split}.images {folders.images}",
-            **common,
+        name = f"dataset.{split}.images {folders.images}"
+        return SegmentationDataset(
+            samples, masks=decoding, listing_problems=problems, name=name, **common
+        ), ""
+    if isinstance(d, CityscapesDataset):
+        root = find_cityscapes_dir(d.root)
+        label_ids = d.labels == "labelIds"
+        decoding = MaskDecoding(
+            label_map=cityscapes_label_map() if label_ids else None,
+            unlisted=unlisted_label_ids if label_ids else None, strict=strict_labels,
         )  # fmt: skip
-        split_name = split
+        samples = cityscapes_samples(root, split_name, d.labels)
+        return SegmentationDataset(samples, masks=decoding, name=f"{root}/{split_name}", **common), ""
+    if isinstance(d, ADE20KDataset):
+        root = find_ade20k_dir(d.root)
+        decoding = MaskDecoding(label_map=ade20k_label_map())
+        samples = ade20k_samples(root, split_name)
+        return SegmentationDataset(samples, masks=decoding, name=f"{root}/{split_name}", **common), ""
+    if isinstance(d, CamVidDataset):
+        root = find_camvid_dir(d.root)
+        decoding = MaskDecoding(label_map=camvid_label_map())
+        samples = camvid_samples(root, split_name)
+        return SegmentationDataset(samples, masks=decoding, name=f"{root}/{split_name}", **common), ""
+    if isinstance(d, VOCDataset):
+        return VOCSegmentation(d.root, split_name, **common), ""
+    if isinstance(d, SBDDataset):
+        return SBDSegmentation(d.sbd_root or d.root, split_name, **common), ""
+    if isinstance(d, SyntheticDataset):
+        spec = SyntheticSpec(tuple(d.names()), d.num_train, d.num_val, tuple(d.image_size), d.seed)
+        return VOCSegmentation(ensure_synthetic(d.root, spec), split_name, **common), ""
+    assert isinstance(d, VOCAugDataset)
+    voc_dir, detail = find_voc_dir(d.root, "voc_aug"), ""
+    if split_name == TRAINAUG_SPLIT:
+        samples, detail = voc_aug_train_samples(
+            d.root, voc_dir, voc_val_split=d.val_split, sbd_root=d.sbd_root, aug_list=d.aug_list
+        )
     else:
-        split_name = d.train_split if split == "train" else d.val_split
-        if isinstance(d, CityscapesDataset):
-            root = find_cityscapes_dir(d.root)
-            label_ids = d.labels == "labelIds"
-            samples = cityscapes_samples(root, split_name, d.labels)
-            decoding = MaskDecoding(
-                label_map=cityscapes_label_map() if label_ids else None,
-                unlisted=unlisted_label_ids if label_ids else None, strict=strict_labels,
-            )  # fmt: skip
-            dataset = SegmentationDataset(samples, masks=decoding, name=f"{root}/{split_name}", **common)
-        elif isinstance(d, ADE20KDataset):
-            root = find_ade20k_dir(d.root)
-            samples = ade20k_samples(root, split_name)
-            decoding = MaskDecoding(label_map=ade20k_label_map())
-            dataset = SegmentationDataset(samples, masks=decoding, name=f"{root}/{split_name}", **common)
-        elif isinstance(d, CamVidDataset):
-            root = find_camvid_dir(d.root)
-            samples = camvid_samples(root, split_name)
-            decoding = MaskDecoding(label_map=camvid_label_map())
-            dataset = SegmentationDataset(samples, masks=decoding, name=f"{root}/{split_name}", **common)
-        elif isinstance(d, VOCDataset):
-            dataset = VOCSegmentation(d.root, split_name, **common)
-        elif isinstance(d, SBDDataset):
-            dataset = SBDSegmentation(d.sbd_root or d.root, split_name, **common)
-        elif isinstance(d, SyntheticDataset):
-            spec = SyntheticSpec(tuple(d.names()), d.num_train, d.num_val, tuple(d.image_size), d.seed)
-            dataset = VOCSegmentation(ensure_synthetic(d.root, spec), split_name, **common)
-        else:  # voc_aug
-            voc_dir = find_voc_dir(d.root, "voc_aug")
-            if split_name == TRAINAUG_SPLIT:
-                samples, detail = voc_aug_train_samples(
-                    d.root, voc_dir, voc_val_split=d.val_split, sbd_root=d.sbd_root, aug_list=d.aug_list
-                )
-            else:
-                samples = [voc_sample(voc_dir, i) for i in voc_split_ids(voc_dir, split_name)]
-            dataset = SegmentationDataset(samples, name=f"{voc_dir}/{split_name}", **common)
-    log.info(
-        "dataset %s %s split (%s): %s images%s",
-        d.name, split, split_name, f"{len(dataset):,}", f" [{detail}]" if detail else "",
-    )  # fmt: skip
-    return dataset
+        samples = [voc_sample(voc_dir, i) for i in voc_split_ids(voc_dir, split_name)]
+    return SegmentationDataset(samples, name=f"{voc_dir}/{split_name}", **common), detail
 
 
 def build_dataset(cfg: TrainConfig | DictConfig | DatasetBase, split: str) -> SegmentationDataset:

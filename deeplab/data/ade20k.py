@@ -26,7 +26,9 @@ def find_ade20k_dir(root: str | Path) -> Path:
     fix = f"download and unpack it with `python -m deeplab.data.prepare ade20k --root {root}`"
     if not root.exists():
         raise DatasetError(f"dataset.root {root} does not exist: expected ADE20K ({TOP}) there; {fix}")
-    raise DatasetError(f"no ADE20K under dataset.root {root}: expected {root}/{TOP}/{{images,annotations}}; {fix}")
+    raise DatasetError(
+        f"no ADE20K under dataset.root {root}: expected {root}/{TOP}/{{images,annotations}}; {fix}"
+    )
 
 
 def ade20k_samples(root: Path, split: str) -> list[Sample]:

@@ -16,9 +16,8 @@ from hydra.errors import HydraException
 from deeplab.cli import ArgumentParser, composition_error
 from deeplab.config import TrainConfig, config_dir, train_config
 from deeplab.data import load_split
-from deeplab.data.stats import check_labels, scan
+from deeplab.data.stats import check_labels, median_frequency_weights, scan
 from deeplab.errors import ConfigError, DatasetError, UserError, first_line
-from deeplab.data.stats import median_frequency_weights
 
 RARE_SHARE = 0.001  # a class under 0.1% of the class pixels is named as rare
 

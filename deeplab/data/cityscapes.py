@@ -33,7 +33,9 @@ def find_cityscapes_dir(root: str | Path) -> Path:
     )
     if not root.exists():
         raise DatasetError(f"dataset.root {root} does not exist: expected Cityscapes there; {fix}")
-    raise DatasetError(f"no Cityscapes under dataset.root {root}: expected {root}/leftImg8bit and {root}/gtFine; {fix}")
+    raise DatasetError(
+        f"no Cityscapes under dataset.root {root}: expected {root}/leftImg8bit and {root}/gtFine; {fix}"
+    )
 
 
 def cityscapes_samples(root: Path, split: str, labels: str = "labelIds") -> list[Sample]:
@@ -45,7 +47,9 @@ def cityscapes_samples(root: Path, split: str, labels: str = "labelIds") -> list
         mask = root / "gtFine" / split / image.parent.name / f"{stem}_gtFine_{labels}.png"
         samples.append(Sample(stem, image, mask))
     if not samples:
-        raise DatasetError(f"no *{IMAGE_SUFFIX} images in {images_dir}/<city>/; re-extract leftImg8bit_trainvaltest.zip")
+        raise DatasetError(
+            f"no *{IMAGE_SUFFIX} images in {images_dir}/<city>/; re-extract leftImg8bit_trainvaltest.zip"
+        )
     return samples
 
 

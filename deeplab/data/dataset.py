@@ -38,7 +38,9 @@ class MaskDecoding:
     colors: np.ndarray | None = None  # (K, 3) colours of colour-coded masks, their ids in color_ids (K,)
     color_ids: np.ndarray | None = None
     binary_values: tuple[int, int] | None = None  # (background, foreground) values of 0/255-style masks
-    label_map: np.ndarray | None = None  # (256,) uint8 lookup table stored value -> id (Cityscapes, ADE20K, CamVid)
+    label_map: np.ndarray | None = (
+        None  # (256,) uint8 lookup table stored value -> id (Cityscapes, ADE20K, CamVid)
+    )
     # Names stored values outside the official label table, which label_map reads as ignored (Cityscapes):
     # a problem with strict (python -m deeplab.data.check), else a warning, once per dataset.
     unlisted: Callable[[np.ndarray, Path], str | None] | None = None
@@ -197,7 +199,9 @@ class SegmentationDataset(Dataset):
             image, mask = out["image"], out["mask"]
         if image.ndim == 2:  # albumentations may drop the channel axis of one-band images
             image = image[..., None]
-        image_t = torch.from_numpy(np.stack(cv2.split(np.ascontiguousarray(image)), axis=0))  # (C, H, W) uint8
+        image_t = torch.from_numpy(
+            np.stack(cv2.split(np.ascontiguousarray(image)), axis=0)
+        )  # (C, H, W) uint8
         mask_t = torch.from_numpy(mask.astype(np.uint8 if self.compact else np.int64))  # (H, W)
         return image_t, mask_t
 

@@ -15,8 +15,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from deeplab.data import collate_eval
 from deeplab.data.collate import UINT8_PAD
-from deeplab.errors import UserError
 from deeplab.data.sampling import RareClasses, RareClassSampler, ResumableSampler
+from deeplab.errors import UserError
 from deeplab.runtime.signals import ignore_stop_signals, workers_start_deaf
 
 

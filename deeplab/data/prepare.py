@@ -30,8 +30,8 @@ from torchvision.datasets.utils import calculate_md5, check_integrity, download_
 from tqdm import tqdm
 
 from deeplab.cli import ArgumentParser
-from deeplab.data.camvid import CAMVID_COUNTS, camvid_samples, find_camvid_dir, is_camvid_dir
 from deeplab.data.ade20k import ADE20K_COUNTS, ade20k_samples, find_ade20k_dir, is_ade20k_dir
+from deeplab.data.camvid import CAMVID_COUNTS, camvid_samples, find_camvid_dir, is_camvid_dir
 from deeplab.data.cityscapes import CITYSCAPES_COUNTS, cityscapes_samples, find_cityscapes_dir
 from deeplab.data.dataset import missing_files
 from deeplab.data.sbd import SBD_COUNTS, find_sbd_dir, is_sbd_dir, sbd_sample, sbd_split_ids
@@ -197,10 +197,14 @@ def unpack(path: Path, dest: Path) -> None:
                 for member in tqdm(archive.infolist(), unit=" files", desc=path.name):
                     archive.extract(member, dest)
         except (zipfile.BadZipFile, EOFError, OSError) as e:
-            raise DatasetError(f"cannot unpack {path}: {e}; the archive is damaged, delete it and run again") from None
+            raise DatasetError(
+                f"cannot unpack {path}: {e}; the archive is damaged, delete it and run again"
+            ) from None
         return
     if path.suffix == ".zip":
-        raise DatasetError(f"cannot unpack {path}: it is not a zip file (incomplete download?); delete it and run again")
+        raise DatasetError(
+            f"cannot unpack {path}: it is not a zip file (incomplete download?); delete it and run again"
+        )
     try:
         with tarfile.open(path) as tar:
             for member in tqdm(_safe_members(tar), unit=" files", desc=path.name):

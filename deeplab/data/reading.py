@@ -94,7 +94,9 @@ def read_bands(path: Path, channels: int) -> np.ndarray:
             if array.ndim == 2:
                 array = array[..., None]
             if array.ndim != 3:
-                raise DatasetError(f"image {path} holds an array of shape {array.shape}; save it as (height, width, channels)")
+                raise DatasetError(
+                    f"image {path} holds an array of shape {array.shape}; save it as (height, width, channels)"
+                )
             if array.shape[2] != channels and array.shape[0] == channels:
                 raise DatasetError(
                     f"image {path} holds an array of shape {array.shape}, which looks channels-first (C, H, W); "
@@ -125,7 +127,9 @@ def read_bands(path: Path, channels: int) -> np.ndarray:
                             "gray, RGB or RGBA"
                         )
                 if len({p.shape[:2] for p in pages}) != 1:
-                    raise DatasetError(f"image {path}: its pages differ in size; every band must have the same size")
+                    raise DatasetError(
+                        f"image {path}: its pages differ in size; every band must have the same size"
+                    )
                 bands = np.concatenate(pages, axis=2)
     if bands.shape[2] != channels:
         raise DatasetError(
@@ -193,23 +197,22 @@ def read_mask(
     `binary_values` = (background, foreground) pixel values (0/255) become 0/1."""
     if path.suffix.lower() == ".mat":
         return read_sbd_label(path)
-    with decoding(path, "mask"):
-        with Image.open(path) as im:
-            im.load()
-            mode = im.mode
-            if colors is not None and mode not in _WIDE_GRAY:
-                # Colour-coded masks: the colours count, whatever the mode they were saved in.
-                mode, rgb = "RGB", np.array(im.convert("RGB"))
-            elif mode in _ID_MODES:
-                # Palette images give their indices here: the class ids, never the colours.
-                ids = np.array(im)
-            elif mode in _RGB_MODES:
-                rgb = np.array(im.convert("RGB"))
-            else:
-                raise DatasetError(
-                    f"mask {path} has image mode {mode}; masks must be palette, grayscale or 16-bit PNGs of "
-                    "class ids (or RGB with dataset.palette for dataset=folder)"
-                )
+    with decoding(path, "mask"), Image.open(path) as im:
+        im.load()
+        mode = im.mode
+        if colors is not None and mode not in _WIDE_GRAY:
+            # Colour-coded masks: the colours count, whatever the mode they were saved in.
+            mode, rgb = "RGB", np.array(im.convert("RGB"))
+        elif mode in _ID_MODES:
+            # Palette images give their indices here: the class ids, never the colours.
+            ids = np.array(im)
+        elif mode in _RGB_MODES:
+            rgb = np.array(im.convert("RGB"))
+        else:
+            raise DatasetError(
+                f"mask {path} has image mode {mode}; masks must be palette, grayscale or 16-bit PNGs of "
+                "class ids (or RGB with dataset.palette for dataset=folder)"
+            )
     if mode in _RGB_MODES:
         if colors is None or color_ids is None:
             raise DatasetError(

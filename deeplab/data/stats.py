@@ -20,8 +20,8 @@ from tqdm import tqdm
 
 from deeplab.config import DatasetBase
 from deeplab.data.dataset import SegmentationDataset, missing_files
-from deeplab.errors import DatasetError
 from deeplab.data.loaders import batches
+from deeplab.errors import DatasetError
 from deeplab.runtime.signals import ignore_stop_signals
 
 log = logging.getLogger(__name__)
@@ -101,7 +101,12 @@ def _cache_key(dataset: SegmentationDataset) -> str:
     for sample in dataset.samples:
         st = sample.mask.stat()
         digest.update(f"{sample.mask}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    how = [dataset.num_labels, dataset.ignore_index, dataset.masks.binary_values, "presence"]  # v2: with presence
+    how = [
+        dataset.num_labels,
+        dataset.ignore_index,
+        dataset.masks.binary_values,
+        "presence",
+    ]  # v2: with presence
     digest.update(json.dumps(how).encode())
     for table in (dataset.masks.colors, dataset.masks.color_ids):
         digest.update(b"-" if table is None else table.tobytes())

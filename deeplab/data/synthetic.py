@@ -24,7 +24,6 @@ import numpy as np
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
-from deeplab.config import SHAPES
 from deeplab.config.labels import voc_colormap
 from deeplab.errors import DatasetError
 

@@ -44,7 +44,10 @@ class PadToCrop(A.PadIfNeeded):
         if img.ndim < 3 or img.shape[2] <= 4:
             return super().apply(img, pad_top, pad_bottom, pad_left, pad_right, **params)
         fill = np.asarray(self.fill, dtype=np.float64).round().astype(img.dtype)  # (C,)
-        out = np.empty((img.shape[0] + pad_top + pad_bottom, img.shape[1] + pad_left + pad_right, img.shape[2]), img.dtype)
+        out = np.empty(
+            (img.shape[0] + pad_top + pad_bottom, img.shape[1] + pad_left + pad_right, img.shape[2]),
+            img.dtype,
+        )
         out[:] = fill
         out[pad_top : pad_top + img.shape[0], pad_left : pad_left + img.shape[1]] = img
         return out
