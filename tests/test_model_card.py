@@ -31,6 +31,9 @@ from deeplab.train.resume import check_resumable
 OLD = Path(__file__).parent / "data" / "checkpoint_866ce4c" / "last.pt"
 # Its validation at iteration 2 on the tiny experiment's data (tests/data/checkpoint_866ce4c/README.md).
 OLD_PIXEL_ACC, OLD_MIOU = 0.08320987654320988, 0.02080246913580247
+# A model folder and an ONNX file of the same version (tests/data/export_25cd6a1/README.md), scored then.
+EXPORTED = Path(__file__).parent / "data" / "export_25cd6a1"
+EXPORTED_PIXEL_ACC, EXPORTED_MIOU = 0.08320987654320988, 0.02092647789369101
 SCORES = ("pixel_acc", "mean_acc", "miou", "fwiou", "iou_per_class", "confusion_matrix", "num_images")
 
 
@@ -162,6 +165,15 @@ def test_an_older_checkpoint_loads_evaluates_and_resumes(tiny_data, tmp_path, ca
         train(tiny_config(tiny_data, **overrides), run_dir)
     resumed = load_checkpoint(run_dir / "checkpoints" / "last.pt")
     assert resumed["iteration"] == 3 and resumed["card"]["provenance"]["iteration"] == 3
+
+
+@pytest.mark.parametrize("name", ["folder", "tiny.onnx"])
+def test_an_older_model_folder_and_onnx_file_score_what_they_scored(name: str, tiny_data, tmp_path) -> None:
+    """Written before the package moved into folders and before cards recorded a precision: loaded unchanged,
+    evaluated in float32 as then, the same figures to the last digit."""
+    metrics = _evaluate(EXPORTED / name, tmp_path / "eval", f"dataset.root={tiny_data}/synthetic")
+    assert metrics["pixel_acc"] == pytest.approx(EXPORTED_PIXEL_ACC, abs=1e-12)
+    assert metrics["miou"] == pytest.approx(EXPORTED_MIOU, abs=1e-12)
 
 
 def test_training_sections_this_version_refuses_do_not_stop_evaluation(trained_run, tmp_path) -> None:

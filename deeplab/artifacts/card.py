@@ -63,7 +63,8 @@ class Provenance(BaseModel):
     date: str | None = None
     amp: str | None = None
     """The trainer.amp setting the metrics were validated with (auto, bf16, fp16, off): evaluate.py and predict
-    run with it when their own amp is auto, so that they give the training's metrics (null: not recorded)."""
+    run with it when their own amp is auto, so that they give the training's metrics (null: not recorded, and
+    they run in float32)."""
     channels_last: str | bool | None = None
     """The trainer.channels_last setting of the validation, likewise (its kernels round bf16 differently)."""
 
@@ -163,7 +164,7 @@ def make_card(
     provenance = Provenance(
         dataset=d.name, iteration=iteration, metrics=_json_metrics(metrics), overrides=overrides,
         version=__version__ if stamp else None, commit=_commit() if stamp else None,
-        date=now if stamp else None, amp=amp, channels_last=channels_last,
+        date=now if stamp else None, amp=amp if stamp else None, channels_last=channels_last if stamp else None,
     )  # fmt: skip
     return ModelCard(
         model=parts.model, backbone=parts.backbone, dataset=d, labels=labels, provenance=provenance

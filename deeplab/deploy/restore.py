@@ -115,10 +115,11 @@ def dataset_with_overrides(
 
 def run_settings(amp: str, channels_last: str | bool, card: ModelCard) -> tuple[str, str | bool]:
     """evaluate's and predict's amp and channels_last: `auto` takes the settings the card says the model was
-    validated with (so that evaluate.py gives the training's metrics on the same machine), else as given."""
+    validated with (so that evaluate.py gives the training's metrics on the same machine); a card that does not
+    record them (written before it did) runs in float32, as evaluate.py and predict did then."""
     trained = card.provenance
-    if amp == "auto" and trained.amp is not None:
-        amp = trained.amp
+    if amp == "auto":
+        amp = trained.amp if trained.amp is not None else "off"
     if channels_last == "auto" and trained.channels_last is not None:
         channels_last = trained.channels_last
     return amp, channels_last
