@@ -20,9 +20,10 @@ import torch
 from omegaconf import DictConfig
 from PIL import Image
 
+from deeplab.config import SHAPES
 from deeplab.config.compose import compose_train_config
 from deeplab.config.labels import voc_colormap
-from deeplab.data.synthetic import SHAPES, SyntheticSpec, render
+from deeplab.data.synthetic import SyntheticSpec, render
 from deeplab.errors import UserError
 from deeplab.runtime import resolve_device as engine_resolve_device
 

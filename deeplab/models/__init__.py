@@ -78,7 +78,7 @@ def build_backbone(cfg: BackboneConfig) -> Backbone:
         )
     if isinstance(cfg, MobileNetConfig):
         return factory.backbone(cfg.name, cfg.output_stride)
-    return factory.backbone(cfg.model, cfg.output_stride, pretrained=cfg.pretrained)
+    return factory.backbone(f"timm:{cfg.model}", cfg.output_stride, pretrained=cfg.pretrained)
 
 
 def build_network(cfg: TrainConfig) -> DeepLab:

@@ -45,9 +45,11 @@ def backbone(
     weights: str | None = None,
 ) -> Backbone:
     """A dilated feature extractor: torchvision's resnet18/34/50/101 and mobilenet_v2/_v3_large, or any timm
-    model with features_only (xception65, tf_efficientnet_lite0, ...). pretrained: ImageNet weights (True:
+    model with features_only (xception65, tf_efficientnet_lite0, ...; "timm:resnet50" for timm's own ResNet). pretrained: ImageNet weights (True:
     torchvision's `weights`, timm's from the Hugging Face hub or an installed package; a path: that file).
     multi_grid multiplies the rates of a ResNet's last stage: [1, 2, 4] ([1, 2] for ResNet-18's two units)."""
+    if name.startswith("timm:"):
+        return TimmBackbone(name.removeprefix("timm:"), output_stride, pretrained)
     if name in RESNETS:
         grid = list(multi_grid) if multi_grid is not None else ([1, 2] if name == "resnet18" else [1, 2, 4])
         net: Backbone = ResNetBackbone.build(name, output_stride, grid, dilation_style)
