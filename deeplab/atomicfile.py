@@ -27,6 +27,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     try:
         yield tmp
         _fsync_file(tmp)
+        _set_mode(tmp, target)
         os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -34,6 +35,18 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         raise
     _fsync_dir(target.parent)
     _remove_stale_temps(target)
+
+
+def _set_mode(tmp: Path, target: Path) -> None:
+    """The replaced file's permissions, or for a new file those the umask gives (0644 under umask 022), whatever
+    mode the writer created the temporary file with (safetensors' writer uses 0600)."""
+    try:
+        mode = os.stat(target).st_mode & 0o777
+    except FileNotFoundError:
+        umask = os.umask(0)
+        os.umask(umask)
+        mode = 0o666 & ~umask
+    os.chmod(tmp, mode)
 
 
 def _fsync_file(path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -32,3 +33,23 @@ def test_writing_through_a_link_replaces_its_target(tmp_path: Path) -> None:
     with atomic_path(link) as tmp:
         tmp.write_bytes(b"new")
     assert link.is_symlink() and link.resolve() == target and target.read_bytes() == b"new"
+
+
+def test_a_new_file_gets_the_umasks_mode_and_a_replaced_file_keeps_its_own(tmp_path: Path) -> None:
+    """Whatever mode the writer creates its temporary file with (safetensors' writer: 0600)."""
+    previous = os.umask(0o022)
+    try:
+        new = tmp_path / "model.safetensors"
+        with atomic_path(new) as tmp:
+            tmp.write_bytes(b"weights")
+            tmp.chmod(0o600)
+        assert new.stat().st_mode & 0o777 == 0o644
+        kept = tmp_path / "shared.pt"
+        kept.write_bytes(b"old")
+        kept.chmod(0o640)
+        with atomic_path(kept) as tmp:
+            tmp.write_bytes(b"new")
+            tmp.chmod(0o600)
+        assert kept.read_bytes() == b"new" and kept.stat().st_mode & 0o777 == 0o640
+    finally:
+        os.umask(previous)

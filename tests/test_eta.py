@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+import re
+
 import pytest
 from helpers.configs import one_thread, tiny_config
 
@@ -20,7 +23,14 @@ def test_the_time_left_follows_a_smoothed_pace():
     assert eta.left(0) == "0:00:00"
 
 
-def test_the_progress_line_shows_it(tiny_data, tmp_path, capsys):
-    with one_thread():
+def test_the_progress_line_shows_it_alone_and_train_log_keeps_the_losses(tiny_data, tmp_path, capsys, caplog):
+    with one_thread(), caplog.at_level(logging.INFO, logger="deeplab.train.engine"):
         train(tiny_config(tiny_data, logger="[]", **{"trainer.max_iters": 2}), tmp_path / "run")
-    assert "eta=0:00:0" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "eta=0:00:0" in err
+    # one time left: tqdm's own estimate ("[00:01<00:02, ...]") is not shown beside it
+    assert "train: " in err and not re.search(r"train: [^\r\n]*\[\d+:\d+<\d+:\d+", err), err[-500:]
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("iter 1 | loss ")]
+    assert lines and re.fullmatch(
+        r"iter 1 \| loss [\d.]+ \| lr [\d.e-]+ \| [\d.]+ img/s \| eta \d:\d\d:\d\d", lines[0]
+    )

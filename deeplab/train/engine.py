@@ -535,6 +535,15 @@ class LoopState:
     eta: Eta = field(default_factory=Eta)  # the time left, from a smoothed time per iteration
 
 
+def progress_bar(total: int, initial: int, disable: bool = False) -> tqdm:
+    """The training bar: iterations, elapsed time and rate; the time left is the postfix's eta (smoothed over
+    log intervals, validation left out), not tqdm's own estimate beside it, which would disagree."""
+    bar_format = "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}, {rate_fmt}{postfix}]"
+    return tqdm(
+        total=total, initial=initial, desc="train", disable=disable, dynamic_ncols=True, bar_format=bar_format
+    )
+
+
 def _loop(run: Run, stop: StopRequest) -> dict[str, Any]:
     rt, t, d = run.rt, run.cfg.trainer, run.cfg.dataset
     main = rt.is_main
@@ -545,7 +554,7 @@ def _loop(run: Run, stop: StopRequest) -> dict[str, Any]:
         sums=LossSums(rt.device),
         watch=collapse.CollapseWatch(d.num_classes, d.ignore_index, rt.device),
         data_iter=batches(run.train_loader),
-        bar=tqdm(total=t.max_iters, initial=it, desc="train", disable=not main, dynamic_ncols=True),
+        bar=progress_bar(t.max_iters, it, disable=not main),
     )
     with state.bar:  # the bar is closed before any error is printed
         while it < t.max_iters:
@@ -715,6 +724,8 @@ def _boundary(run: Run, it: int, state: LoopState, stop: StopRequest) -> None:
         state.eta.update(seconds, sums.steps)
         eta = state.eta.left(t.max_iters - it)
         state.bar.set_postfix(loss=f"{means['loss']:.4f}", lr=f"{state.lr:.2e}", img_s=f"{ips:.1f}", eta=eta)
+        # train.log keeps the loss history too (the bar is overwritten in place)
+        log.info("iter %d | loss %.4f | lr %.3g | %.1f img/s | eta %s", it, means["loss"], state.lr, ips, eta)
         run.loggers.scalars(train_scalars(means, state.lr, ips) | {"train/minutes": run.minutes()}, it)
     sums.reset()
     state.bad_samples = bad_samples
