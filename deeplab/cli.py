@@ -74,10 +74,15 @@ def _unknown_key(error: ConfigKeyError | ConfigAttributeError, config_dir: Path 
     return f"{key}: unknown key{hint}"
 
 
-def _unknown_option(error: MissingConfigException) -> str:
-    """`loss=nope: loss has no option nope (no configs/loss/nope.yaml); the options are cross_entropy, ...`."""
+def _unknown_option(error: MissingConfigException, config_dir: Path | None = None) -> str:
+    """`loss=nope: loss has no option nope (no configs/loss/nope.yaml); the options are cross_entropy, ...`.
+    An option in a list (logger=[nope]) comes without Hydra's options: they are read from configs/<group>/."""
     group, _, option = str(error.missing_cfg_file).rpartition("/")
-    options = ", ".join(error.options or [])
+    found = list(error.options or [])
+    if not found and config_dir is not None and (config_dir / group).is_dir():
+        found = sorted(p.stem for p in (config_dir / group).glob("*.yaml"))
+    error.options = found
+    options = ", ".join(found)
     if group.startswith("hydra/"):  # Hydra's own groups: their options come with Hydra and its plugins
         where = "; is the Hydra plugin that provides it installed? (see README)"
     else:
@@ -114,8 +119,9 @@ def composition_error(
     cause = error.__cause__
     if isinstance(error, OverrideParseException):
         return _unparsable(error, unset)
-    if isinstance(error, MissingConfigException) and error.missing_cfg_file and error.options is not None:
-        return _unknown_option(error)
+    if isinstance(error, MissingConfigException) and error.missing_cfg_file:
+        if error.options is not None or (config_dir is not None and "/" in str(error.missing_cfg_file)):
+            return _unknown_option(error, config_dir)
     for err in (error, cause):
         if isinstance(err, (ConfigKeyError, ConfigAttributeError)) and err.full_key:
             return _unknown_key(err, config_dir)

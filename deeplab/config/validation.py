@@ -62,6 +62,19 @@ def _siblings(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
     return list(fields)
 
 
+def _section_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """The keys of the section at loc (a nested model's fields), or [] when loc is not a section."""
+    fields: Any = model.model_fields
+    annotation: Any = None
+    for part in loc:
+        field = fields.get(part) if isinstance(part, str) else None
+        annotation = getattr(field, "annotation", None)
+        if annotation is None or not hasattr(annotation, "model_fields"):
+            return []
+        fields = annotation.model_fields
+    return list(fields) if annotation is not None else []
+
+
 def error_message(e: ValidationError, data: Mapping[str, Any], model: type[BaseModel]) -> str:
     """One line naming the key of the first error, e.g. "trainer.batch_size: must be >= 1, got 0"."""
     err = e.errors()[0]
@@ -78,6 +91,13 @@ def error_message(e: ValidationError, data: Mapping[str, Any], model: type[BaseM
         parent = key.rpartition(".")[0]
         hint = f"; did you mean {parent + '.' if parent else ''}{close[0]}?" if close else ""
         return f"{key}: unknown key{hint}"
+    if kind in ("model_type", "dict_type", "model_attributes_type"):
+        keys = _section_keys(model, tuple(err["loc"]))
+        if keys:  # a section given one value: `trainer.ema=0.9` meant `trainer.ema.decay=0.9`
+            return (
+                f"{key} is a section, not a value (its keys: {', '.join(keys)}); set one of its keys, e.g. "
+                f"{key}.{keys[0]}={value}"
+            )
     if kind == "missing" or not found:
         return f"{key} is missing from the config; add it (see configs/ for its default)"
     if kind == "union_tag_invalid":
