@@ -119,9 +119,13 @@ def composition_error(
     cause = error.__cause__
     if isinstance(error, OverrideParseException):
         return _unparsable(error, unset)
-    if isinstance(error, MissingConfigException) and error.missing_cfg_file:
-        if error.options is not None or (config_dir is not None and "/" in str(error.missing_cfg_file)):
-            return _unknown_option(error, config_dir)
+    listed = config_dir is not None and "/" in str(getattr(error, "missing_cfg_file", "") or "")
+    if (
+        isinstance(error, MissingConfigException)
+        and error.missing_cfg_file
+        and (error.options is not None or listed)
+    ):
+        return _unknown_option(error, config_dir)
     for err in (error, cause):
         if isinstance(err, (ConfigKeyError, ConfigAttributeError)) and err.full_key:
             return _unknown_key(err, config_dir)
