@@ -344,3 +344,32 @@ def test_class_names_come_from_the_dataset_files_and_older_configs_get_them(data
             ConfigError, match=r"^dataset.class_names has 21 names but dataset.num_classes is 5; give"
         ):
             train_config(compose_config(["dataset=voc", "dataset.num_classes=5"]))
+
+
+def test_non_finite_weights_are_refused_in_one_line(trained_run, tmp_path) -> None:
+    """A checkpoint saved after a run diverged is not scored as if it were a model."""
+    ckpt = torch.load(trained_run[0] / "checkpoints" / "best.pt", weights_only=True)
+    ckpt["model"]["head.classifier.weight"][0, 0] = float("nan")
+    torch.save(ckpt, tmp_path / "nan.pt")
+    with pytest.raises(
+        CheckpointError, match=r"nan\.pt holds non-finite weights \(NaN or inf in head\.classifier\.weight\)"
+    ):
+        _evaluate(tmp_path / "nan.pt", tmp_path / "eval")
+
+
+def test_torchvision_weights_of_another_class_count_load_with_that_count(tmp_path) -> None:
+    """torchvision's DeepLabV3 fine-tuned to 5 classes: the count comes from the file, the names are generic."""
+    from torchvision.models.segmentation import deeplabv3_mobilenet_v3_large
+
+    from deeplab.deploy.restore import load_trained_model
+
+    torch.manual_seed(0)
+    peer = deeplabv3_mobilenet_v3_large(
+        weights=None, weights_backbone=None, num_classes=5, aux_loss=False
+    ).eval()
+    torch.save(peer.state_dict(), tmp_path / "five.pth")
+    model, card = load_trained_model(tmp_path / "five.pth")
+    assert card.labels.num_classes == 5 and card.labels.class_names == [f"class_{i}" for i in range(5)]
+    x = torch.randn(1, 3, 64, 80)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x)["out"], peer(x)["out"], atol=1e-4, rtol=1e-4)

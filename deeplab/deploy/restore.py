@@ -63,7 +63,13 @@ def read_trained(located: Located) -> tuple[ModelCard, dict[str, torch.Tensor]]:
     if isinstance(obj, dict) and "model" in obj and "config" in obj:
         return card_of_checkpoint(obj, path), obj["model"]
     if isinstance(obj, dict) and any(k.startswith("classifier.0.convs") for k in obj):
-        config = compose_train_config([f"experiment={_torchvision_experiment(obj)}", "dataset=voc"])
+        overrides = [f"experiment={_torchvision_experiment(obj)}", "dataset=voc"]
+        classes = obj["classifier.4.weight"].shape[0] if "classifier.4.weight" in obj else 21
+        if classes != 21:  # fine-tuned to other classes: VOC's names do not apply
+            overrides += [f"dataset.num_classes={classes}", "dataset.class_names=null"]
+        if not any(k.startswith("aux_classifier.") for k in obj):  # saved with aux_loss=False
+            overrides.append("model.aux_head=false")
+        config = compose_train_config(overrides)
         return make_card(to_plain(config), stamp=False), convert_torchvision_state_dict(obj)
     raise CheckpointError(
         f"checkpoint {path} is neither a deeplab checkpoint (a dict with 'model' and 'config', as train.py "
@@ -86,6 +92,13 @@ def load_trained_model(setting: str | Path, key: str = "checkpoint") -> tuple[De
     model.predict(image); its card) of what `key=setting` names."""
     located = locate(setting, key)
     card, state = read_trained(located)
+    broken = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if broken:
+        shown = ", ".join(broken[:3]) + (f" and {len(broken) - 3} more" if len(broken) > 3 else "")
+        raise CheckpointError(
+            f"{located.path} holds non-finite weights (NaN or inf in {shown}): the run diverged before it was "
+            "saved; use an earlier checkpoint"
+        )
     model = build_from_card(card)
     load_model_state(model, state, located.path)
     model.mean, model.std = list(card.labels.mean), list(card.labels.std)
