@@ -30,12 +30,16 @@ GRAMMAR_URL = "https://hydra.cc/docs/advanced/override_grammar/basic/"
 
 @contextlib.contextmanager
 def exit_on_user_error() -> Iterator[None]:
-    """A UserError (config, data, checkpoint, divergence) prints `error: <message>` and exits with 2."""
+    """A UserError (config, data, checkpoint, divergence) prints `error: <message>` and exits with 2; Ctrl-C prints
+    one line and exits with 130 (files are written whole or not at all), instead of a traceback."""
     try:
         yield
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted (Ctrl-C)", file=sys.stderr)
+        sys.exit(130)
 
 
 def _did_you_mean(word: str, candidates: Sequence[str], prefix: str = "") -> str:

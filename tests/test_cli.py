@@ -114,9 +114,9 @@ def entry_point(path: Path, name: str) -> ModuleType:
     [
         ("train.py", ["--cfg", "job", "trainr.max_iters=5"], "trainr: unknown key; did you mean trainer?"),
         ("evaluate.py", ["best.pt"], "best.pt: not a key=value override; did you mean checkpoint=best.pt?"),
-        ("deeplab/deploy/predict.py", ["checkpoint=a.pt", "inpt=photos"], "inpt: unknown key; did you mean input?"),
-        ("deeplab/deploy/export.py", ["checkpoint=a.pt", "formt=onnx"], "formt: unknown key; did you mean format?"),
-        ("deeplab/deploy/export.py", ["checkpoint=a.pt", "hydra/launcher=slurm"], None),
+        ("deeplab/predict.py", ["checkpoint=a.pt", "inpt=photos"], "inpt: unknown key; did you mean input?"),
+        ("deeplab/export.py", ["checkpoint=a.pt", "formt=onnx"], "formt: unknown key; did you mean format?"),
+        ("deeplab/export.py", ["checkpoint=a.pt", "hydra/launcher=slurm"], None),
     ],
 )  # fmt: skip
 def test_entry_points_report_composition_mistakes_in_one_line_with_exit_2(
@@ -137,6 +137,21 @@ def test_entry_points_report_composition_mistakes_in_one_line_with_exit_2(
     else:
         assert err == f"error: {message}\n"
     assert "HYDRA_FULL_ERROR" not in os.environ  # set only while Hydra runs
+
+
+def test_ctrl_c_in_a_command_is_one_line_and_exit_130(tmp_path, monkeypatch, capsys) -> None:
+    """`python -m deeplab.export` (and predict, evaluate) stopped by Ctrl-C: no traceback."""
+    import deeplab.deploy.export as export_module
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(export_module, "export", interrupted)
+    monkeypatch.setattr(sys, "argv", ["deeplab/export.py", "checkpoint=a.pt", f"hydra.run.dir={tmp_path}"])
+    with pytest.raises(SystemExit) as exit_info:
+        importlib.import_module("deeplab.export").main()
+    assert exit_info.value.code == 130
+    assert capsys.readouterr().err == "interrupted (Ctrl-C)\n"
 
 
 def test_data_commands_report_mistakes_in_one_line_with_exit_2(capsys) -> None:
