@@ -201,3 +201,22 @@ def test_a_checkpoint_written_before_these_options_still_loads(trained_run, tmp_
     restored = train_config(load_checkpoint(tmp_path / "old.pt")["config"])  # what a resumed run reads
     assert restored.loss.name == "cross_entropy" and not restored.trainer.freeze_bn
     assert not restored.trainer.activation_checkpointing
+
+
+def test_a_resume_that_drops_the_ema_or_changes_accumulation_says_so(tiny_data, tmp_path, caplog) -> None:
+    from deeplab.train.engine import train
+
+    run_dir = tmp_path / "run"
+    options = {"trainer.max_iters": 2, "trainer.batch_size": 4, "trainer.ema.decay": 0.9, "logger": "[]"}
+    with one_thread():
+        train(tiny_config(tiny_data, **options), run_dir)
+        resumed = {**options, "trainer.max_iters": 3, "trainer.resume": "auto", "trainer.ema.decay": "null",
+                   "trainer.accumulate": 2}  # fmt: skip
+        with caplog.at_level(logging.WARNING):
+            train(tiny_config(tiny_data, **resumed), run_dir)
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(
+        "holds EMA weights but trainer.ema.decay is null: the resumed run drops them" in m for m in messages
+    )
+    assert any(m.startswith("trainer.accumulate: 1 micro-batches per step in") and "micro-batches of 2" in m
+               for m in messages)  # fmt: skip

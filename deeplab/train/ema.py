@@ -53,6 +53,12 @@ def restore_ema(ema: AveragedModel | None, ckpt: dict[str, Any], path: Path) -> 
     """The EMA of the checkpoint a run resumes from; a checkpoint without one (EMA switched on at resume)
     starts it from the resumed weights at the next step."""
     if ema is None:
+        if "ema" in ckpt:
+            log.warning(
+                "%s holds EMA weights but trainer.ema.decay is null: the resumed run drops them (its best.pt "
+                "holds the plain weights from now on); resume with the checkpoint's trainer.ema.decay to keep them",
+                path,
+            )
         return
     if "ema" not in ckpt:
         log.info("%s holds no EMA weights: the EMA starts from the resumed weights", path)

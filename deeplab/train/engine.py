@@ -492,6 +492,14 @@ def _model_and_state(
             seed_everything(t.seed + rt.dist.rank + 1000 * progress.iteration)
         if rt.is_main:
             log.info("resumed from %s at iteration %d", path, progress.iteration)
+            before = int(ckpt["config"].get("trainer", {}).get("accumulate", 1))
+            if before != cfg.trainer.accumulate:
+                log.warning(
+                    "trainer.accumulate: %d micro-batches per step in %s, %d now: the steps keep their batch of "
+                    "%d images, but BatchNorm now sees micro-batches of %d",
+                    before, path, cfg.trainer.accumulate, cfg.trainer.batch_size,
+                    cfg.trainer.batch_size // rt.dist.world_size // cfg.trainer.accumulate,
+                )  # fmt: skip
     # A new best.pt must beat the one in the run dir, also one written before the last last.pt.
     progress.best_miou = max(progress.best_miou, best_so_far(ckpt_dir, config))
     return model, optimizer, scheduler, scaler, progress, ema
