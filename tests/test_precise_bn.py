@@ -40,17 +40,9 @@ def test_immature_statistics_follow_momentum_and_steps() -> None:
     slow, fast = nn.BatchNorm2d(2, momentum=0.01), nn.BatchNorm2d(2, momentum=0.1)
     assert precise_bn.initial_share(slow, 60) == pytest.approx(0.99**60)  # 0.55: the 60 steps
     assert precise_bn.is_immature(slow, 60) and not precise_bn.is_immature(slow, 1200)
-    assert precise_bn.is_immature(fast, 20) and not precise_bn.is_immature(fast, 60)
+    assert precise_bn.is_immature(fast, 20) and not precise_bn.is_immature(fast, 40)  # the quickstart's 40
     frozen = nn.Sequential(nn.BatchNorm2d(2, track_running_stats=False))
     assert not precise_bn.is_immature(frozen, 1)
-
-
-def test_the_copy_changes_and_the_model_does_not() -> None:
-    model = nn.Sequential(nn.Conv2d(3, 2, 1), nn.BatchNorm2d(2))
-    before = copy.deepcopy(model.state_dict())
-    twin = precise_bn.precise_copy(model, [torch.randn(2, 3, 4, 4) + 5], lambda net: net)
-    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
-    assert not torch.equal(twin[1].running_mean, model[1].running_mean)
 
 
 def test_the_warnings_name_the_statistics_and_not_the_class_weights() -> None:

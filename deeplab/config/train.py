@@ -178,9 +178,9 @@ class TrainerConfig(Section):
     step, each process runs batch_size / (processes * accumulate) images at a time. Iterations, the schedule,
     logs and checkpoints count optimizer steps."""
     precise_bn: Annotated[Literal["auto"] | NonNegativeInt, Added(0)]
-    """Before each validation, recompute BatchNorm's running statistics over N training batches, on a copy that
-    is validated and saved as best.pt (deeplab/train/precise_bn.py); 0: off; auto: 16 batches while the running
-    statistics still hold over 1% of their initial values ((1 - momentum)^steps: a short run from random
+    """Before each validation, recompute BatchNorm's running statistics over N training batches, in place,
+    so that the validation, last.pt and best.pt agree (deeplab/train/precise_bn.py); 0: off; auto: 16 batches while the running
+    statistics still hold over 5% of their initial values ((1 - momentum)^steps: a short run from random
     weights, above all with momentum 0.01), else off."""
 
     def crop(self) -> tuple[int, int]:
