@@ -12,6 +12,9 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+
+from PIL import Image
 
 
 @contextlib.contextmanager
@@ -19,11 +22,13 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path to write; when the block ends without an exception it replaces `path`,
     otherwise it is deleted and `path` is left as it was.
 
-    A symbolic link at `path` keeps its place: the file it points to is the one replaced.
+    A symbolic link at `path` keeps its place: the file it points to is the one replaced. The temporary name
+    ends with the target's suffix (.scene.tif.<pid>.<id>.tmp.tif), for writers that choose the format by it
+    (Pillow, OpenCV's video writer, GDAL).
     """
     target = Path(os.path.realpath(path))
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp{target.suffix}")
     try:
         yield tmp
         _fsync_file(tmp)
@@ -35,6 +40,13 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         raise
     _fsync_dir(target.parent)
     _remove_stale_temps(target)
+
+
+def save_image(image: Image.Image, path: str | Path, **options: Any) -> None:
+    """Image.save, whole or not at all: the format from path's suffix (.png, .jpg, ...), options as Pillow's."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        image.save(tmp, format=Image.registered_extensions()[path.suffix.lower()], **options)
 
 
 def _set_mode(tmp: Path, target: Path) -> None:
@@ -73,7 +85,7 @@ def _fsync_dir(directory: Path) -> None:
 
 def _remove_stale_temps(path: Path) -> None:
     """Delete temporary files of earlier writes of path that were killed before their rename."""
-    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp{glob.escape(path.suffix)}"):
         pid = tmp.name[len(path.name) + 2 :].split(".")[0]
         if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
             with contextlib.suppress(OSError):

@@ -13,6 +13,7 @@ import difflib
 import functools
 import inspect
 import os
+import signal
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -28,18 +29,51 @@ from deeplab.errors import UserError, first_line
 GRAMMAR_URL = "https://hydra.cc/docs/advanced/override_grammar/basic/"
 
 
+class Terminated(BaseException):
+    """SIGTERM or SIGHUP inside `exit_on_user_error`: raised where the command is, so that the files being written
+    are removed on the way out (deeplab.atomicfile) instead of left half-written by a process killed mid-write.
+    A BaseException, as KeyboardInterrupt, so that no `except Exception` on the way takes it for an error."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        super().__init__(signal.Signals(signum).name)
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated(signum)
+
+
+@contextlib.contextmanager
+def _terminate_by_exception() -> Iterator[None]:
+    names = [n for n in ("SIGTERM", "SIGHUP") if hasattr(signal, n)]
+    previous = {}
+    for name in names:
+        with contextlib.suppress(ValueError):  # not the main thread: signals stay as they were
+            previous[name] = signal.signal(getattr(signal, name), _raise_terminated)
+    try:
+        yield
+    finally:
+        for name, handler in previous.items():
+            signal.signal(getattr(signal, name), handler)
+
+
 @contextlib.contextmanager
 def exit_on_user_error() -> Iterator[None]:
     """A UserError (config, data, checkpoint, divergence) prints `error: <message>` and exits with 2; Ctrl-C prints
-    one line and exits with 130 (files are written whole or not at all), instead of a traceback."""
+    one line and exits with 130, SIGTERM and SIGHUP with 128 + the signal's number, instead of a traceback or a
+    kill mid-write (every output is written whole or not at all)."""
     try:
-        yield
+        with _terminate_by_exception():
+            yield
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
-        print("interrupted (Ctrl-C)", file=sys.stderr)
+        print("interrupted (Ctrl-C): no file was left half-written", file=sys.stderr)
         sys.exit(130)
+    except Terminated as e:
+        print(f"stopped by {e}: no file was left half-written", file=sys.stderr)
+        sys.exit(128 + e.signum)
 
 
 def _did_you_mean(word: str, candidates: Sequence[str], prefix: str = "") -> str:

@@ -77,3 +77,36 @@ def test_autolabel_skips_an_unreadable_image_and_still_writes_the_dataset(traine
         predict(cfg, out)
     assert [p.name for p in (out / "masks").iterdir()] == [f"{source.stem}.png"]
     assert (out / "dataset" / "autolabel.yaml").is_file()
+
+
+def test_a_second_autolabel_run_keeps_the_corrected_masks_and_labels_only_new_photos(
+    trained_run, tmp_path, capsys
+) -> None:
+    """Autolabel, correct a mask, add photos, run again: the correction stays (overwrite=true replaces it)."""
+    sources, cfg, out = photos_and_config(trained_run, tmp_path, 1)
+    with one_thread():
+        predict(cfg, out)
+    mask = out / "masks" / f"{sources[0].stem}.png"
+    corrected = Image.open(mask)
+    ids = np.zeros_like(np.asarray(corrected))  # a person paints it all background
+    fixed = Image.fromarray(ids, mode="P")
+    fixed.putpalette(corrected.getpalette())
+    fixed.save(mask)
+    hand_made = mask.read_bytes()
+    data_dir = trained_run[2]
+    added = sorted((data_dir / "synthetic" / "VOC2012" / "JPEGImages").glob("val_*.jpg"))[1:3]
+    for p in added:
+        (tmp_path / "photos" / p.name).write_bytes(p.read_bytes())
+    capsys.readouterr()
+    with one_thread():
+        written = predict(cfg, out)
+    assert [m.stem for m in written] == [p.stem for p in added]
+    assert mask.read_bytes() == hand_made
+    assert sorted(p.stem for p in (out / "masks").iterdir()) == sorted(
+        [sources[0].stem] + [p.stem for p in added]
+    )
+    assert "kept 1 masks already in" in capsys.readouterr().out
+    cfg.overwrite = True
+    with one_thread():
+        written = predict(cfg, out)
+    assert len(written) == 3 and mask.read_bytes() != hand_made

@@ -151,7 +151,7 @@ def test_ctrl_c_in_a_command_is_one_line_and_exit_130(tmp_path, monkeypatch, cap
     with pytest.raises(SystemExit) as exit_info:
         importlib.import_module("deeplab.export").main()
     assert exit_info.value.code == 130
-    assert capsys.readouterr().err == "interrupted (Ctrl-C)\n"
+    assert capsys.readouterr().err == "interrupted (Ctrl-C): no file was left half-written\n"
 
 
 def test_data_commands_report_mistakes_in_one_line_with_exit_2(capsys) -> None:

@@ -20,7 +20,7 @@ from rasterio.windows import Window  # noqa: E402
 from deeplab.config import predict_config  # noqa: E402
 from deeplab.deploy.predict import predict  # noqa: E402
 from deeplab.deploy.segmenter import load_segmenter  # noqa: E402
-from deeplab.errors import ConfigError  # noqa: E402
+from deeplab.errors import ConfigError, DatasetError  # noqa: E402
 from deeplab.models.inference import predict_probs  # noqa: E402
 
 CRS = "EPSG:32633"
@@ -181,3 +181,57 @@ def test_a_6000x4000_geotiff_keeps_memory_bounded_by_the_window(trained_run, tmp
     # Inside the interior crop, the scene's windows that start before it reach 512 - 343 rows into it.
     lo = 512 - step
     assert np.array_equal(inner[lo:reach, lo:reach], middle[lo:reach, lo:reach])
+
+
+def test_a_refused_or_stopped_scene_leaves_the_previous_outputs_and_no_partial_raster(
+    trained_run, tmp_path, monkeypatch
+) -> None:
+    """A float32 scene is refused before anything appears at the output; a run stopped mid-scene (Ctrl-C,
+    SIGTERM through deeplab.cli) over a folder holding a complete scene.tif leaves that file as it was."""
+    import deeplab.deploy.raster as raster
+
+    checkpoint = trained_run[0] / "checkpoints" / "best.pt"
+    f32 = tmp_path / "f32.tif"
+    profile = {"driver": "GTiff", "height": 40, "width": 40, "count": 3, "dtype": "float32", "crs": CRS,
+               "transform": TRANSFORM}  # fmt: skip
+    with rasterio.open(f32, "w", **profile) as dst:
+        dst.write(np.random.default_rng(0).random((3, 40, 40), dtype=np.float32))
+    out = tmp_path / "out"
+    with one_thread(), pytest.raises(DatasetError):
+        predict(config(checkpoint, f32, out, "eval.window=32", "raster_color=true"), out)
+    assert not out.exists() or list(out.iterdir()) == []
+
+    scene = tmp_path / "scene.tif"
+    write_scene(scene, 64, 300)
+    cfg = config(checkpoint, scene, out, "eval.window=32", "raster_color=true")
+    with one_thread():
+        predict(cfg, out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert sorted(before) == ["scene.tif", "scene_color.tif"]
+    calls = []
+
+    def stopped_after_one_stripe(*args, **kwargs):
+        if calls:
+            raise KeyboardInterrupt
+        calls.append(1)
+        return sweep(*args, **kwargs)
+
+    sweep = raster.sweep_stripe
+    monkeypatch.setattr(raster, "sweep_stripe", stopped_after_one_stripe)
+    with one_thread(), pytest.raises(KeyboardInterrupt):
+        predict(cfg, out)
+    assert calls and {p.name: p.read_bytes() for p in out.iterdir()} == before  # no temporary file either
+
+
+def test_a_truncated_geotiff_is_one_line_naming_it(trained_run, tmp_path) -> None:
+    scene = tmp_path / "scene.tif"
+    write_scene(scene, 256, 256)
+    scene.write_bytes(scene.read_bytes()[: scene.stat().st_size // 2])  # a copy that stopped half-way
+    out = tmp_path / "out"
+    cfg = config(trained_run[0] / "checkpoints" / "best.pt", scene, out, "eval.window=64")
+    with (
+        one_thread(),
+        pytest.raises(DatasetError, match=r"^GeoTIFF .*scene.tif cannot be read \(.*truncated") as e,
+    ):
+        predict(cfg, out)
+    assert "\n" not in str(e.value) and (not out.exists() or list(out.iterdir()) == [])

@@ -73,6 +73,9 @@ class PredictConfig(ModelRun):
     autolabel: bool
     """Write the predictions as a folder dataset to correct and train on: output/images, output/masks (palette
     PNGs), output/overlays and output/dataset/autolabel.yaml (deeplab.deploy.autolabel)."""
+    overwrite: bool = False
+    """autolabel: also label the photos that already have a mask in output/masks (false: those masks, perhaps
+    corrected by hand, are kept and only new photos are labelled)."""
     raster_color: bool
     """A GeoTIFF input (predicted in eval.window windows with eval.overlap, deeplab.deploy.raster): also write the
     colour mask as an RGB GeoTIFF."""

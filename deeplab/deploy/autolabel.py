@@ -18,6 +18,7 @@ import numpy as np
 from omegaconf import OmegaConf
 from PIL import Image
 
+from deeplab.atomicfile import atomic_path, save_image
 from deeplab.deploy.segmenter import check_unreadable, draw, predict_each, save_ids
 
 CONFIG_NAME = "autolabel"
@@ -34,7 +35,8 @@ def folders(output: Path) -> dict[str, Path]:
 def copy_image(source: Path, name: str, images: Path) -> Path:
     """The input image under the output name (the mask's stem), unchanged."""
     target = images / f"{name}{source.suffix.lower()}"
-    shutil.copyfile(source, target)
+    with atomic_path(target) as tmp:
+        shutil.copyfile(source, tmp)
     return target
 
 
@@ -58,7 +60,8 @@ def write_dataset_config(output: Path, labels: list[str], palette: np.ndarray, i
         "# Written by deeplab.predict autolabel=true. Correct the masks in masks/ (pixel value = class id), then\n"
         f"# python train.py hydra.searchpath=[file://{output}] dataset={CONFIG_NAME}\n"
     )
-    path.write_text(header + OmegaConf.to_yaml(OmegaConf.create(config)))
+    with atomic_path(path) as tmp:
+        tmp.write_text(header + OmegaConf.to_yaml(OmegaConf.create(config)))
     return path
 
 
@@ -72,18 +75,25 @@ def predict_folder(
     """deeplab.predict's loop for autolabel=true (cfg: PredictConfig, seg: segmenter.Segmenter): returns the
     masks written; unreadable images are named and skipped, then counted in a DatasetError."""
     where = folders(output)
+    kept = [] if cfg.overwrite else [p for p in images if (where["masks"] / f"{names[p]}.png").exists()]
+    images = [p for p in images if p not in set(kept)]
 
     def write(path: Path, image: np.ndarray, pred: np.ndarray) -> Path:
         copy_image(path, names[path], where["images"])
         mask = where["masks"] / f"{names[path]}.png"
         save_ids(pred, seg.palette, mask)
         _, overlay = draw(seg, image, pred, cfg.alpha)
-        Image.fromarray(overlay).save(where["overlays"] / f"{names[path]}.jpg", quality=92)
+        save_image(Image.fromarray(overlay), where["overlays"] / f"{names[path]}.jpg", quality=92)
         return mask
 
     written, unreadable = predict_each(seg, cfg.eval, images, write, "autolabel")
     config = write_dataset_config(output, seg.labels, seg.palette, seg.in_channels)
     print(f"wrote {len(written)} images and masks to {output} and the dataset config {config}")
+    if kept:
+        print(
+            f"kept {len(kept)} masks already in {where['masks']} (overwrite=true labels those photos again); "
+            f"added {len(written)}"
+        )
     print(
         f"correct the masks in {where['masks']} (pixel value = class id), then train: {train_command(output)}"
     )

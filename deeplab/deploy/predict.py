@@ -11,15 +11,19 @@ clip_overlay.mp4, and with save_masks=true one class-id PNG per frame in clip/.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from omegaconf import DictConfig
 from PIL import Image
 from tqdm import tqdm
 
+from deeplab.atomicfile import atomic_path, save_image
 from deeplab.cli import hydra_main
 from deeplab.config import PredictConfig, predict_config
 from deeplab.deploy import autolabel
@@ -129,13 +133,28 @@ def predict_video(cfg: PredictConfig, seg: Segmenter, path: Path, output: Path) 
     legend = make_legend(seg.legend_entries(list(range(len(seg.labels)))), height, width)
     beside = legend.tile.shape[1] if legend is not None and legend.beside else 0
     target = output / f"{path.stem}_overlay.mp4"
-    writer = cv2.VideoWriter(str(target), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width + beside, height))
     masks = output / path.stem
-    if cfg.save_masks:
-        masks.mkdir(exist_ok=True)
+    with atomic_path(target) as tmp:  # a stopped run leaves the previous video, not a truncated one
+        count = write_video(cfg, seg, capture, tmp, (fps, frames, width + beside, height), legend, masks)
+        if count == 0:
+            raise DatasetError(f"video {path} has no frames: OpenCV opened it but decoded none")
+    print(f"wrote {target} ({count} frames at {fps:g} frames/s)")
+    return target
+
+
+def write_video(
+    cfg: PredictConfig, seg: Segmenter, capture: Any, target: Path, shape: tuple[float, int | None, int, int],
+    legend: Any, masks: Path,
+) -> int:  # fmt: skip
+    """The overlays of capture's frames into the video `target` (shape: fps, frames or None, width, height),
+    and with cfg.save_masks the class ids of each frame into masks/; returns the frames written."""
+    import cv2
+
+    fps, frames, width, height = shape
+    writer = cv2.VideoWriter(str(target), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
     count = 0
     try:
-        with tqdm(total=frames, desc=path.name, unit=" frames") as bar:  # the rate shows frames/s
+        with tqdm(total=frames, desc=target.name, unit=" frames") as bar:  # the rate shows frames/s
             while True:
                 ok, frame = capture.read()
                 if not ok:
@@ -145,17 +164,28 @@ def predict_video(cfg: PredictConfig, seg: Segmenter, path: Path, output: Path) 
                 _, overlay = draw(seg, rgb, pred, cfg.alpha, legend)
                 writer.write(cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR))
                 if cfg.save_masks:
+                    masks.mkdir(exist_ok=True)
                     save_ids(pred, seg.palette, masks / f"{count:06d}.png")
                 count += 1
                 bar.update()
     finally:
         capture.release()
         writer.release()
-    if count == 0:
-        target.unlink(missing_ok=True)
-        raise DatasetError(f"video {path} has no frames: OpenCV opened it but decoded none")
-    print(f"wrote {target} ({count} frames at {fps:g} frames/s)")
-    return target
+    return count
+
+
+@contextlib.contextmanager
+def new_folder(output: Path) -> Iterator[None]:
+    """Create output; if the block fails before writing anything into a folder it created, remove it again (a
+    video without frames, a raster with the wrong bands leave no empty folder behind)."""
+    existed = output.exists()
+    output.mkdir(parents=True, exist_ok=True)
+    try:
+        yield
+    except BaseException:
+        if not existed and not any(output.iterdir()):
+            output.rmdir()
+        raise
 
 
 def predict(cfg: PredictConfig | DictConfig, output: Path) -> list[Path]:
@@ -167,12 +197,14 @@ def predict(cfg: PredictConfig | DictConfig, output: Path) -> list[Path]:
     check_output(output, source)
     if source.is_file() and source.suffix.lower() in VIDEO_SUFFIXES:
         seg = load_segmenter(cfg)
-        output.mkdir(parents=True, exist_ok=True)
-        return [predict_video(cfg, seg, source, output)]
+        with new_folder(output):
+            return [predict_video(cfg, seg, source, output)]
     if source.is_file() and source.suffix.lower() in RASTER_SUFFIXES and is_georeferenced(source):
         from deeplab.deploy.raster import predict_raster
 
-        return predict_raster(cfg, load_segmenter(cfg), source, output)
+        seg = load_segmenter(cfg)
+        with new_folder(output):
+            return predict_raster(cfg, seg, source, output)
     images = list_images(source)
     names = output_names(images)
     seg = load_segmenter(cfg)
@@ -184,8 +216,8 @@ def predict(cfg: PredictConfig | DictConfig, output: Path) -> list[Path]:
         ids_path = output / f"{names[path]}.png"
         save_ids(pred, seg.palette, ids_path)
         color, overlay = draw(seg, image, pred, cfg.alpha)
-        Image.fromarray(color).save(output / f"{names[path]}_color.png")
-        Image.fromarray(overlay).save(output / f"{names[path]}_overlay.jpg", quality=92)
+        save_image(Image.fromarray(color), output / f"{names[path]}_color.png")
+        save_image(Image.fromarray(overlay), output / f"{names[path]}_overlay.jpg", quality=92)
         return ids_path
 
     written, unreadable = predict_each(seg, cfg.eval, images, write, "predict")

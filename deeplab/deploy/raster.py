@@ -14,6 +14,7 @@ as its colour map; with raster_color=true also <stem>_color.tif (RGB).
 
 from __future__ import annotations
 
+import contextlib
 import math
 from pathlib import Path
 from typing import Any
@@ -23,8 +24,9 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from deeplab.atomicfile import atomic_path
 from deeplab.config import PredictConfig
-from deeplab.errors import ConfigError, DatasetError
+from deeplab.errors import ConfigError, DatasetError, first_line
 from deeplab.models.inference import logits_to_probs
 
 BLOCK = 256  # output tile size (GeoTIFF blocks must be multiples of 16)
@@ -63,7 +65,19 @@ def _to_uint8(values: np.ndarray, path: Path) -> np.ndarray:
 
 def predict_raster(cfg: PredictConfig, seg: Any, path: Path, output: Path) -> list[Path]:
     """Predict the GeoTIFF `path` with seg (deeplab.deploy.predict.Segmenter) into output/<stem>.tif (and
-    <stem>_color.tif with cfg.raster_color); returns [the class-id GeoTIFF]."""
+    <stem>_color.tif with cfg.raster_color); returns [the class-id GeoTIFF]. A scene GDAL cannot read to the
+    end (truncated, damaged) is a DatasetError naming it."""
+    import rasterio
+
+    try:
+        return _predict_raster(cfg, seg, path, output)
+    except rasterio.errors.RasterioError as e:
+        raise DatasetError(
+            f"GeoTIFF {path} cannot be read ({first_line(e)}): is it truncated or damaged? Copy it again"
+        ) from None
+
+
+def _predict_raster(cfg: PredictConfig, seg: Any, path: Path, output: Path) -> list[Path]:
     import rasterio
     from rasterio.windows import Window
 
@@ -89,11 +103,17 @@ def predict_raster(cfg: PredictConfig, seg: Any, path: Path, output: Path) -> li
         }  # fmt: skip
         ys, xs = window_starts(height, window, step), window_starts(width, window, step)
         colors = {i: tuple(int(v) for v in seg.palette[i]) for i in range(num_labels)}
-        with rasterio.open(target, "w", count=1, dtype="uint8", **profile) as dst:
+        # Written under temporary names and renamed when complete: a refused or stopped scene leaves the
+        # previous outputs (or none), never a partial raster that opens as a valid one.
+        with (
+            atomic_path(target) as ids_tmp,
+            atomic_path(color_target) if cfg.raster_color else contextlib.nullcontext() as color_tmp,
+            rasterio.open(ids_tmp, "w", count=1, dtype="uint8", **profile) as dst,
+        ):
             dst.write_colormap(1, colors)
             color_dst = (
-                rasterio.open(color_target, "w", count=3, dtype="uint8", photometric="RGB", **profile)
-                if cfg.raster_color
+                rasterio.open(color_tmp, "w", count=3, dtype="uint8", photometric="RGB", **profile)
+                if color_tmp is not None
                 else None
             )
             try:

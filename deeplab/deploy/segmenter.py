@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from deeplab.atomicfile import save_image
 from deeplab.config import EvalConfig, ModelRun, overlay_background_ids
 from deeplab.data.reading import read_image
 from deeplab.errors import DatasetError
@@ -121,7 +122,7 @@ def save_ids(pred: np.ndarray, palette: np.ndarray, path: Path) -> None:
     """Class ids as a palette PNG (the ids are the pixel values, the palette draws them)."""
     ids = Image.frombytes("P", (pred.shape[1], pred.shape[0]), pred.tobytes())
     ids.putpalette(palette[:256].reshape(-1).tolist())
-    ids.save(path)
+    save_image(ids, path)
 
 
 def predict_each(
