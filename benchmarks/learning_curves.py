@@ -39,6 +39,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--anchor", action="append", default=[], help="VALUE=LABEL: a published figure")
     parser.add_argument("--title", default="CamVid val mIoU against training minutes")
+    parser.add_argument("--subtitle", default="", help="a second, smaller line (the machine, the command)")
     args = parser.parse_args()
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
     for spec in args.runs:
@@ -49,12 +50,11 @@ def main() -> None:
     for spec in args.anchor:
         value, _, label = spec.partition("=")
         ax.axhline(float(value), linestyle="--", linewidth=1, color="gray")
-        ax.annotate(
-            label, (0, float(value)), textcoords="offset points", xytext=(2, 3), fontsize=8, color="gray"
-        )
+        ax.text(0.01, float(value) + 0.4, label, transform=ax.get_yaxis_transform(), fontsize=8, color="gray")
+    ax.set_xlim(left=0)
     ax.set_xlabel("training minutes (validations included)")
     ax.set_ylabel("val mIoU (%)")
-    ax.set_title(args.title)
+    ax.set_title(args.title + (f"\n{args.subtitle}" if args.subtitle else ""), fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
     fig.tight_layout()
