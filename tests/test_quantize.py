@@ -69,3 +69,31 @@ def test_evaluate_scores_the_int8_file_close_to_the_checkpoint(int8_file, traine
         int8 = evaluate_checkpoint(cfg, tmp_path)
     assert int8["num_images"] == 4 and (tmp_path / "metrics.json").is_file()
     assert abs(int8["pixel_acc"] - fp32["pixel_acc"]) < 0.05
+
+
+def test_a_failed_export_leaves_the_previous_file_and_no_temporary(trained_run, tmp_path, monkeypatch) -> None:
+    """The file is checked (ONNX against PyTorch; INT8 calibrated and compared) under a temporary name and
+    renamed into place only when that succeeded."""
+    import deeplab.deploy.quantize as quantize
+    from deeplab.errors import DatasetError, ExportError
+
+    checkpoint = trained_run[0] / "checkpoints" / "last.pt"
+    target = tmp_path / "model.onnx"
+    target.write_bytes(b"the previous export")
+
+    def config(*extra: str):
+        return compose_config(
+            [f"checkpoint={checkpoint}", f"output={target}", "trace_size=[64,80]", *extra], config_name="export"
+        )
+
+    with one_thread(), pytest.raises(ExportError, match="disagrees with PyTorch.*nothing was written"):
+        export(config("tolerance=1e-30"), tmp_path)
+    assert target.read_bytes() == b"the previous export" and sorted(tmp_path.iterdir()) == [target]
+
+    def unreadable_val(*args, **kwargs):
+        raise DatasetError("val image x.jpg cannot be read")
+
+    monkeypatch.setattr(quantize, "mask_agreement", unreadable_val)
+    with one_thread(), pytest.raises(ExportError, match="INT8 calibration reads the training images"):
+        export(config("format=onnx_int8", "calibration=2"), tmp_path)
+    assert target.read_bytes() == b"the previous export" and sorted(tmp_path.iterdir()) == [target]

@@ -168,30 +168,33 @@ def export(cfg: ExportConfig | DictConfig, run_dir: Path) -> Path:
     wrapper = LogitsOnly(model).eval()
     in_channels = card.dataset.in_channels
     example = torch.randn(2, in_channels, *cfg.trace_size)  # batch 2: a traced 1 would become a constant
+    # Written and checked under a temporary name, renamed into place only when both succeeded: a failed check,
+    # calibration or signal leaves any previous file as it was.
     try:
-        if cfg.format == "onnx_int8":
-            from deeplab.deploy.quantize import export_int8
+        with atomic_path(path) as tmp:
+            if cfg.format == "onnx_int8":
+                from deeplab.deploy.quantize import export_int8
 
-            def write_fp32(fp32: Path) -> None:  # the file quantised, checked as format=onnx is
-                meta = metadata(card, model.output_stride)
-                export_onnx(wrapper, example, fp32, cfg.opset, meta, cfg.exporter)
+                def write_fp32(fp32: Path) -> None:  # the file quantised, checked as format=onnx is
+                    meta = metadata(card, model.output_stride)
+                    export_onnx(wrapper, example, fp32, cfg.opset, meta, cfg.exporter)
+                    if cfg.check:
+                        check_export(cfg, wrapper, fp32, in_channels)
+
+                export_int8(write_fp32, card.dataset, tmp, cfg.calibration)
+            else:
+                if cfg.format == "onnx":
+                    export_onnx(wrapper, example, tmp, cfg.opset, metadata(card, model.output_stride), cfg.exporter)
+                else:
+                    export_program(wrapper, example, tmp)
                 if cfg.check:
-                    check_export(cfg, wrapper, fp32, in_channels)
-
-            return export_int8(write_fp32, card.dataset, path, cfg.calibration)
-        if cfg.format == "onnx":
-            meta = metadata(card, model.output_stride)
-            export_onnx(wrapper, example, path, cfg.opset, meta, cfg.exporter)
-        else:
-            export_program(wrapper, example, path)
+                    check_export(cfg, wrapper, tmp, in_channels)
     except OSError as e:
         raise ExportError(
             f"could not write {path}: {e.strerror or e}; check free disk space and that the folder is writable "
             f"(any previous {path.name} was left intact)"
         ) from None
     print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MB, output stride {model.output_stride})")
-    if cfg.check:
-        check_export(cfg, wrapper, path, in_channels)
     return path
 
 
@@ -250,7 +253,8 @@ def check_export(cfg: ExportConfig, wrapper: nn.Module, path: Path, in_channels:
     worst = max_difference(cfg, wrapper, path, in_channels)
     if not np.isfinite(worst) or worst > cfg.tolerance:
         raise ExportError(
-            f"{path} disagrees with PyTorch: max |logits difference| {worst:.3g} > tolerance {cfg.tolerance}"
+            f"the exported model disagrees with PyTorch: max |logits difference| {worst:.3g} > tolerance "
+            f"{cfg.tolerance}, so nothing was written (tolerance=... to accept it)"
         )
 
 

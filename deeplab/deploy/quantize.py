@@ -122,9 +122,6 @@ def export_int8(
             raise ExportError(
                 f"INT8 calibration reads the training images of the checkpoint's dataset: {e}"
             ) from None
-    print(
-        f"wrote {path} (INT8 QDQ, per-channel weights, {path.stat().st_size / 2**20:.1f} MB) calibrated on "
-        f"{used} training images"
-    )
+    print(f"INT8 QDQ with per-channel weights, calibrated on {used} training images")
     print(f"int8 vs fp32 class masks: {100 * agreement:.2f}% of pixels agree on {compared} validation images")
     return path
