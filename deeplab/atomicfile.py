@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import json
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,53 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         raise
     _fsync_dir(target.parent)
     _remove_stale_temps(target)
+
+
+COMMIT_FILE = ".commit.json"  # the renames that make a set of files current, while they are being made
+
+
+@contextlib.contextmanager
+def atomic_files(paths: Sequence[Path]) -> Iterator[list[Path]]:
+    """Several files of one folder replaced together (a model folder's card, weights and README): yields a
+    temporary path for each; when the block succeeds, the renames are recorded in the folder's .commit.json
+    before they are made, so a process killed between two of them leaves a record that finish_commit (run
+    by the next write or read of the folder) completes. A failed block deletes its temporary files."""
+    targets = [Path(os.path.realpath(p)) for p in paths]
+    folder = targets[0].parent
+    if any(t.parent != folder for t in targets):
+        raise ValueError("atomic_files: the files must share one folder")
+    folder.mkdir(parents=True, exist_ok=True)
+    finish_commit(folder)
+    tag = f"{os.getpid()}.{uuid.uuid4().hex[:8]}"
+    tmps = [t.with_name(f".{t.name}.{tag}.tmp{t.suffix}") for t in targets]
+    try:
+        yield tmps
+        for tmp, target in zip(tmps, targets):
+            _fsync_file(tmp)
+            _set_mode(tmp, target)
+        with atomic_path(folder / COMMIT_FILE) as journal:
+            journal.write_text(json.dumps({tmp.name: t.name for tmp, t in zip(tmps, targets)}))
+    except BaseException:
+        for tmp in tmps:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+        raise
+    finish_commit(folder)
+
+
+def finish_commit(folder: Path) -> None:
+    """Complete the renames an interrupted atomic_files recorded in folder/.commit.json (none: nothing to do)."""
+    journal = folder / COMMIT_FILE
+    try:
+        renames = json.loads(journal.read_text())
+    except FileNotFoundError:
+        return
+    for tmp, name in renames.items():
+        if (folder / tmp).exists():  # a rename made before the kill is not made twice
+            os.replace(folder / tmp, folder / name)
+    _fsync_dir(folder)
+    journal.unlink()
+    _fsync_dir(folder)
 
 
 def save_image(image: Image.Image, path: str | Path, **options: Any) -> None:

@@ -53,3 +53,43 @@ def test_a_new_file_gets_the_umasks_mode_and_a_replaced_file_keeps_its_own(tmp_p
         assert kept.read_bytes() == b"new" and kept.stat().st_mode & 0o777 == 0o640
     finally:
         os.umask(previous)
+
+
+def test_files_replaced_together_survive_a_kill_between_their_renames(tmp_path: Path, monkeypatch) -> None:
+    """A model folder's three files: the renames are recorded first, so a process killed after the first one
+    leaves a record that the next reader completes; it never sees the new card beside the old weights."""
+    import os
+
+    from deeplab import atomicfile
+    from deeplab.atomicfile import atomic_files, finish_commit
+
+    names = ["model.safetensors", "config.json", "README.md"]
+    for name in names:
+        (tmp_path / name).write_text(f"old {name}")
+    with pytest.raises(RuntimeError), atomic_files([tmp_path / n for n in names]) as tmps:
+        for tmp, name in zip(tmps, names):
+            tmp.write_text(f"new {name}")
+        raise RuntimeError("the writer failed")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names)  # no temporary, nothing replaced
+    assert all((tmp_path / n).read_text() == f"old {n}" for n in names)
+
+    renames, replace = [], os.replace
+
+    def killed_after_the_first_rename(src, dst):
+        if Path(dst).name != ".commit.json":
+            if renames:
+                raise SystemExit("killed")  # stands for SIGKILL: nothing after it runs in this process
+            renames.append(dst)
+        replace(src, dst)
+
+    monkeypatch.setattr(atomicfile.os, "replace", killed_after_the_first_rename)
+    with pytest.raises(SystemExit), atomic_files([tmp_path / n for n in names]) as tmps:
+        for tmp, name in zip(tmps, names):
+            tmp.write_text(f"new {name}")
+    monkeypatch.undo()
+    contents = [(tmp_path / n).read_text() for n in names]
+    assert contents == ["new model.safetensors", "old config.json", "old README.md"]  # mixed, until completed
+    assert (tmp_path / ".commit.json").exists()
+    finish_commit(tmp_path)
+    assert all((tmp_path / n).read_text() == f"new {n}" for n in names)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names)

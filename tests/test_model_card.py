@@ -373,3 +373,53 @@ def test_torchvision_weights_of_another_class_count_load_with_that_count(tmp_pat
     x = torch.randn(1, 3, 64, 80)
     with torch.no_grad():
         torch.testing.assert_close(model(x)["out"], peer(x)["out"], atol=1e-4, rtol=1e-4)
+
+
+def test_a_model_folder_export_stopped_between_its_files_is_completed_when_read(
+    trained_run, model_folder, tmp_path, monkeypatch, caplog
+) -> None:
+    import os
+    import shutil
+
+    from deeplab import atomicfile
+    from deeplab.deploy.restore import load_trained_model
+
+    folder = tmp_path / "model"
+    shutil.copytree(model_folder, folder)
+    old_card = (folder / "config.json").read_text()
+    replace = os.replace
+
+    def killed_after_the_first_rename(src, dst):
+        if str(dst).endswith(("config.json", "README.md")):  # after model.safetensors: a kill between files
+            raise SystemExit("killed")
+        replace(src, dst)
+
+    cfg = compose_config(
+        [f"checkpoint={trained_run[0]}", "format=hub", f"output={folder}"], config_name="export"
+    )
+    monkeypatch.setattr(atomicfile.os, "replace", killed_after_the_first_rename)
+    with one_thread(), pytest.raises(SystemExit):
+        export(cfg, tmp_path)
+    monkeypatch.undo()
+    assert (folder / ".commit.json").exists() and (folder / "config.json").read_text() == old_card
+    with caplog.at_level("WARNING"):
+        model, card = load_trained_model(folder)
+    assert "completed an export that was stopped half-way" in caplog.text
+    assert not (folder / ".commit.json").exists() and sorted(p.name for p in folder.iterdir()) == [
+        "README.md",
+        "config.json",
+        "model.safetensors",
+    ]
+
+
+def test_a_folder_that_is_a_model_folder_and_a_run_folder_says_which_it_reads(
+    trained_run, model_folder, tmp_path, caplog
+) -> None:
+    import shutil
+
+    folder = tmp_path / "both"
+    shutil.copytree(model_folder, folder)
+    shutil.copytree(trained_run[0] / "checkpoints", folder / "checkpoints")
+    with caplog.at_level("WARNING"):
+        assert locate(folder).kind == "hub"
+    assert "is both a model folder and a run folder; reading the model folder" in caplog.text

@@ -71,7 +71,9 @@ def test_evaluate_scores_the_int8_file_close_to_the_checkpoint(int8_file, traine
     assert abs(int8["pixel_acc"] - fp32["pixel_acc"]) < 0.05
 
 
-def test_a_failed_export_leaves_the_previous_file_and_no_temporary(trained_run, tmp_path, monkeypatch) -> None:
+def test_a_failed_export_leaves_the_previous_file_and_no_temporary(
+    trained_run, tmp_path, monkeypatch
+) -> None:
     """The file is checked (ONNX against PyTorch; INT8 calibrated and compared) under a temporary name and
     renamed into place only when that succeeded."""
     import deeplab.deploy.quantize as quantize
@@ -83,7 +85,8 @@ def test_a_failed_export_leaves_the_previous_file_and_no_temporary(trained_run, 
 
     def config(*extra: str):
         return compose_config(
-            [f"checkpoint={checkpoint}", f"output={target}", "trace_size=[64,80]", *extra], config_name="export"
+            [f"checkpoint={checkpoint}", f"output={target}", "trace_size=[64,80]", *extra],
+            config_name="export",
         )
 
     with one_thread(), pytest.raises(ExportError, match="disagrees with PyTorch.*nothing was written"):

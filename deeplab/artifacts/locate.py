@@ -14,6 +14,7 @@ from typing import Literal
 
 import torch
 
+from deeplab.atomicfile import COMMIT_FILE, finish_commit
 from deeplab.errors import CheckpointError
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,17 @@ def locate(setting: str | Path, key: str = "checkpoint") -> Located:
             f"{key}: {path} does not exist; give a checkpoint (.pt), a run folder, an exported model folder "
             "or an .onnx file"
         )
+    finish_export(path)
     if is_model_folder(path):
+        run = next(
+            (f for f in (path / "checkpoints" / "best.pt", path / "checkpoints" / "last.pt") if f.is_file()),
+            None,
+        )
+        if run is not None:
+            log.warning(
+                "%s: %s is both a model folder and a run folder; reading the model folder (%s + %s), not %s (give "
+                "that file to use the run's checkpoint)", key, path, CARD_FILE, WEIGHTS_FILE, run,
+            )  # fmt: skip
         return Located(path, "hub")
     for folder in (path / "checkpoints", path):
         if (folder / "best.pt").is_file():
@@ -58,6 +69,20 @@ def locate(setting: str | Path, key: str = "checkpoint") -> Located:
         f"{key}: folder {path} holds no model: looked for checkpoints/best.pt, checkpoints/last.pt, best.pt, "
         f"last.pt and {CARD_FILE} + {WEIGHTS_FILE} (python -m deeplab.export format=hub); give one of them"
     )
+
+
+def finish_export(folder: Path) -> None:
+    """Complete a model folder's export that was killed between its renames (deeplab.atomicfile.atomic_files)."""
+    if not (folder / COMMIT_FILE).exists():
+        return
+    try:
+        finish_commit(folder)
+    except OSError as e:
+        raise CheckpointError(
+            f"model folder {folder} holds an export stopped half-way ({COMMIT_FILE}) that cannot be completed "
+            f"here ({e.strerror or e}); export it again, or read it once where the folder is writable"
+        ) from None
+    log.warning("model folder %s: completed an export that was stopped half-way", folder)
 
 
 def read_weights_file(path: Path) -> dict[str, torch.Tensor]:

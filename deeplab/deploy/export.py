@@ -184,7 +184,9 @@ def export(cfg: ExportConfig | DictConfig, run_dir: Path) -> Path:
                 export_int8(write_fp32, card.dataset, tmp, cfg.calibration)
             else:
                 if cfg.format == "onnx":
-                    export_onnx(wrapper, example, tmp, cfg.opset, metadata(card, model.output_stride), cfg.exporter)
+                    export_onnx(
+                        wrapper, example, tmp, cfg.opset, metadata(card, model.output_stride), cfg.exporter
+                    )
                 else:
                     export_program(wrapper, example, tmp)
                 if cfg.check:

@@ -19,7 +19,7 @@ import yaml
 
 from deeplab.artifacts.card import ModelCard
 from deeplab.artifacts.locate import CARD_FILE, WEIGHTS_FILE
-from deeplab.atomicfile import atomic_path
+from deeplab.atomicfile import atomic_files
 from deeplab.errors import CheckpointError, ExportError, first_line
 
 README_FILE = "README.md"
@@ -122,7 +122,7 @@ def readme(card: ModelCard) -> str:
 
 
 def write_model_folder(state: dict[str, Any], card: ModelCard, folder: Path) -> Path:
-    """config.json, model.safetensors and README.md in `folder`, each written whole or not at all."""
+    """config.json, model.safetensors and README.md in `folder`, written whole and together, or not at all."""
     try:
         from safetensors.torch import save_file
     except ImportError:
@@ -130,12 +130,16 @@ def write_model_folder(state: dict[str, Any], card: ModelCard, folder: Path) -> 
     folder.mkdir(parents=True, exist_ok=True)
     # safetensors refuses tensors that share memory; every tensor of a state dict is its own here.
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}
-    with atomic_path(folder / WEIGHTS_FILE) as tmp:
-        save_file(tensors, str(tmp), metadata={"format": "pt"})
-    with atomic_path(folder / CARD_FILE) as tmp:
-        tmp.write_text(card.model_dump_json(indent=2) + "\n")
-    with atomic_path(folder / README_FILE) as tmp:
-        tmp.write_text(readme(card))
+    # The three files are replaced together: a kill never leaves the card of one export beside the weights of
+    # another (deeplab.atomicfile.atomic_files).
+    with atomic_files([folder / WEIGHTS_FILE, folder / CARD_FILE, folder / README_FILE]) as (
+        weights,
+        card_file,
+        doc,
+    ):
+        save_file(tensors, str(weights), metadata={"format": "pt"})
+        card_file.write_text(card.model_dump_json(indent=2) + "\n")
+        doc.write_text(readme(card))
     return folder
 
 
