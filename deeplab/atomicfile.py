@@ -133,7 +133,8 @@ def _fsync_dir(directory: Path) -> None:
 
 def _remove_stale_temps(path: Path) -> None:
     """Delete temporary files of earlier writes of path that were killed before their rename."""
-    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp{glob.escape(path.suffix)}"):
+    # .NAME.PID.ID.tmp.SUFFIX, or .NAME.PID.ID.tmp as earlier versions named them
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp*"):
         pid = tmp.name[len(path.name) + 2 :].split(".")[0]
         if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
             with contextlib.suppress(OSError):

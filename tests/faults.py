@@ -6,6 +6,9 @@ FAULT_KILL_IN_WRITE=1      SIGKILL in the middle of the first write of last.pt: 
                            half written and not renamed, as a crash or the OOM killer would leave it
 FAULT_SIGNAL=N:NAME[:group]  send signal NAME during training step N of this process; with `group`, to the
                            whole process group from another process (`kill -NAME -PGID`), as a scheduler does
+FAULT_KILL_AT=MOMENT:N      SIGKILL to this process at MOMENT of iteration N:
+    after_save         last.pt of iteration N written, before the loggers send its steps
+    after_validation   the validation of iteration N logged, before it is sent and recorded
 FAULT_GROUP_SIGNAL=MOMENT[:NAME]  send NAME (SIGTERM) once to the whole process group, from another process,
                            at MOMENT:
     startup        while the model is built
@@ -80,6 +83,31 @@ def inject() -> None:
         torch.save = save_half_then_die
 
 
+def inject_kill(moment: str, iteration: int) -> None:
+    """FAULT_KILL_AT: SIGKILL right after last.pt of `iteration` is written, or right after its validation."""
+    engine = deeplab.train.engine
+    if moment == "after_save":
+        real_save = engine.save_checkpoint
+
+        def save(path, state):
+            real_save(path, state)
+            if Path(path).name == "last.pt" and state["iteration"] == iteration:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+        engine.save_checkpoint = save
+    elif moment == "after_validation":
+        real_validated_at = engine.Run.validated_at
+
+        def validated_at(self, it):
+            if it == iteration:
+                os.kill(os.getpid(), signal.SIGKILL)
+            real_validated_at(self, it)
+
+        engine.Run.validated_at = validated_at
+    else:
+        raise ValueError(f"FAULT_KILL_AT: unknown moment {moment!r}")
+
+
 def signal_group(sig: signal.Signals) -> None:
     """`kill -NAME -PGID`: every process of the job, from another process, as a scheduler or `timeout` does."""
     subprocess.run(["kill", f"-{sig.name.removeprefix('SIG')}", "--", f"-{os.getpgid(0)}"], check=False)
@@ -125,6 +153,9 @@ def inject_group_signal(moment: str, sig: signal.Signals) -> None:
 
 if __name__ == "__main__":
     inject()
+    if os.environ.get("FAULT_KILL_AT"):
+        moment, at = os.environ["FAULT_KILL_AT"].split(":")
+        inject_kill(moment, int(at))
     if os.environ.get("FAULT_GROUP_SIGNAL"):
         moment, *name = os.environ["FAULT_GROUP_SIGNAL"].split(":")
         inject_group_signal(moment, signal.Signals[name[0] if name else "SIGTERM"])

@@ -187,3 +187,47 @@ def test_tensorboard_and_csv_drop_the_steps_a_killed_run_logged_after_its_checkp
     assert [(e.step, e.value) for e in events.Scalars("train/loss")] == expected
     with (tmp_path / "metrics.csv").open() as f:
         assert [(int(r["step"]), float(r["train/loss"])) for r in csv.DictReader(f)] == expected
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        {"FAULT_SIGNAL": "6:SIGKILL"},  # after the validation of the checkpoint at 4, before the next one
+        {"FAULT_KILL_AT": "after_save:8"},  # last.pt of 8 written, its steps not yet written or sent
+        {"FAULT_KILL_AT": "after_validation:8"},  # the validation of 8 logged, not yet sent
+    ],
+    ids=["sigkill_at_6", "after_last_pt", "after_validation"],
+)
+def test_every_logger_holds_every_validation_once_after_a_sigkill_and_resume(
+    tiny_data, tmp_path, fault, monkeypatch
+):
+    """experiment=tiny trainer.max_iters=12, checkpoints and validations every 4, TensorBoard + CSV + MLflow:
+    SIGKILL to the process at a moment of the fault, then trainer.resume=auto: each logger has val/mIoU at 4, 8
+    and 12 once, and train/loss at every logged step once."""
+    pytest.importorskip("mlflow")
+    from helpers.configs import tiny_overrides
+    from helpers.processes import TrainProcess
+
+    mlflow = importlib.import_module("mlflow")
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # the folder store the run used
+    run_dir, store = tmp_path / "run", tmp_path / "mlruns"
+    options = {
+        "trainer.max_iters": 12, "trainer.ckpt_interval": 4, "trainer.eval_interval": 4, "trainer.log_interval": 2,
+        "logger": "[tensorboard,csv,mlflow]", "logger.mlflow.tracking_uri": store, "trainer.resume": "auto",
+    }  # fmt: skip
+    args = [*tiny_overrides(tiny_data, **options), f"hydra.run.dir={run_dir}"]
+    killed = TrainProcess(args, tmp_path / "killed.log", fault)
+    assert killed.proc.wait(timeout=300) == -9, killed.log()[-3000:]
+    resumed = TrainProcess(args, tmp_path / "resumed.log")
+    assert resumed.proc.wait(timeout=300) == 0, resumed.log()[-3000:]
+
+    assert _steps(run_dir / "metrics.csv", "val/mIoU") == [4, 8, 12]
+    assert _steps(run_dir / "metrics.csv", "train/loss") == [2, 4, 6, 8, 10, 12]
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    assert sorted(e.step for e in events.Scalars("val/mIoU")) == [4, 8, 12]
+    assert sorted(e.step for e in events.Scalars("train/loss")) == [2, 4, 6, 8, 10, 12]
+    client = mlflow.MlflowClient(tracking_uri=str(store))
+    [run] = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val/mIoU")] == [4, 8, 12]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")] == [2, 4, 6, 8, 10, 12]

@@ -265,7 +265,12 @@ def test_disk_full_during_a_checkpoint_keeps_the_previous_one(data_dir, tmp_path
     monkeypatch.undo()
     for name in ("last.pt", "best.pt"):
         assert load_checkpoint(run_dir / "checkpoints" / name)["iteration"] == 2
-    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == [".lock", "best.pt", "last.pt"]
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == [
+        ".lock",
+        "best.pt",
+        "last.pt",
+        "validated.json",
+    ]
 
 
 def test_unwritable_run_dir_fails_at_the_start(data_dir, tmp_path, monkeypatch):

@@ -48,7 +48,7 @@ def saved_iteration(run_dir: Path) -> int:
 def temp_files(run_dir: Path, pid: int | None = None) -> list[Path]:
     ckpt_dir = run_dir / "checkpoints"
     prefix = ".last.pt." if pid is None else f".last.pt.{pid}."
-    return sorted(ckpt_dir.glob(f"{prefix}*.tmp")) if ckpt_dir.is_dir() else []
+    return sorted(ckpt_dir.glob(f"{prefix}*.tmp.pt")) if ckpt_dir.is_dir() else []
 
 
 def assert_same_weights(reference: dict, final: dict) -> None:

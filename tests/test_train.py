@@ -28,7 +28,8 @@ def test_training_writes_checkpoints_metrics_and_tensorboard(trained_run):
         ".lock",
         "best.pt",
         "last.pt",
-    ]  # .lock: the run dir lock
+        "validated.json",
+    ]  # .lock: the run dir lock; validated.json: the last validation logged in full
     assert max(p.stat().st_size for p in ckpt_dir.iterdir()) < 2 * 2**20  # the tiny model: a few hundred KB
     saved = json.loads((run_dir / "metrics.json").read_text())
     for key in ("pixel_acc", "mean_acc", "miou", "fwiou"):

@@ -71,6 +71,7 @@ __all__ = ["TrainingInterrupted", "train"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+VALIDATED_FILE = "validated.json"  # in checkpoints/: the last iteration whose validation was logged in full
 PRECISE_BN_AUTO = 16  # training batches that trainer.precise_bn=auto recomputes BatchNorm statistics on
 DIAGNOSIS_BATCHES = 4  # training batches that tell a statistics mismatch from a class imbalance
 
@@ -121,6 +122,8 @@ class Run:
     progress: Resumed
     lock: rundir.RunDirLock | None  # rank 0's lock on the run dir
     validated: bool = False  # whether this process has validated (a resumed, finished run has not)
+    saved: int = -1  # the iteration of the last last.pt this process wrote
+    revalidate: bool = False  # a resumed run whose start iteration's validation was not logged in full
     ema: AveragedModel | None = None  # trainer.ema: the averaged weights (deeplab/train/ema.py)
     recomputed_at: int = (
         -1
@@ -148,7 +151,13 @@ class Run:
     def save(self, name: str, resumable: bool = True) -> None:
         """checkpoints/<name>: the resumable state (last.pt), or the weights only (best.pt)."""
         extra = (self.optimizer, self.scheduler, self.scaler) if resumable else ()
-        progress = dataclasses.replace(self.progress, elapsed=60 * self.minutes())
+        it = self.progress.iteration
+        unsent = self.loggers.unsent(it) if resumable else {}
+        progress = dataclasses.replace(self.progress, elapsed=60 * self.minutes(), log_rows=unsent)
+        if (
+            resumable
+        ):  # written before last.pt: a run resumed from an earlier one rewinds what it does not hold
+            self.loggers.flush()
         state = training_state(self.model, self.cfg.model_dump(), progress, *extra)
         if self.ema is not None and resumable:
             state["ema"] = self.ema.state_dict()
@@ -157,7 +166,19 @@ class Run:
         state["card"] = run_card(self.cfg, self.run_dir, self.progress.iteration, state["metrics"])
         save_checkpoint(self.ckpt_dir / name, state)
         if resumable:  # what was logged up to this iteration is final: a resumed run continues after it
-            self.loggers.checkpointed(self.progress.iteration)
+            self.loggers.checkpointed(it)
+            self.saved = it
+
+    def validated_at(self, iteration: int) -> None:
+        """After a validation: what it logged is final once last.pt holds its iteration (sent now, not at
+        the next checkpoint, which a kill may never reach), and checkpoints/validated.json records it, so that
+        a run resumed from that last.pt does not validate the iteration again (and one killed while
+        validating does)."""
+        if not self.rt.is_main:
+            return
+        if self.saved == iteration:
+            self.loggers.checkpointed(iteration)
+        write_json(self.ckpt_dir / VALIDATED_FILE, {"iteration": iteration})
 
     def best_weights(self) -> tuple[dict[str, Any], dict[str, Any]]:
         """With EMA: the state and metrics of the weights whose last validation scored the higher mIoU,
@@ -367,7 +388,9 @@ def _build(
     val_loader = build_val_loader(
         val_set, cfg.eval.batch_size, t.num_workers, rt.dist.rank, world, pin, d.ignore_index, d.mean_pixel()
     )
-    loggers = _agreed(lambda: build_loggers(cfg, run_dir, progress.iteration, rt.is_main))
+    revalidate = _revalidates(cfg, run_dir, progress.iteration)
+    loggers = _agreed(lambda: build_loggers(cfg, run_dir, progress.iteration, rt.is_main, revalidate))
+    loggers.recover(progress.log_rows, progress.iteration)
     if rt.is_main:
         log.info(
             "model %s/%s OS %d: %.1fM parameters | device %s | amp %s | channels_last %s | compile %s | "
@@ -385,8 +408,26 @@ def _build(
         cfg=cfg, rt=rt, run_dir=run_dir, model=model, step_model=step_model, optimizer=optimizer,
         scheduler=scheduler, scaler=scaler, criterion=criterion, train_set=train_set, val_set=val_set,
         train_loader=train_loader, val_loader=val_loader, normalize=rt.normalizer(d.mean, d.std),
-        loggers=loggers, progress=progress, lock=lock, ema=ema,
+        loggers=loggers, progress=progress, lock=lock, ema=ema, revalidate=revalidate,
     )  # fmt: skip
+
+
+def _revalidates(cfg: TrainConfig, run_dir: Path, start: int) -> bool:
+    """Whether a run resumed at `start` validates that iteration again: always at the end (the data may lie
+    elsewhere now, and the metrics it reports are those of the files it was given), and at a validation
+    iteration whose validation was not logged in full (killed while validating, or before sending it)."""
+    t = cfg.trainer
+    if start == 0:
+        return False
+    if start >= t.max_iters:
+        return True
+    if start % t.eval_interval:
+        return False
+    try:
+        done = int(json.loads((run_dir / "checkpoints" / VALIDATED_FILE).read_text())["iteration"])
+    except (OSError, ValueError, KeyError, TypeError):
+        done = -1
+    return done < start
 
 
 def _datasets(cfg: TrainConfig, check: bool) -> tuple[data.SegmentationDataset, data.SegmentationDataset]:
@@ -565,6 +606,9 @@ def _loop(run: Run, stop: StopRequest) -> dict[str, Any]:
         bar=progress_bar(t.max_iters, it, disable=not main),
     )
     with state.bar:  # the bar is closed before any error is printed
+        if run.revalidate and it < t.max_iters:  # the validation of the checkpoint's iteration was not logged
+            run.saved = it  # last.pt holds it
+            _validate(run, it, stop)
         while it < t.max_iters:
             try:
                 loss, parts, finite = _forward_backward(run, state)
@@ -610,23 +654,28 @@ def _loop(run: Run, stop: StopRequest) -> dict[str, Any]:
             if state.stop_signum:  # preemption: exit now; the resumed run validates at its next interval
                 break
             if due_eval:
-                try:
-                    run.progress.metrics = run.validate(it, stop)
-                except StopSignal as e:  # validation dropped: save this iteration (unless just done), exit
-                    if main and not due_ckpt:
-                        run.save("last.pt")
-                    raise _interrupted(run, it, e.signum, run.ckpt_dir / "last.pt") from None
-                run.validated = True
-                score = max(
-                    run.progress.metrics["miou"], run.progress.metrics.get("ema", {}).get("miou", -1.0)
-                )
-                if main and score > run.progress.best_miou:
-                    run.progress.best_miou = score
-                    run.save("best.pt", resumable=False)
-                run.model.train()
+                _validate(run, it, stop)
                 state.tic = time.perf_counter()  # the interval's time leaves validation out
         distributed.barrier()
     return _finish(run, it, state.stop_signum, stop)
+
+
+def _validate(run: Run, it: int, stop: StopRequest) -> None:
+    """Validate at iteration `it`, keep best.pt, and make what was logged final (Run.validated_at)."""
+    main = run.rt.is_main
+    try:
+        run.progress.metrics = run.validate(it, stop)
+    except StopSignal as e:  # validation dropped: save this iteration (unless just done), exit
+        if main and run.saved != it:
+            run.save("last.pt")
+        raise _interrupted(run, it, e.signum, run.ckpt_dir / "last.pt") from None
+    run.validated = True
+    score = max(run.progress.metrics["miou"], run.progress.metrics.get("ema", {}).get("miou", -1.0))
+    if main and score > run.progress.best_miou:
+        run.progress.best_miou = score
+        run.save("best.pt", resumable=False)
+    run.validated_at(it)
+    run.model.train()
 
 
 def _forward_backward(run: Run, state: LoopState) -> tuple[torch.Tensor, dict[str, torch.Tensor], bool]:
@@ -758,7 +807,13 @@ def _finish(run: Run, it: int, stop_signum: int, stop: StopRequest | None = None
     # and writes are those of the files it was given.
     # A signal during that validation drops it; one received during the last iteration does not.
     final_stop = stop if stop is not None and stop.signum is None else None
-    metrics = run.progress.metrics if run.validated else run.validate(it, final_stop)
+    if not run.validated:
+        run.progress.metrics = run.validate(it, final_stop)
+        run.saved = (
+            it  # last.pt holds the last iteration (written by the loop, or the run resumed at its end)
+        )
+        run.validated_at(it)
+    metrics = run.progress.metrics
     if main:
         run.loggers.hparams(flat_hparams(run.cfg.model_dump()), metrics)
         run.loggers.artifact("metrics.json", run.run_dir / "metrics.json")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +78,8 @@ class Resumed:
     best_miou: float = -1.0
     metrics: dict[str, Any] | None = None
     elapsed: float = 0.0  # seconds of training up to `iteration` (validations included), over all processes
+    # the scalars logged since the checkpoint before (step -> name -> value): what loggers may have missed
+    log_rows: dict[int, dict[str, float]] = field(default_factory=dict)
 
 
 def training_state(
@@ -95,6 +97,7 @@ def training_state(
         "best_miou": progress.best_miou,
         "metrics": progress.metrics,
         "elapsed": progress.elapsed,
+        "log_rows": progress.log_rows,
         "config": config,
     }
     if optimizer is not None:
@@ -174,4 +177,5 @@ def restore_training(
         float(ckpt.get("best_miou", -1.0)),
         ckpt.get("metrics"),
         float(ckpt.get("elapsed", 0.0)),
+        dict(ckpt.get("log_rows") or {}),
     )

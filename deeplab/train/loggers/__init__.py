@@ -14,26 +14,29 @@ from deeplab.train.loggers.base import HeldTracker, Logger, Loggers
 __all__ = ["HeldTracker", "Logger", "Loggers", "build_loggers"]
 
 
-def build_loggers(cfg: TrainConfig, run_dir: Path, start_step: int, is_main: bool) -> Loggers:
+def build_loggers(
+    cfg: TrainConfig, run_dir: Path, start_step: int, is_main: bool, revalidate: bool = False
+) -> Loggers:
     """The configured loggers of rank 0 (start_step: the iteration a resumed run continues from, 0 for a
-    new run); the optional libraries are imported only when chosen."""
+    new run; revalidate: it validates start_step again); the optional libraries are imported only when
+    chosen."""
     if not is_main:
         return Loggers([])
     loggers: list[Logger] = []
     try:
-        _open(cfg, run_dir, start_step, loggers)
+        _open(cfg, run_dir, start_step, loggers, revalidate)
     except BaseException:  # a missing library: the ones opened already are closed
         Loggers(loggers).close()
         raise
     return Loggers(loggers)
 
 
-def _open(cfg: TrainConfig, run_dir: Path, start_step: int, loggers: list[Logger]) -> None:
+def _open(cfg: TrainConfig, run_dir: Path, start_step: int, loggers: list[Logger], revalidate: bool) -> None:
     lg = cfg.logger
     if lg.tensorboard is not None:
         from deeplab.train.loggers.tensorboard import TensorBoardLogger
 
-        loggers.append(TensorBoardLogger(run_dir, start_step))
+        loggers.append(TensorBoardLogger(run_dir, start_step, revalidate))
     if lg.csv is not None:
         from deeplab.train.loggers.csvfile import CsvLogger
 

@@ -34,8 +34,17 @@ class CsvLogger:
     def artifact(self, name: str, value: Path | Mapping[str, Any]) -> None:
         """The files lie in the run dir already, and the card in the checkpoints."""
 
+    def flush(self) -> None:
+        self.write()  # before last.pt: a run resumed from an earlier one drops the rows after that
+
     def checkpointed(self, step: int) -> None:
         self.write()
+
+    def recover(self, rows: Mapping[int, Mapping[str, float]], start_step: int) -> None:
+        for step, row in rows.items():
+            if step <= start_step:
+                kept = self.rows.setdefault(step, {})
+                kept.update({k: float(v) for k, v in row.items() if k not in kept})
 
     def close(self) -> None:
         self.write()

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from deeplab.errors import ConfigError
+from deeplab.jsonfile import write_json
 from deeplab.train.loggers.base import HeldTracker
 
 RUN_FILE = "mlflow_run.json"  # in the run dir: the MLflow run a resumed run continues
@@ -47,9 +48,9 @@ class MlflowLogger(HeldTracker):
             from mlflow import MlflowClient
         except ImportError:
             raise ConfigError('logger=mlflow needs MLflow: pip install -e ".[mlflow]"') from None
-        super().__init__(start_step)
-        self.client = MlflowClient(tracking_uri=uri)
         record = run_dir / RUN_FILE
+        super().__init__(start_step, record)
+        self.client = MlflowClient(tracking_uri=uri)
         if start_step and record.is_file():  # a resumed run continues its MLflow run
             self.run_id = json.loads(record.read_text())["run_id"]
             self.client.update_run(self.run_id, status="RUNNING")
@@ -57,7 +58,7 @@ class MlflowLogger(HeldTracker):
         found = self.client.get_experiment_by_name(experiment)
         experiment_id = found.experiment_id if found else self.client.create_experiment(experiment)
         self.run_id = self.client.create_run(experiment_id, run_name=run_dir.name).info.run_id
-        record.write_text(json.dumps({"run_id": self.run_id, "tracking_uri": uri}) + "\n")
+        write_json(record, {"run_id": self.run_id, "tracking_uri": uri, "sent_upto": 0})
         from mlflow.entities import Param
 
         # MLflow caps a param's value at 6000 characters (a long class list)

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from deeplab.errors import ConfigError
+from deeplab.jsonfile import write_json
 from deeplab.train.loggers.base import HeldTracker
 
 RUN_FILE = "wandb_run.json"  # in the run dir: the W&B run id a resumed run continues
@@ -36,6 +37,7 @@ class WandbLogger(HeldTracker):
         except ImportError:
             raise ConfigError('logger=wandb needs W&B: pip install -e ".[wandb]"') from None
         record = run_dir / RUN_FILE
+        super().__init__(start_step, record)  # W&B cannot forget a step: only what last.pt holds is sent
         resumed = start_step > 0 and record.is_file()
         run_id = json.loads(record.read_text())["id"] if resumed else secrets.token_hex(4)
         # WANDB_MODE, when set, is the user's choice; else online only with their key
@@ -44,8 +46,7 @@ class WandbLogger(HeldTracker):
             project=project, name=run_dir.name, id=run_id, resume="allow" if resumed else None,
             dir=str(run_dir), mode=mode, config=dict(config),  # type: ignore[arg-type]
         )  # fmt: skip
-        record.write_text(json.dumps({"id": run_id, "project": project}) + "\n")
-        super().__init__(start_step)  # W&B cannot forget a step: only what last.pt holds is sent
+        write_json(record, {"id": run_id, "project": project, "sent_upto": self.sent_upto})
 
     def artifact(self, name: str, value: Path | Mapping[str, Any]) -> None:
         target = Path(self.run.dir) / name  # the run's files/ folder, uploaded with it
