@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import functools
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+
+log = logging.getLogger(__name__)
 
 IGNORE_COLOR = (255, 255, 255)
 
@@ -64,28 +69,89 @@ def make_legend(entries: Sequence[tuple[str, Sequence[int]]], height: int, width
     None without entries, or for images lower than one line."""
     if not entries:
         return None
+    font_file, text = legend_font("\n".join(name for name, _ in entries))
+    entries = [(name, color) for name, (_, color) in zip(text.split("\n"), entries)]
     start = min(max(round(height / 24), MIN_FONT), MAX_FONT)
     for size in range(start, MIN_FONT - 1, -1):
-        font, line, pad, column = _legend_metrics(entries, size)
+        font, line, pad, column = _legend_metrics(entries, size, font_file)
         box_h, box_w = pad * 2 + line * len(entries), column
         if box_h <= height and box_w <= width and box_h * box_w <= LEGEND_SHARE * height * width:
-            tile = _legend_tile(entries, font, size, len(entries), box_h, (0, 0, 0, 160))
+            tile = _legend_tile(entries, font_file, size, len(entries), box_h, (0, 0, 0, 160))
             return Legend(tile, beside=False)
     # Beside the image: in columns as high as the image, at the largest size whose panel is not wider than
     # the image (many classes, e.g. ADE20K's 150 on a video's every frame), else the smallest.
     for size in range(start, MIN_FONT - 1, -1):
-        font, line, pad, column = _legend_metrics(entries, size)
+        font, line, pad, column = _legend_metrics(entries, size, font_file)
         rows = (height - pad * 2) // line
         if rows >= 1 and (column * -(-len(entries) // rows) <= width or size == MIN_FONT):
-            return Legend(_legend_tile(entries, font, size, rows, height, (32, 32, 32, 255)), beside=True)
+            return Legend(
+                _legend_tile(entries, font_file, size, rows, height, (32, 32, 32, 255)), beside=True
+            )
     return None  # lower than one line
 
 
+# Fonts with more glyphs than Pillow's own (which has ASCII only: no é, no CJK), looked for where systems keep them.
+FONT_FILES = (
+    "DejaVuSans.ttf", "NotoSans-Regular.ttf", "NotoSansCJK-Regular.ttc", "NotoSansCJKsc-Regular.otf",
+    "DroidSansFallbackFull.ttf", "wqy-microhei.ttc", "Arial Unicode.ttf", "arialuni.ttf", "msyh.ttc",
+)  # fmt: skip
+FONT_DIRS = ("/usr/share/fonts", "/usr/local/share/fonts", "~/.fonts", "/System/Library/Fonts", "/Library/Fonts",
+             "C:/Windows/Fonts")  # fmt: skip
+NO_GLYPH = "\U0010fffd"  # a private-use code point no font draws: how a missing glyph looks in a font
+
+
+@functools.lru_cache(maxsize=1)
+def font_files() -> tuple[str, ...]:
+    """The FONT_FILES this machine has, in that order."""
+    found: dict[str, str] = {}
+    for folder in FONT_DIRS:
+        root = Path(folder).expanduser()
+        if root.is_dir():
+            for path in root.rglob("*"):
+                if path.name in FONT_FILES and path.name not in found:
+                    found[path.name] = str(path)
+    return tuple(found[name] for name in FONT_FILES if name in found)
+
+
+@functools.lru_cache(maxsize=256)
+def _font(font_file: str | None, size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    if font_file is None:
+        return ImageFont.load_default(size=size)
+    return ImageFont.truetype(font_file, size)
+
+
+def _missing_glyphs(font: ImageFont.FreeTypeFont | ImageFont.ImageFont, text: str) -> set[str]:
+    """The characters of text that `font` draws as its missing-glyph box."""
+
+    def look(ch: str) -> tuple[tuple[int, int], bytes]:
+        mask = font.getmask(ch)
+        return mask.size, bytes(mask)
+
+    box = look(NO_GLYPH)
+    return {ch for ch in set(text) if not ch.isspace() and look(ch) == box}
+
+
+@functools.lru_cache(maxsize=64)
+def legend_font(text: str) -> tuple[str | None, str]:
+    """(the font file to draw `text` with, None for Pillow's default; the text to draw): the first font that
+    has every glyph, else the one that lacks fewest, with "?" for the characters it lacks, said in a warning."""
+    fonts = (None, *font_files())
+    missing = {font_file: _missing_glyphs(_font(font_file, 16), text) for font_file in fonts}
+    chosen = min(fonts, key=lambda f: len(missing[f]))  # the first of the fewest missing
+    if not missing[chosen]:
+        return chosen, text
+    log.warning(
+        "legend: no font on this machine draws %s in the class names; they are shown as '?' (install a font "
+        "that has them, e.g. fonts-noto-cjk for Chinese, Japanese and Korean)", " ".join(sorted(missing[chosen])),
+    )  # fmt: skip
+    return chosen, "".join("?" if ch in missing[chosen] else ch for ch in text)
+
+
 def _legend_metrics(
-    entries: Sequence[tuple[str, Sequence[int]]], size: int
-) -> tuple[ImageFont.FreeTypeFont, int, int, int]:
+    entries: Sequence[tuple[str, Sequence[int]]], size: int, font_file: str | None = None
+) -> tuple[ImageFont.FreeTypeFont | ImageFont.ImageFont, int, int, int]:
     """(font, line height, padding, column width) of a legend at font size `size`."""
-    font = ImageFont.load_default(size=size)
+    font = _font(font_file, size)
     measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     line, pad = size + size // 2, max(2, size // 3)
     column = pad * 3 + size + max(int(measure.textlength(name, font=font)) + 1 for name, _ in entries)
@@ -94,14 +160,14 @@ def _legend_metrics(
 
 def _legend_tile(
     entries: Sequence[tuple[str, Sequence[int]]],
-    font: ImageFont.FreeTypeFont,
+    font_file: str | None,
     size: int,
     rows: int,
     height: int,
     fill: tuple[int, int, int, int],
 ) -> np.ndarray:
     """(height, w, 4) RGBA: a swatch of each entry's colour and its name, in columns of `rows` lines."""
-    _, line, pad, column = _legend_metrics(entries, size)
+    font, line, pad, column = _legend_metrics(entries, size, font_file)
     columns = -(-len(entries) // rows)
     tile = Image.new("RGBA", (column * columns, height), fill)
     draw = ImageDraw.Draw(tile)

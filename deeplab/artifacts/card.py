@@ -18,9 +18,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from deeplab.config import BackboneConfig, Color, DatasetConfig, ModelConfig, TrainConfig, validate
+from deeplab.config.base import check_class_names
 from deeplab.config.labels import palette  # the datasets' own colours (Cityscapes'), the VOC map otherwise
 from deeplab.config.upgrade import upgrade_config
 from deeplab.errors import CheckpointError, ConfigError
@@ -45,6 +46,11 @@ class Labels(BaseModel):
     ignore_index: int
     in_channels: int
     num_classes: int
+
+    @model_validator(mode="after")
+    def _printable(self) -> Labels:
+        check_class_names(self.class_names, "labels.class_names")
+        return self
 
 
 class Provenance(BaseModel):
@@ -82,6 +88,28 @@ class ModelCard(BaseModel):
     model expects, and the validation split evaluate.py scores it on (its location may be overridden)."""
     labels: Labels
     provenance: Provenance
+
+    @model_validator(mode="after")
+    def _labels_agree(self) -> ModelCard:
+        """labels is what readers without the schema use: it must say what the dataset section says, as the
+        ONNX metadata check requires."""
+        labels, d = self.labels, self.dataset
+        names = d.label_names()
+        for key, have, want in (("num_classes", labels.num_classes, d.num_classes),
+                                ("in_channels", labels.in_channels, d.in_channels)):  # fmt: skip
+            if have != want:
+                raise ConfigError(f"labels.{key} is {have} but dataset.{key} is {want}; make them agree")
+        if len(labels.class_names) != len(names):
+            raise ConfigError(
+                f"labels.class_names has {len(labels.class_names)} names for the {len(names)} labels of the "
+                f"dataset section ({names}); give one name per label"
+            )
+        if len(labels.palette) < len(names):
+            raise ConfigError(
+                f"labels.palette has {len(labels.palette)} colours for {len(names)} labels; give one [r, g, b] "
+                "per label"
+            )
+        return self
 
     def output_stride(self) -> int:
         return self.backbone.output_stride

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import unicodedata
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+
+from deeplab.errors import ConfigError
 
 PositiveInt = Annotated[int, Field(ge=1)]
 NonNegativeInt = Annotated[int, Field(ge=0)]
@@ -60,3 +63,15 @@ Amp = Annotated[Literal["auto", "bf16", "fp16", "off"], BeforeValidator(lambda v
 Flag = Annotated[Literal["auto"] | bool, BeforeValidator(_auto_or_bool)]
 """channels_last: auto is on with CUDA and with CPU bf16, off otherwise."""
 Device = Annotated[str, BeforeValidator(_device)]
+
+
+def check_class_names(names: list[str], key: str) -> None:
+    """Class names are one line of printable text each: they head table columns and are drawn in legends. A
+    control character (a newline, a tab, an escape) is one ConfigError naming the class."""
+    for i, name in enumerate(names):
+        bad = next((ch for ch in name if unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp")), None)
+        if bad is not None:
+            raise ConfigError(
+                f"{key}: the name of class {i}, {name!r}, holds the control character {bad!r}; a class name is "
+                "one line of printable text"
+            )

@@ -14,6 +14,7 @@ from deeplab.config.base import (
     PositiveFloat,
     PositiveInt,
     Section,
+    check_class_names,
 )
 from deeplab.config.roles import ARCHITECTURE, LOCATION, Added
 from deeplab.errors import ConfigError
@@ -98,6 +99,8 @@ class DatasetBase(Section):
 
     @model_validator(mode="after")
     def _names(self) -> DatasetBase:
+        if self.class_names is not None:
+            check_class_names(self.class_names, "dataset.class_names")
         if self.class_names is not None and len(self.class_names) != self.num_classes:
             raise ConfigError(
                 f"dataset.class_names has {len(self.class_names)} names but dataset.num_classes is "

@@ -21,6 +21,7 @@ from deeplab.artifacts.card import ModelCard
 from deeplab.artifacts.locate import CARD_FILE, WEIGHTS_FILE
 from deeplab.atomicfile import atomic_files
 from deeplab.errors import CheckpointError, ExportError, first_line
+from deeplab.evaluation.report import markdown_cell
 
 README_FILE = "README.md"
 METRICS = (
@@ -91,7 +92,7 @@ def readme(card: ModelCard) -> str:
         lines += ["", "## Per-class IoU", "", "| class | IoU % |", "|---|---|"]
         iou = list(metrics.get("iou_per_class") or [])
         for i, name in enumerate(card.labels.class_names):
-            lines.append(f"| {name} | {_percent(iou[i] if i < len(iou) else None)} |")
+            lines.append(f"| {markdown_cell(name)} | {_percent(iou[i] if i < len(iou) else None)} |")
     else:
         lines.append("Not recorded (the checkpoint was written before validation, or by an earlier version).")
     command = "python train.py " + " ".join(p.overrides) if p.overrides is not None else None

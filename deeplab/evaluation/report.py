@@ -80,6 +80,11 @@ def per_class_csv(rows: list[dict[str, float | int | str]]) -> str:
     return out.getvalue()
 
 
+def markdown_cell(text: str) -> str:
+    """text as one cell of a Markdown table: a | ends no cell, and nothing becomes HTML."""
+    return text.replace("\\", "\\\\").replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def per_class_markdown(rows: list[dict[str, float | int | str]]) -> str:
     def pct(value: float | int | str) -> str:
         return "-" if isinstance(value, float) and math.isnan(value) else f"{100 * float(value):.2f}"
@@ -88,7 +93,7 @@ def per_class_markdown(rows: list[dict[str, float | int | str]]) -> str:
              "|---|---:|---:|---:|---:|---:|"]  # fmt: skip
     for r in rows:
         cells = [pct(r[k]) for k in PER_CLASS_COLUMNS[1:6]]
-        lines.append(f"| {r['class']} | {' | '.join(cells)} |")
+        lines.append(f"| {markdown_cell(str(r['class']))} | {' | '.join(cells)} |")
     return "\n".join(lines) + "\n"
 
 
