@@ -5,8 +5,8 @@ its dataset section is refused."""
 from __future__ import annotations
 
 import json
-import re
 import logging
+import re
 
 import pytest
 from helpers.configs import compose_config, tiny_config

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
+import re
 import struct
 import sys
 from pathlib import Path
@@ -231,3 +232,80 @@ def test_every_logger_holds_every_validation_once_after_a_sigkill_and_resume(
     [run] = client.search_runs([e.experiment_id for e in client.search_experiments()])
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val/mIoU")] == [4, 8, 12]
     assert [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")] == [2, 4, 6, 8, 10, 12]
+
+
+def test_an_unusable_mlflow_store_is_one_line_naming_the_key_within_seconds(tiny_data, tmp_path) -> None:
+    """A path through a regular file, /proc, a URI of no scheme MLflow knows, an address where nothing listens
+    (MLflow's own retries waited 264 s there): train.py checks the store before the first iteration, says so in
+    one line and exits with 2, with status.json failed."""
+    import time
+
+    from helpers.configs import tiny_overrides
+    from helpers.processes import run_cli
+
+    pytest.importorskip("mlflow")
+    (tmp_path / "file").write_text("a regular file\n")
+    for i, uri in enumerate(
+        [tmp_path / "file" / "mlruns", "/proc/1/mlruns", "garbage://:::", "http://127.0.0.1:9"]
+    ):
+        run_dir = tmp_path / f"run{i}"
+        args = tiny_overrides(tiny_data, logger="[csv,mlflow]", **{"logger.mlflow.tracking_uri": uri})
+        started = time.monotonic()
+        done = run_cli("train.py", *args, f"hydra.run.dir={run_dir}")
+        assert done.returncode == 2, done.stderr[-2000:]
+        assert time.monotonic() - started < 60
+        [line] = [ln for ln in done.stderr.splitlines() if ln.startswith("error:")]
+        assert line.startswith(f"error: logger.mlflow.tracking_uri={uri}: the MLflow store cannot be used (")
+        assert "Traceback" not in done.stderr
+        assert json.loads((run_dir / "status.json").read_text())["status"] == "failed"
+        if i == 0:
+            break  # one process for the exit status and status.json; the others in this process, faster
+    from deeplab.errors import ConfigError
+
+    for uri in ["/proc/1/mlruns", "garbage://:::", "http://127.0.0.1:9"]:
+        started = time.monotonic()
+        with pytest.raises(
+            ConfigError, match=rf"^logger.mlflow.tracking_uri={re.escape(uri)}: the MLflow store"
+        ):
+            build_loggers(
+                train_config(
+                    tiny_config(tiny_data, logger="[mlflow]", **{"logger.mlflow.tracking_uri": uri})
+                ),
+                tmp_path / "r",
+                0,
+                True,
+            )
+        assert time.monotonic() - started < 30
+
+
+def test_an_interrupted_run_shows_killed_in_mlflow_and_finished_once_resumed(
+    tiny_data, tmp_path, monkeypatch
+):
+    """SIGTERM during training: the MLflow run is KILLED, not FINISHED; the resumed run ends it FINISHED."""
+    import os
+    import signal
+
+    import deeplab.train.losses
+    from deeplab.train.engine import TrainingInterrupted
+
+    mlflow = pytest.importorskip("mlflow")
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    store, run_dir = tmp_path / "mlruns", tmp_path / "run"
+    options = {"logger": "[mlflow]", "logger.mlflow.tracking_uri": store, "trainer.resume": "auto"}
+    real, calls = deeplab.train.losses.SegmentationLoss.forward, []
+
+    def terminated_at_step_2(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(self, *args, **kwargs)
+
+    with monkeypatch.context() as m, one_thread(), pytest.raises(TrainingInterrupted):
+        m.setattr(deeplab.train.losses.SegmentationLoss, "forward", terminated_at_step_2)
+        train(tiny_config(tiny_data, **options), run_dir)
+    client = mlflow.MlflowClient(tracking_uri=str(store))
+    [run] = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert run.info.status == "KILLED"
+    with one_thread():
+        train(tiny_config(tiny_data, **options), run_dir)
+    assert client.get_run(run.info.run_id).info.status == "FINISHED"

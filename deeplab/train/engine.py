@@ -138,7 +138,7 @@ class Run:
         """Release the run's threads and processes, also after an error: the loggers, loader workers, and
         the DDP wrapper (before its process group is destroyed, while a traceback may still hold the run)."""
         self.step_model = self.model
-        self.loggers.close()
+        self.loggers.close("failed")  # closed already, as finished or interrupted, unless an error came first
         shut_down_workers(self.train_loader)
         shut_down_workers(self.val_loader)
         if self.lock is not None:
@@ -793,7 +793,7 @@ def _interrupted(run: Run, it: int, signum: int, checkpoint: Path | None) -> Tra
     """The exception that ends a run stopped by a signal, logged (checkpoint: the last.pt written for it)."""
     interrupted = TrainingInterrupted(signum, it, checkpoint)
     if run.rt.is_main:
-        run.loggers.close()
+        run.loggers.close("interrupted")
         log.warning("%s", interrupted)
     return interrupted
 

@@ -43,7 +43,8 @@ class Logger(Protocol):
         """A resumed run: the scalars of the steps up to start_step that last.pt holds, for a logger that may
         have missed them (killed after last.pt was written, before they were written or sent)."""
 
-    def close(self) -> None: ...
+    def close(self, status: str = "finished") -> None:
+        """status: finished, interrupted (a stop signal; resumable) or failed."""
 
 
 class HeldTracker:
@@ -163,8 +164,9 @@ class Loggers:
         for lg in self.loggers:
             lg.recover(rows, start_step)
 
-    def close(self) -> None:
-        """Close each logger once (also after an error: closing again does nothing)."""
+    def close(self, status: str = "finished") -> None:
+        """Close each logger once (also after an error: closing again does nothing); status: finished,
+        interrupted or failed, as the tracking services show the run."""
         loggers, self.loggers = self.loggers, []
         for lg in loggers:
-            lg.close()
+            lg.close(status)

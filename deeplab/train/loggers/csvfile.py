@@ -46,7 +46,7 @@ class CsvLogger:
                 kept = self.rows.setdefault(step, {})
                 kept.update({k: float(v) for k, v in row.items() if k not in kept})
 
-    def close(self) -> None:
+    def close(self, status: str = "finished") -> None:
         self.write()
 
     def write(self) -> None:

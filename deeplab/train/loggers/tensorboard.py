@@ -50,5 +50,5 @@ class TensorBoardLogger:
         ):  # the start step's training scalars, purged with its validation
             self.scalars(rows[start_step], start_step)
 
-    def close(self) -> None:
+    def close(self, status: str = "finished") -> None:
         self.writer.close()

@@ -58,7 +58,8 @@ class WandbLogger(HeldTracker):
         for s, row, images in steps:  # W&B takes steps in increasing order only
             self.run.log({**row, **{tag: wandb.Image(image) for tag, image in images.items()}}, step=s)
 
-    def close(self) -> None:
-        """Steps a checkpoint holds are sent; later ones, logged before a crash, are redone on resume."""
+    def close(self, status: str = "finished") -> None:
+        """Steps a checkpoint holds are sent; later ones, logged before a crash, are redone on resume. A run
+        that did not finish ends with exit code 1 (W&B shows it as crashed, and a resumed run continues it)."""
         self.checkpointed(self.sent_upto)
-        self.run.finish()
+        self.run.finish(exit_code=0 if status == "finished" else 1)
