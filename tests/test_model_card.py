@@ -423,3 +423,34 @@ def test_a_folder_that_is_a_model_folder_and_a_run_folder_says_which_it_reads(
     with caplog.at_level("WARNING"):
         assert locate(folder).kind == "hub"
     assert "is both a model folder and a run folder; reading the model folder" in caplog.text
+
+
+def test_a_hub_endpoint_that_never_answers_is_one_line_within_the_timeout(tmp_path, monkeypatch) -> None:
+    """HF_ENDPOINT at a server that accepts the connection and says nothing (it held deeplab.load for 264 s):
+    the fetch gives up after DEEPLAB_HUB_TIMEOUT seconds, in one line."""
+    import socket
+    import time
+
+    constants = pytest.importorskip("huggingface_hub.constants")
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)  # accepted by the kernel, never read nor answered
+    endpoint = f"http://127.0.0.1:{server.getsockname()[1]}"
+    monkeypatch.setenv("HF_ENDPOINT", endpoint)
+    monkeypatch.setattr(constants, "ENDPOINT", endpoint)  # read when huggingface_hub was first imported
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("DEEPLAB_HUB_TIMEOUT", "2")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    started = time.monotonic()
+    try:
+        with pytest.raises(CheckpointError) as e:
+            deeplab.load("owner/silent-model")
+    finally:
+        server.close()
+    assert time.monotonic() - started < 15
+    message = str(e.value)
+    assert (
+        "\n" not in message
+        and "could not fetch owner/silent-model from the Hugging Face hub within 2 s" in message
+    )

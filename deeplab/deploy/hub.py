@@ -12,6 +12,9 @@ returns the model with its card; `push_to_hub(DIR, "owner/name")` uploads it (th
 from __future__ import annotations
 
 import math
+import os
+import queue
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +23,7 @@ import yaml
 from deeplab.artifacts.card import ModelCard
 from deeplab.artifacts.locate import CARD_FILE, WEIGHTS_FILE
 from deeplab.atomicfile import atomic_files
-from deeplab.errors import CheckpointError, ExportError, first_line
+from deeplab.errors import CheckpointError, ConfigError, ExportError, first_line
 from deeplab.evaluation.report import markdown_cell
 
 README_FILE = "README.md"
@@ -144,22 +147,57 @@ def write_model_folder(state: dict[str, Any], card: ModelCard, folder: Path) -> 
     return folder
 
 
-def _download(repo_id: str, revision: str | None) -> Path:
-    """The model folder of a hub repo, from huggingface_hub's cache or downloaded (card and weights only)."""
+# Seconds a hub download may take (DEEPLAB_HUB_TIMEOUT): huggingface_hub's client has no overall timeout, and
+# an endpoint that accepted the connection and never answered held it for over four minutes.
+HUB_TIMEOUT = 120.0
+
+
+def hub_timeout() -> float:
+    try:
+        return float(os.environ.get("DEEPLAB_HUB_TIMEOUT", HUB_TIMEOUT))
+    except ValueError:
+        raise ConfigError(
+            f"DEEPLAB_HUB_TIMEOUT={os.environ['DEEPLAB_HUB_TIMEOUT']!r} is not a number of seconds"
+        ) from None
+
+
+def _download(repo_id: str, revision: str | None, timeout: float | None = None) -> Path:
+    """The model folder of a hub repo, from huggingface_hub's cache or downloaded (card and weights only),
+    within `timeout` seconds (the download runs in a daemon thread; one that does not end is left behind)."""
     try:
         from huggingface_hub import snapshot_download
     except ImportError:
         raise CheckpointError(f"{repo_id} is not a local folder, and {HUB_EXTRA}") from None
+    done: queue.Queue[tuple[str | None, BaseException | None]] = queue.Queue()
+
+    def fetch() -> None:
+        try:
+            done.put(
+                (
+                    snapshot_download(
+                        repo_id, revision=revision, allow_patterns=[CARD_FILE, WEIGHTS_FILE, README_FILE]
+                    ),
+                    None,
+                )
+            )
+        except BaseException as e:  # noqa: BLE001 - handed to the caller's thread
+            done.put((None, e))
+
+    timeout = hub_timeout() if timeout is None else timeout
+    threading.Thread(target=fetch, name=f"hub-download-{repo_id}", daemon=True).start()
     try:
-        path = snapshot_download(
-            repo_id, revision=revision, allow_patterns=[CARD_FILE, WEIGHTS_FILE, README_FILE]
-        )
-    except Exception as e:  # hub errors (offline, unknown repo, auth) are many kinds; the user gets one line
+        path, error = done.get(timeout=timeout)
+    except queue.Empty:
         raise CheckpointError(
-            f"could not fetch {repo_id} from the Hugging Face hub ({first_line(e)}); "
+            f"could not fetch {repo_id} from the Hugging Face hub within {timeout:g} s; check the network (and "
+            "HF_ENDPOINT), allow more time with DEEPLAB_HUB_TIMEOUT=SECONDS, or give a local model folder"
+        ) from None
+    if error is not None:  # hub errors (offline, unknown repo, auth) are many kinds; the user gets one line
+        raise CheckpointError(
+            f"could not fetch {repo_id} from the Hugging Face hub ({first_line(error)}); "
             "give a local model folder instead"
         ) from None
-    return Path(path)
+    return Path(str(path))
 
 
 def load(path_or_repo_id: str | Path, revision: str | None = None) -> tuple[Any, ModelCard]:
