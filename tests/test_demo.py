@@ -123,3 +123,42 @@ def test_host_and_port_are_where_the_page_is_served(trained_run, monkeypatch) ->
     checkpoint = trained_run[0] / "checkpoints" / "best.pt"
     serve(compose_config([f"checkpoint={checkpoint}", "host=0.0.0.0", "port=8123"], "demo"))
     assert (asked["server_name"], asked["server_port"]) == ("0.0.0.0", 8123)
+
+
+def test_a_port_in_use_is_one_line(trained_run) -> None:
+    import socket
+
+    pytest.importorskip("gradio")
+    from deeplab.deploy.demo import serve
+    from deeplab.errors import ConfigError
+
+    checkpoint = trained_run[0] / "checkpoints" / "best.pt"
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        with pytest.raises(
+            ConfigError, match=rf"^port={port}: 127.0.0.1:{port} cannot be served on \(.*give another port=N"
+        ):
+            serve(compose_config([f"checkpoint={checkpoint}", f"port={port}"], "demo"), block=False)
+
+
+def test_uploads_are_read_as_predict_reads_them_and_bounded(tmp_path) -> None:
+    """A 16-bit PNG is scaled as deeplab.predict scales it (Gradio's RGB conversion clipped it); a file that is
+    not an image and an image over max_pixels are messages for the page, the latter before decoding."""
+    from deeplab.data.reading import read_image
+    from deeplab.deploy.demo import read_upload
+    from deeplab.errors import DatasetError
+
+    deep = tmp_path / "deep.png"
+    Image.fromarray((np.arange(64 * 48, dtype=np.uint16).reshape(48, 64) * 21).astype(np.uint16)).save(deep)
+    got = read_upload(deep, 10**6)
+    assert got.shape == (48, 64, 3) and got.max() > 200  # scaled to the full range, not clipped at 255
+    assert np.array_equal(got, read_image(deep, 3))
+    (tmp_path / "notes.png").write_text("not an image\n")
+    with pytest.raises(DatasetError, match="^the upload is not an image this demo reads"):
+        read_upload(tmp_path / "notes.png", 10**6)
+    big = tmp_path / "big.png"
+    Image.new("L", (6000, 5000)).save(big)  # 30 megapixels in a small file
+    with pytest.raises(
+        DatasetError, match=r"^the image is 6000x5000 \(30.0 megapixels\); this demo takes up to 25.0"
+    ):
+        read_upload(big, 25_000_000)

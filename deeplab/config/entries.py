@@ -91,6 +91,11 @@ class DemoConfig(ModelRun):
     port: Annotated[int, Field(ge=1, le=65535)]
     alpha: Annotated[float, Field(ge=0, le=1)]
     """Opacity of the colour mask drawn over the photo."""
+    max_pixels: PositiveInt = 25_000_000
+    """The largest upload in pixels (its header is read before the image is decoded): a 10000x10000 PNG of
+    300 KB took 125 s and 6 GB."""
+    max_upload_mb: PositiveInt = 50
+    """The largest upload in MB (Gradio refuses larger files)."""
 
 
 class ExportConfig(Section):

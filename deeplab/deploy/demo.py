@@ -9,6 +9,8 @@ internet: Gradio's analytics are off and the page uses the browser's own fonts.
 from __future__ import annotations
 
 import os
+import socket
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,7 +18,7 @@ from omegaconf import DictConfig
 
 from deeplab.cli import hydra_main
 from deeplab.config import DemoConfig, EvalConfig, demo_config
-from deeplab.errors import ConfigError
+from deeplab.errors import ConfigError, DatasetError, first_line
 
 
 def segment(
@@ -37,8 +39,32 @@ def segment(
     return overlay, color, shares
 
 
+def read_upload(path: Path, max_pixels: int) -> np.ndarray:
+    """(H, W, 3) uint8 of an uploaded file, read as deeplab.predict reads images (16-bit scaled, not clipped);
+    a file that is not an image, or one of more than max_pixels pixels (measured from its header, before it is
+    decoded), is a DatasetError the page shows."""
+    from PIL import Image, UnidentifiedImageError
+
+    from deeplab.data.reading import read_image
+
+    try:
+        with Image.open(path) as im:
+            width, height = im.size
+    except (UnidentifiedImageError, OSError):
+        raise DatasetError(
+            "the upload is not an image this demo reads (PNG, JPEG, TIFF, BMP, WebP); choose a photo"
+        ) from None
+    if width * height > max_pixels:
+        raise DatasetError(
+            f"the image is {width}x{height} ({width * height / 1e6:.1f} megapixels); this demo takes up to "
+            f"{max_pixels / 1e6:.1f} (max_pixels=N when starting it): scale the photo down"
+        )
+    return read_image(path, 3)
+
+
 def build_app(seg: Any, cfg: DemoConfig) -> Any:
-    """The Gradio page: an image in; the overlay, the colour mask and the class shares out."""
+    """The Gradio page: an image in; the overlay, the colour mask and the class shares out, as soon as the
+    image is uploaded (and again with the button)."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     import gradio as gr
 
@@ -47,18 +73,23 @@ def build_app(seg: Any, cfg: DemoConfig) -> Any:
             f"checkpoint: the demo takes RGB photos, but the model takes {seg.in_channels} channels"
         )
 
-    def run(image: np.ndarray | None) -> tuple[np.ndarray | None, np.ndarray | None, dict[str, float] | None]:
-        if image is None:
+    def run(path: str | None) -> tuple[np.ndarray | None, np.ndarray | None, dict[str, float] | None]:
+        if path is None:
             return None, None, None
-        return segment(seg, np.ascontiguousarray(image[:, :, :3], dtype=np.uint8), cfg.eval, cfg.alpha)
+        try:
+            image = read_upload(Path(path), cfg.max_pixels)
+        except DatasetError as e:
+            raise gr.Error(str(e)) from None
+        return segment(seg, image, cfg.eval, cfg.alpha)
 
     with gr.Blocks(title="DeepLab demo", analytics_enabled=False) as app:
         gr.Markdown(
             f"### DeepLab: {len(seg.labels)} classes ({', '.join(seg.labels[:12])}{' ...' if len(seg.labels) > 12 else ''})"
         )
         with gr.Row():
+            # The file as uploaded, unconverted: Gradio's conversion to RGB clipped 16-bit images.
             photo = gr.Image(
-                label="image", type="numpy", image_mode="RGB", sources=["upload"], elem_id="photo"
+                label="image", type="filepath", image_mode=None, sources=["upload"], elem_id="photo"
             )
             overlay = gr.Image(label="overlay", format="png", elem_id="overlay")  # PNG: the pixels as drawn
         with gr.Row():
@@ -66,6 +97,7 @@ def build_app(seg: Any, cfg: DemoConfig) -> Any:
             shares = gr.Label(label="share of pixels", num_top_classes=len(seg.labels), elem_id="shares")
         button = gr.Button("Segment", variant="primary", elem_id="segment")
         button.click(run, inputs=photo, outputs=[overlay, color, shares])
+        photo.upload(run, inputs=photo, outputs=[overlay, color, shares])  # at once: no button to find first
     return app
 
 
@@ -75,17 +107,37 @@ def serve(cfg: DemoConfig | DictConfig, block: bool = True) -> Any:
     from deeplab.deploy.segmenter import load_segmenter
 
     cfg = demo_config(cfg)
+    check_port_free(cfg.host, cfg.port)
     seg = load_segmenter(cfg)
     app = build_app(seg, cfg)
     import gradio as gr
 
     # The browser's own fonts: Gradio's default theme would ask Google Fonts for its typeface.
     theme = gr.themes.Default(font="sans-serif", font_mono="monospace")
-    app.launch(
-        theme=theme, server_name=cfg.host, server_port=cfg.port, prevent_thread_lock=not block, quiet=not block,
-        footer_links=[], ssr_mode=False,
-    )  # fmt: skip
+    try:
+        app.launch(
+            theme=theme, server_name=cfg.host, server_port=cfg.port, prevent_thread_lock=not block,
+            quiet=not block, footer_links=[], ssr_mode=False, max_file_size=f"{cfg.max_upload_mb}mb",
+            show_error=True,  # a file Pillow cannot open: its message on the page, not a bare "Error"
+        )  # fmt: skip
+    except OSError as e:  # the port taken between the check and the launch
+        raise ConfigError(
+            f"port={cfg.port}: cannot serve on {cfg.host}:{cfg.port} ({first_line(e)}); give another port"
+        ) from None
     return app
+
+
+def check_port_free(host: str, port: int) -> None:
+    """ConfigError unless host:port can be listened on (another demo or server holds it, or the address is not
+    this machine's)."""
+    try:
+        with socket.create_server((host, port)):
+            pass
+    except OSError as e:
+        raise ConfigError(
+            f"port={port}: {host}:{port} cannot be served on ({e.strerror or e}: another server, or another "
+            "demo, holds it?); give another port=N"
+        ) from None
 
 
 @hydra_main(config_path="../../configs", config_name="demo")
