@@ -5,12 +5,13 @@ file type."""
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
-from helpers.configs import compose_config
+from helpers.configs import compose_config, tiny_config
 from helpers.fake_data import write_cityscapes
 from PIL import Image
 
@@ -102,3 +103,31 @@ def test_an_input_of_an_unknown_type_names_the_supported_ones(tmp_path: Path) ->
     message = str(info.value)
     assert message.startswith("input: ") and "x.xyz is not a file type predict reads" in message
     assert ".jpg" in message and ".npy" in message and ".mp4" in message and "unreadable" not in message
+
+
+def test_sizes_that_would_only_fail_at_allocation_are_one_line(tiny_data, tmp_path, monkeypatch) -> None:
+    """A key that sizes a tensor has a bound; a model whose training state exceeds the free memory is refused
+    before anything is allocated, with its size."""
+    import deeplab.train.engine as engine
+    from deeplab.config import train_config
+    from deeplab.train.engine import train
+
+    for override, message in (
+        ("model.aspp.channels=1000000000", "model.aspp.channels: input should be less than or equal to 8192"),
+        (
+            "model.decoder.channels=99999",
+            "model.decoder.channels: input should be less than or equal to 8192",
+        ),
+        ("trainer.crop_size=100000", "trainer.crop_size: input should be less than or equal to 16384"),
+        ("trainer.batch_size=10000000", "trainer.batch_size: input should be less than or equal to 4096"),
+    ):
+        with pytest.raises(ConfigError) as e:
+            train_config(tiny_config(tiny_data, **dict([override.split("=")])))
+        assert str(e.value).startswith(message)
+    monkeypatch.setattr(engine, "free_memory", lambda device: 2**20)  # 1 MB free
+    with pytest.raises(ConfigError) as e:
+        train(tiny_config(tiny_data), tmp_path / "run")
+    assert re.match(
+        r"^the model has [\d,.]+M parameters: .* need [\d.]+ GB, more than the 0.0 GB free on cpu",
+        str(e.value),
+    )

@@ -79,10 +79,16 @@ class TimmConfig(Section):
 BackboneConfig = Annotated[ResNetConfig | MobileNetConfig | TimmConfig, Field(discriminator="name")]
 
 
+# Bounds of the keys that size a tensor, far above any published DeepLab (ASPP 256 channels, rates up to 36), so
+# that a typo (channels=1000000000) is one line instead of an allocator's traceback.
+MAX_CHANNELS = 8192
+MAX_RATE = 512
+
+
 class ASPPConfig(Section):
-    rates: Annotated[list[PositiveInt], Field(min_length=1)] | None
+    rates: Annotated[list[Annotated[int, Field(ge=1, le=MAX_RATE)]], Field(min_length=1, max_length=8)] | None
     """Atrous rates at the training output stride; null: (6, 12, 18) at OS 16, (12, 24, 36) at OS 8."""
-    channels: PositiveInt
+    channels: Annotated[int, Field(ge=1, le=MAX_CHANNELS)]
     image_pooling: bool
     separable: bool
     """Depthwise-separable atrous convolutions (DeepLabv3+ paper, Sec. 3.1)."""
@@ -92,9 +98,9 @@ class ASPPConfig(Section):
 class DecoderConfig(Section):
     enabled: bool
     """The DeepLabv3+ decoder on stride-4 features; true exactly for model=deeplabv3plus."""
-    low_level_channels: PositiveInt
+    low_level_channels: Annotated[int, Field(ge=1, le=MAX_CHANNELS)]
     """Channels the stride-4 features are reduced to (48 in the paper, Table 1)."""
-    channels: PositiveInt
+    channels: Annotated[int, Field(ge=1, le=MAX_CHANNELS)]
     separable: bool
 
 

@@ -24,6 +24,11 @@ from deeplab.config.model import BackboneConfig, ModelConfig, default_aspp_rates
 from deeplab.config.roles import ARCHITECTURE, DATA, OPTIMISER, Added
 from deeplab.errors import ConfigError
 
+# Bounds of the keys that size a batch tensor: a typo is one line, not an allocator's traceback.
+MAX_BATCH = 4096
+MAX_SIDE = 16384  # pixels: a crop or window side
+Side = Annotated[int, Field(ge=1, le=MAX_SIDE)]
+
 
 class SGDConfig(Section):
     """configs/optim/sgd.yaml: the papers' SGD (momentum 0.9, weight decay 1e-4, lr 0.007)."""
@@ -144,9 +149,9 @@ class TrainerConfig(Section):
     """configs/trainer: the loop, its intervals and the run-time options."""
 
     max_iters: PositiveInt
-    batch_size: PositiveInt
+    batch_size: Annotated[int, Field(ge=1, le=MAX_BATCH)]
     """Total over all processes."""
-    crop_size: PositiveInt | Annotated[list[PositiveInt], Field(min_length=2, max_length=2)]
+    crop_size: Side | Annotated[list[Side], Field(min_length=2, max_length=2)]
     """Training crop: N for N x N (513 in the papers), or [height, width] (Cityscapes: [512, 1024])."""
     eval_interval: PositiveInt
     """Validate every N iterations (and at the end)."""
@@ -198,11 +203,11 @@ class EvalConfig(Section):
     """Multi-scale inputs, e.g. [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]; probabilities are averaged."""
     flip: bool
     mode: Literal["whole", "slide"]
-    window: PositiveInt
+    window: Side
     """slide: window size."""
     overlap: Annotated[float, Field(ge=0, lt=1)]
     """slide: overlap of neighbouring windows."""
-    batch_size: PositiveInt
+    batch_size: Annotated[int, Field(ge=1, le=MAX_BATCH)]
 
 
 class TensorBoardLoggerConfig(Section):

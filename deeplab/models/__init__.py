@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 
+import torch
 from omegaconf import DictConfig
 from torchvision.models.segmentation import (
     DeepLabV3_MobileNet_V3_Large_Weights,
@@ -96,6 +97,16 @@ def build_architecture(m: ModelConfig, b: BackboneConfig, num_classes: int) -> D
         low_level_channels=d.low_level_channels, decoder_channels=d.channels, decoder_separable=d.separable,
         aux_head=m.aux_head,
     )  # fmt: skip
+
+
+def parameter_count(cfg: TrainConfig) -> int:
+    """The parameters of the model a validated config describes, counted on the meta device: nothing is
+    allocated and no weights are read."""
+    bare = cfg.model_copy(deep=True)
+    bare.backbone.pretrained = False
+    with torch.device("meta"):
+        model = build_network(bare)
+    return sum(p.numel() for p in model.parameters())
 
 
 def build_model(cfg: TrainConfig | DictConfig) -> DeepLab:

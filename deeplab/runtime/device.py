@@ -161,3 +161,18 @@ def make_runtime(
     dev = resolve_device(device, dist.local_rank, f"{prefix}device")
     dtype = resolve_amp(amp, dev, f"{prefix}amp")
     return Runtime(dev, dtype, resolve_flag(channels_last, dev, dtype), dist)
+
+
+def free_memory(device: torch.device) -> int | None:
+    """Bytes free for tensors on `device`: the GPU's free memory, or the machine's available memory
+    (Linux's MemAvailable); None where it cannot be read."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None

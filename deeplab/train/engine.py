@@ -38,7 +38,7 @@ from deeplab.evaluation import collapse, report
 from deeplab.evaluation.loop import evaluate_as_configured
 from deeplab.evaluation.metrics import format_table, write_metrics_json
 from deeplab.jsonfile import write_json
-from deeplab.models import build_model
+from deeplab.models import build_model, parameter_count
 from deeplab.models.batchnorm import freeze_batchnorm
 from deeplab.models.pretrained import load_matching
 from deeplab.runtime import (
@@ -50,6 +50,7 @@ from deeplab.runtime import (
     resolve_device,
     seed_everything,
 )
+from deeplab.runtime.device import free_memory
 from deeplab.runtime.signals import StopRequest, StopSignal, TrainingInterrupted
 from deeplab.train import precise_bn, rundir
 from deeplab.train.ema import build_ema, restore_ema
@@ -412,6 +413,27 @@ def _build(
     )  # fmt: skip
 
 
+# Bytes per parameter a training run holds at least: float32 weights, gradients and SGD momentum, and a copy
+# (the EMA weights, or the state dict being written to last.pt).
+TRAINING_BYTES_PER_PARAMETER = 16
+
+
+def check_fits(cfg: TrainConfig, device: torch.device) -> None:
+    """A model whose weights, gradients and optimiser state alone exceed the device's free memory is one
+    ConfigError giving its size, before anything is allocated (activations come on top)."""
+    free = free_memory(device)
+    if free is None:
+        return
+    params = parameter_count(cfg)
+    need = TRAINING_BYTES_PER_PARAMETER * params
+    if need > free:
+        raise ConfigError(
+            f"the model has {params / 1e6:,.1f}M parameters: its weights, gradients and optimiser state need "
+            f"{need / 2**30:.1f} GB, more than the {free / 2**30:.1f} GB free on {device}; reduce model.aspp.channels, "
+            "model.decoder.channels or the backbone"
+        )
+
+
 def _revalidates(cfg: TrainConfig, run_dir: Path, start: int) -> bool:
     """Whether a run resumed at `start` validates that iteration again: always at the end (the data may lie
     elsewhere now, and the metrics it reports are those of the files it was given), and at a validation
@@ -499,6 +521,7 @@ def _model_and_state(
 ) -> tuple[Any, ...]:
     """The model on its device, optimiser, schedule and GradScaler, and where training continues from."""
     t = cfg.trainer
+    check_fits(cfg, rt.device)
     model = build_model(cfg)
     if cfg.model.init_from is not None and ckpt is None:  # a resumed run continues from its own last.pt
         skipped = load_matching(model, cfg.model.init_from)
