@@ -235,3 +235,29 @@ def test_a_truncated_geotiff_is_one_line_naming_it(trained_run, tmp_path) -> Non
     ):
         predict(cfg, out)
     assert "\n" not in str(e.value) and (not out.exists() or list(out.iterdir()) == [])
+
+
+def test_nodata_stays_nodata(trained_run, tmp_path) -> None:
+    """A scene with nodata (0) and a band of it: those pixels are the output's nodata (255) in the ids, and
+    masked in the colour raster; the others are predicted as without nodata."""
+    checkpoint = trained_run[0] / "checkpoints" / "best.pt"
+    scene = tmp_path / "scene.tif"
+    pixels = scene_block(0, 0, 96, 128)
+    pixels[:, 40:60, :] = 0  # a strip outside the footprint
+    profile = {"driver": "GTiff", "height": 96, "width": 128, "count": 3, "dtype": "uint8", "crs": CRS,
+               "transform": TRANSFORM, "nodata": 0}  # fmt: skip
+    with rasterio.open(scene, "w", **profile) as dst:
+        dst.write(pixels)
+    out = tmp_path / "out"
+    cfg = config(checkpoint, scene, out, "eval.window=64", "raster_color=true")
+    with one_thread():
+        predict(cfg, out)
+        expected = slide_ids(cfg, pixels)
+    with rasterio.open(out / "scene.tif") as ids_file:
+        assert ids_file.nodata == 255
+        ids = ids_file.read(1)
+    assert (ids[40:60] == 255).all() and (ids[:40] < 4).all() and (ids[60:] < 4).all()
+    assert np.array_equal(ids[:40], expected[:40]) and np.array_equal(ids[60:], expected[60:])
+    with rasterio.open(out / "scene_color.tif") as color:
+        mask = color.dataset_mask()
+    assert (mask[40:60] == 0).all() and (mask[:40] == 255).all()

@@ -63,6 +63,9 @@ def _to_uint8(values: np.ndarray, path: Path) -> np.ndarray:
     return scale(values, path)
 
 
+NODATA_ID = 255  # the class-id GeoTIFF's nodata value, where the scene has nodata (the ignore label's value)
+
+
 def predict_raster(cfg: PredictConfig, seg: Any, path: Path, output: Path) -> list[Path]:
     """Predict the GeoTIFF `path` with seg (deeplab.deploy.predict.Segmenter) into output/<stem>.tif (and
     <stem>_color.tif with cfg.raster_color); returns [the class-id GeoTIFF]. A scene GDAL cannot read to the
@@ -103,6 +106,13 @@ def _predict_raster(cfg: PredictConfig, seg: Any, path: Path, output: Path) -> l
         }  # fmt: skip
         ys, xs = window_starts(height, window, step), window_starts(width, window, step)
         colors = {i: tuple(int(v) for v in seg.palette[i]) for i in range(num_labels)}
+        if src.nodata is not None:  # the scene's nodata stays nodata: NODATA_ID in the ids, masked in colour
+            if num_labels > NODATA_ID:
+                raise ConfigError(
+                    f"GeoTIFF {path} has nodata pixels, and the model's {num_labels} classes leave no uint8 value "
+                    f"to mark them ({NODATA_ID} is the last)"
+                )
+            profile["nodata"] = NODATA_ID
         # Written under temporary names and renamed when complete: a refused or stopped scene leaves the
         # previous outputs (or none), never a partial raster that opens as a valid one.
         with (
@@ -111,8 +121,11 @@ def _predict_raster(cfg: PredictConfig, seg: Any, path: Path, output: Path) -> l
             rasterio.open(ids_tmp, "w", count=1, dtype="uint8", **profile) as dst,
         ):
             dst.write_colormap(1, colors)
+            color_profile = {
+                k: v for k, v in profile.items() if k != "nodata"
+            }  # a mask instead: 255 is a colour
             color_dst = (
-                rasterio.open(color_tmp, "w", count=3, dtype="uint8", photometric="RGB", **profile)
+                rasterio.open(color_tmp, "w", count=3, dtype="uint8", photometric="RGB", **color_profile)
                 if color_tmp is not None
                 else None
             )
@@ -177,6 +190,13 @@ def sweep_stripe(
         c0, c1 = own
         averaged = (acc[:, :end, c0 - left : c1 - left] / count[:, :end, c0 - left : c1 - left]).unsqueeze(0)
         ids = logits_to_probs(averaged).argmax(1)[0].to(torch.uint8).cpu().numpy()  # (end, c1 - c0)
-        dst.write(ids[None], window=Window(c0, y0, c1 - c0, end))
+        own_window = Window(c0, y0, c1 - c0, end)
+        valid = src.dataset_mask(window=own_window) if src.nodata is not None else None  # 0: nodata
+        colors = seg.palette[ids].transpose(2, 0, 1)
+        if valid is not None:
+            ids[valid == 0] = NODATA_ID
+        dst.write(ids[None], window=own_window)
         if color_dst is not None:
-            color_dst.write(seg.palette[ids].transpose(2, 0, 1), window=Window(c0, y0, c1 - c0, end))
+            color_dst.write(colors, window=own_window)
+            if valid is not None:
+                color_dst.write_mask(valid, window=own_window)
