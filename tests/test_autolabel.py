@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from helpers.configs import compose_config, one_thread
+from helpers.configs import compose_config, generated_voc, one_thread
 from PIL import Image
 
 from deeplab.deploy.predict import predict
@@ -19,7 +19,7 @@ def photos_and_config(trained_run, tmp_path, count: int):
     run_dir, _, data_dir = trained_run
     photos = tmp_path / "photos"
     photos.mkdir()
-    sources = sorted((data_dir / "synthetic" / "VOC2012" / "JPEGImages").glob("val_*.jpg"))[:count]
+    sources = sorted((generated_voc(data_dir) / "JPEGImages").glob("val_*.jpg"))[:count]
     for p in sources:
         (photos / p.name).write_bytes(p.read_bytes())
     out = tmp_path / "labelled"
@@ -94,7 +94,7 @@ def test_a_second_autolabel_run_keeps_the_corrected_masks_and_labels_only_new_ph
     fixed.save(mask)
     hand_made = mask.read_bytes()
     data_dir = trained_run[2]
-    added = sorted((data_dir / "synthetic" / "VOC2012" / "JPEGImages").glob("val_*.jpg"))[1:3]
+    added = sorted((generated_voc(data_dir) / "JPEGImages").glob("val_*.jpg"))[1:3]
     for p in added:
         (tmp_path / "photos" / p.name).write_bytes(p.read_bytes())
     capsys.readouterr()

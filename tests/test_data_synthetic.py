@@ -23,6 +23,9 @@ def syn_cfg(root: Path, *overrides: str):
     return compose_config(["dataset=synthetic", f"dataset.root={root}", *SMALL, *overrides])
 
 
+SMALL_FOLDER = "train6-val3-32x40-seed0-disc-square-triangle"  # each spec's folder under dataset.root
+
+
 def files(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
@@ -32,7 +35,7 @@ def test_generated_in_voc_layout_and_read_by_the_voc_reader(tmp_path: Path) -> N
     train, val = build_dataset(cfg, "train"), build_dataset(cfg, "val")
     assert isinstance(train, VOCSegmentation) and isinstance(val, VOCSegmentation)
     assert len(train) == 6 and len(val) == 3
-    voc = tmp_path / "syn" / "VOC2012"
+    voc = tmp_path / "syn" / SMALL_FOLDER / "VOC2012"
     assert (voc / "ImageSets" / "Segmentation" / "train.txt").read_text().split() == [
         f"train_{i:05d}" for i in range(6)
     ]
@@ -81,23 +84,29 @@ def test_generation_is_deterministic_from_the_seed(tmp_path: Path) -> None:
     a, b, c = files(tmp_path / "a"), files(tmp_path / "b"), files(tmp_path / "c")
     assert a == b
     assert (
-        a.keys() == c.keys()
-        and a["VOC2012/JPEGImages/train_00000.jpg"] != c["VOC2012/JPEGImages/train_00000.jpg"]
+        len(a) == len(c)
+        and a[f"{SMALL_FOLDER}/VOC2012/JPEGImages/train_00000.jpg"]
+        != c[f"{SMALL_FOLDER.replace('seed0', 'seed1')}/VOC2012/JPEGImages/train_00000.jpg"]
     )
 
 
-def test_reused_when_unchanged_and_regenerated_when_the_config_changes(tmp_path: Path) -> None:
+def test_reused_when_unchanged_and_another_spec_written_beside_it(tmp_path: Path) -> None:
+    """The quickstart training while experiment=tiny starts in the same checkout: each spec has its folder, so
+    neither rewrites the other's files (it did, and the running quickstart failed)."""
     root = tmp_path / "syn"
     build_dataset(syn_cfg(root), "val")
-    marker = root / "VOC2012" / "JPEGImages" / "train_00000.jpg"
+    marker = root / SMALL_FOLDER / "VOC2012" / "JPEGImages" / "train_00000.jpg"
     stamp_time = marker.stat().st_mtime_ns
     build_dataset(syn_cfg(root), "train")
     assert marker.stat().st_mtime_ns == stamp_time  # not written again
+    before = files(root / SMALL_FOLDER)
     assert len(build_dataset(syn_cfg(root, "dataset.num_train=8"), "train")) == 8
-    assert json.loads((root / "synthetic.json").read_text())["num_train"] == 8
-    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")) == [
-        "syn"
-    ]  # no leftovers
+    other = root / SMALL_FOLDER.replace("train6", "train8")
+    assert json.loads((other / "synthetic.json").read_text())["num_train"] == 8
+    assert files(root / SMALL_FOLDER) == before and marker.stat().st_mtime_ns == stamp_time
+    assert sorted(p.name for p in root.iterdir() if not p.name.endswith(".lock")) == sorted(
+        [SMALL_FOLDER, other.name]
+    )  # no leftovers
 
 
 def test_a_crash_leaves_no_half_dataset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -113,18 +122,19 @@ def test_a_crash_leaves_no_half_dataset(tmp_path: Path, monkeypatch: pytest.Monk
     monkeypatch.setattr(synthetic, "render", crashing_render)
     with pytest.raises(KeyboardInterrupt):
         build_dataset(syn_cfg(tmp_path / "syn"), "val")
-    assert not (tmp_path / "syn").exists()
-    assert [p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")] == []
+    assert not (tmp_path / "syn" / SMALL_FOLDER).exists()
+    assert [p.name for p in (tmp_path / "syn").iterdir() if not p.name.endswith(".lock")] == []
     monkeypatch.setattr(synthetic, "render", original)
     assert len(build_dataset(syn_cfg(tmp_path / "syn"), "val")) == 3
 
 
 def test_refuses_to_overwrite_other_data(tmp_path: Path) -> None:
-    (tmp_path / "mine").mkdir()
-    (tmp_path / "mine" / "photo.jpg").write_bytes(b"precious")
+    mine = tmp_path / "mine" / SMALL_FOLDER
+    mine.mkdir(parents=True)
+    (mine / "photo.jpg").write_bytes(b"precious")
     with pytest.raises(DatasetError, match=r"exists and is not a generated dataset"):
         build_dataset(syn_cfg(tmp_path / "mine"), "val")
-    assert (tmp_path / "mine" / "photo.jpg").read_bytes() == b"precious"
+    assert (mine / "photo.jpg").read_bytes() == b"precious"
 
 
 def test_unknown_shape_name_is_a_config_error(tmp_path: Path) -> None:

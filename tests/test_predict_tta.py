@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from helpers.configs import compose_config, one_thread
+from helpers.configs import compose_config, generated_voc, one_thread
 from PIL import Image
 
 from deeplab.config import predict_config
@@ -44,7 +44,7 @@ def test_predict_tta_equals_evaluations_multi_scale_flip_path(trained_run, tmp_p
         [f"checkpoint={checkpoint}", f"output={tmp_path / 'm.onnx'}", "trace_size=[64,80]", "check=false"],
         config_name="export",
     )
-    images = sorted((data_dir / "synthetic" / "VOC2012" / "JPEGImages").glob("val_*.jpg"))
+    images = sorted((generated_voc(data_dir) / "JPEGImages").glob("val_*.jpg"))
     photos = tmp_path / "photos"
     photos.mkdir()
     for p in images:

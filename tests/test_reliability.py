@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers.configs import compose_config, one_thread, tiny_config, tiny_overrides
+from helpers.configs import compose_config, generated_voc, one_thread, tiny_config, tiny_overrides
 from helpers.ddp import join_group, spawn
 from helpers.fake_data import save_palette_png
 from helpers.processes import run_cli
@@ -705,7 +705,7 @@ def test_evaluation_with_skip_bad_leaves_a_bad_image_out(data_dir, model_file, t
     saved = json.loads((tmp_path / "b" / "metrics.json").read_text())
     assert saved["num_images"] == 3 and saved["left_out"] == 1
     # the same as evaluating the three good images alone
-    (data_copy / "synthetic" / "VOC2012" / "ImageSets" / "Segmentation" / "val3.txt").write_text(
+    (generated_voc(data_copy) / "ImageSets" / "Segmentation" / "val3.txt").write_text(
         "".join(f"{i}\n" for i in val_ids if i != val_ids[1])
     )
     three = evaluate_checkpoint(compose_eval(model_file, root, "dataset.val_split=val3"), tmp_path / "c")

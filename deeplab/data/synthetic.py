@@ -42,6 +42,13 @@ class SyntheticSpec:
     image_size: tuple[int, int] = (96, 128)  # (height, width)
     seed: int = 0
 
+    def folder(self) -> str:
+        """The dataset's own folder under dataset.root, named by what it holds (train160-val40-96x128-seed0-
+        disc-square-triangle): runs of other specs write beside it, never over it."""
+        height, width = self.image_size
+        shapes = "-".join(self.class_names[1:])
+        return f"train{self.num_train}-val{self.num_val}-{height}x{width}-seed{self.seed}-{shapes}"
+
     def stamp(self) -> dict:
         # Through JSON, so it compares equal to a stamp read back from disk (tuples become lists).
         return json.loads(json.dumps({"format_version": FORMAT_VERSION, **asdict(self)}))
@@ -206,8 +213,10 @@ def _locked(path: Path) -> Iterator[None]:
 
 
 def ensure_synthetic(root: str | Path, spec: SyntheticSpec) -> Path:
-    """Generate the dataset under root unless an identical one is there; atomic (temp dir, then rename)."""
-    root = Path(root).expanduser().absolute()
+    """The dataset's folder, root/<spec.folder()>, generated unless an identical one is there; atomic (temp
+    dir, then rename). Each spec has its own folder, so runs of different specs never touch each other's
+    files (a quickstart training while experiment=tiny starts beside it)."""
+    root = Path(root).expanduser().absolute() / spec.folder()
     if _read_stamp(root) == spec.stamp():
         return root
     root.parent.mkdir(parents=True, exist_ok=True)

@@ -40,3 +40,10 @@ def one_thread() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def generated_voc(data_dir: Path) -> Path:
+    """The VOC2012 folder of the generated dataset under data_dir (dataset=synthetic writes each spec to a
+    folder of its own, data_dir/synthetic/<spec>/VOC2012; the tests' data_dir holds one)."""
+    [voc] = sorted((data_dir / "synthetic").glob("*/VOC2012"))
+    return voc
