@@ -102,6 +102,8 @@ def test_rare_class_sampler_draws_the_rare_images_more_often_and_resumes(tmp_pat
     r0 = take(RareClassSampler(rare, len(dataset), seed=1, rank=0, world_size=2), 60)
     r1 = take(RareClassSampler(rare, len(dataset), seed=1, rank=1, world_size=2), 60)
     assert r0 != r1 and len({s for _, s in r0} | {s for _, s in r1}) == 120
+    # independent, not disjoint: the ranks draw the same image at the same step no more often than chance
+    assert sum(a == b for (a, _), (b, _) in zip(r0, r1)) < 0.5 * len(r0)
     # a higher temperature flattens the class distribution
     warm = rare_classes(stats.counts[:3].tolist(), stats.presence, temperature=10.0)
     assert warm.probabilities[2] < rare.probabilities[2] and max(warm.probabilities) < 0.4
