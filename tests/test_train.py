@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
 from pathlib import Path
 
@@ -264,3 +265,57 @@ def test_a_missing_mandatory_value_is_one_line_with_exit_2(entry, args, message,
     proc = run_cli(entry, *args, f"hydra.run.dir={tmp_path}")
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip().splitlines() == [message]
+
+
+@pytest.mark.slow  # two launches of two processes: about 20 s
+def test_two_nodes_of_one_process_equal_one_node_of_two(tiny_data, tmp_path):
+    """`torchrun --nnodes=2 --nproc_per_node=1 --rdzv_backend=c10d --rdzv_endpoint=127.0.0.1:PORT train.py`
+    started twice on this machine, as two nodes would start it (gloo): the same weights as one node of two
+    processes (the ranks, world size and seeds are the same; one process with the whole batch differs, since
+    BatchNorm normalises each process's share). SLURM (srun) and Kubernetes' PyTorchJob set the same variables."""
+    import socket
+    import subprocess
+    import sys
+
+    from helpers.processes import ROOT
+
+    args = tiny_overrides(tiny_data, **{"trainer.max_iters": 2, "trainer.batch_size": 4})
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "0"}
+    nodes = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--nnodes=2",
+                "--nproc_per_node=1",
+                f"--node_rank={r}",
+                "--rdzv_backend=c10d",
+                f"--rdzv_endpoint=127.0.0.1:{port}",
+                "--rdzv_id=two-nodes",
+                "train.py",
+                *args,
+                f"hydra.run.dir={tmp_path / 'nodes'}",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )  # fmt: skip
+        for r in (0, 1)
+    ]
+    outputs = [p.communicate(timeout=300)[0] for p in nodes]
+    assert [p.returncode for p in nodes] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+    one_node = run_cli(
+        "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port + 1}", "train.py", *args,
+        f"hydra.run.dir={tmp_path / 'one'}",
+    )  # fmt: skip
+    assert one_node.returncode == 0, one_node.stderr[-3000:]
+    a = load_checkpoint(tmp_path / "nodes" / "checkpoints" / "last.pt")
+    b = load_checkpoint(tmp_path / "one" / "checkpoints" / "last.pt")
+    assert a["iteration"] == b["iteration"] == 2
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
