@@ -13,6 +13,8 @@ import yaml
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from deeplab.atomicfile import atomic_path
+from deeplab.evaluation.report import markdown_cell
 from deeplab.jsonfile import write_json
 
 log = logging.getLogger(__name__)
@@ -58,7 +60,7 @@ def write_summary(sweep_dir: Path) -> list[dict[str, Any]]:
     rows = collect_runs(sweep_dir)
     rows.sort(key=lambda r: -(r["miou"] if isinstance(r["miou"], int | float) else -1.0))
     fields = ["run", "overrides", "status", *METRICS, "iteration", "error"]
-    with open(sweep_dir / "sweep_summary.csv", "w", newline="") as f:
+    with atomic_path(sweep_dir / "sweep_summary.csv") as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
@@ -70,13 +72,14 @@ def write_summary(sweep_dir: Path) -> list[dict[str, Any]]:
         "| run | overrides | status | mIoU % | pixel acc % | mean acc % | FWIoU % | iteration | error |",
         "|---|---|---|---|---|---|---|---|---|",
         *(
-            f"| {r['run']} | `{r['overrides']}` | {r['status']} | "
+            f"| {markdown_cell(str(r['run']))} | {markdown_cell(str(r['overrides']))} | {r['status']} | "
             + " | ".join(cell(r[k]) for k in (*METRICS, "iteration"))
-            + f" | {r['error'].replace('|', '/')} |"
+            + f" | {markdown_cell(str(r['error']))} |"
             for r in rows
         ),
     ]
-    (sweep_dir / "sweep_summary.md").write_text("\n".join(lines) + "\n")
+    with atomic_path(sweep_dir / "sweep_summary.md") as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
     return rows
 
 
