@@ -194,8 +194,9 @@ def test_tensorboard_and_csv_drop_the_steps_a_killed_run_logged_after_its_checkp
     "fault",
     [
         {"FAULT_SIGNAL": "6:SIGKILL"},  # after the validation of the checkpoint at 4, before the next one
-        {"FAULT_KILL_AT": "after_save:8"},  # last.pt of 8 written, its steps not yet written or sent
-        {"FAULT_KILL_AT": "after_validation:8"},  # the validation of 8 logged, not yet sent
+        # last.pt of 8 written, its steps not yet written or sent; the validation of 8 logged, not yet sent
+        pytest.param({"FAULT_KILL_AT": "after_save:8"}, marks=pytest.mark.slow),  # 10 s each: slow
+        pytest.param({"FAULT_KILL_AT": "after_validation:8"}, marks=pytest.mark.slow),
     ],
     ids=["sigkill_at_6", "after_last_pt", "after_validation"],
 )
