@@ -23,6 +23,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from deeplab.atomicfile import atomic_path, save_image
+
 FIGURE_CLASSES = 30
 PER_CLASS_COLUMNS = ("class", "iou", "recall", "precision", "true_share", "predicted_share",
                      "true_pixels", "predicted_pixels")  # fmt: skip
@@ -55,9 +57,8 @@ def per_class(matrix: np.ndarray, names: Sequence[str]) -> list[dict[str, float 
 
 def _text(path: Path, content: str) -> None:
     """Written whole or not at all (a temporary file renamed into place), as metrics.json."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(content)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(content)
 
 
 def confusion_csv(matrix: np.ndarray, names: Sequence[str]) -> str:
@@ -152,7 +153,5 @@ def write_report(out_dir: Path, matrix: np.ndarray, names: Sequence[str]) -> np.
     _text(out_dir / "per_class.csv", per_class_csv(rows))
     _text(out_dir / "per_class.md", per_class_markdown(rows))
     figure = confusion_figure(matrix, names)
-    tmp = out_dir / "confusion_matrix.png.tmp"
-    Image.fromarray(figure).save(tmp, format="PNG")
-    tmp.replace(out_dir / "confusion_matrix.png")
+    save_image(Image.fromarray(figure), out_dir / "confusion_matrix.png")
     return figure

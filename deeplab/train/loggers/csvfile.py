@@ -10,6 +10,8 @@ from typing import Any
 
 import numpy as np
 
+from deeplab.atomicfile import atomic_path
+
 
 class CsvLogger:
     def __init__(self, run_dir: Path, start_step: int) -> None:
@@ -58,6 +60,5 @@ class CsvLogger:
         writer.writeheader()
         for step in sorted(self.rows):
             writer.writerow({"step": step, **self.rows[step]})
-        tmp = self.path.with_name(self.path.name + ".tmp")  # whole or not at all
-        tmp.write_text(out.getvalue())
-        tmp.replace(self.path)
+        with atomic_path(self.path) as tmp:  # whole or not at all
+            tmp.write_text(out.getvalue())
