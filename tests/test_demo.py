@@ -162,3 +162,28 @@ def test_uploads_are_read_as_predict_reads_them_and_bounded(tmp_path) -> None:
         DatasetError, match=r"^the image is 6000x5000 \(30.0 megapixels\); this demo takes up to 25.0"
     ):
         read_upload(big, 25_000_000)
+
+
+def test_max_pixels_and_max_upload_mb_act(trained_run, tmp_path, monkeypatch) -> None:
+    """max_pixels=N refuses a larger upload with the page's message; max_upload_mb=N is Gradio's file limit."""
+    gr = pytest.importorskip("gradio")
+    from deeplab.deploy.demo import answer, serve
+
+    checkpoint = trained_run[0] / "checkpoints" / "best.pt"
+    cfg = demo_config(
+        compose_config([f"checkpoint={checkpoint}", "max_pixels=1000", "max_upload_mb=3"], "demo")
+    )
+    seg = load_segmenter(cfg)
+    small, large = tmp_path / "small.png", tmp_path / "large.png"
+    photo(small)
+    Image.new("RGB", (50, 30)).save(large)  # 1,500 pixels
+    Image.open(small).resize((40, 25)).save(small)  # 1,000 pixels: accepted
+    with one_thread():
+        overlay, _, _ = answer(seg, cfg, str(small))
+    assert overlay is not None
+    with pytest.raises(gr.Error, match=r"50x30 .* this demo takes up to 0.0 \(max_pixels=N"):
+        answer(seg, cfg, str(large))
+    asked = {}
+    monkeypatch.setattr(gr.Blocks, "launch", lambda self, **kwargs: asked.update(kwargs))
+    serve(compose_config([f"checkpoint={checkpoint}", "max_upload_mb=3", f"port={free_port()}"], "demo"))
+    assert asked["max_file_size"] == "3mb"

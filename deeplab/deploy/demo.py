@@ -62,6 +62,22 @@ def read_upload(path: Path, max_pixels: int) -> np.ndarray:
     return read_image(path, 3)
 
 
+def answer(
+    seg: Any, cfg: DemoConfig, path: str | None
+) -> tuple[np.ndarray | None, np.ndarray | None, dict[str, float] | None]:
+    """What the page shows for an uploaded file: segment()'s overlay, mask and shares; a file the demo refuses
+    (cfg.max_pixels, not an image) is a gr.Error, the page's message."""
+    import gradio as gr
+
+    if path is None:
+        return None, None, None
+    try:
+        image = read_upload(Path(path), cfg.max_pixels)
+    except DatasetError as e:
+        raise gr.Error(str(e)) from None
+    return segment(seg, image, cfg.eval, cfg.alpha)
+
+
 def build_app(seg: Any, cfg: DemoConfig) -> Any:
     """The Gradio page: an image in; the overlay, the colour mask and the class shares out, as soon as the
     image is uploaded (and again with the button)."""
@@ -74,13 +90,7 @@ def build_app(seg: Any, cfg: DemoConfig) -> Any:
         )
 
     def run(path: str | None) -> tuple[np.ndarray | None, np.ndarray | None, dict[str, float] | None]:
-        if path is None:
-            return None, None, None
-        try:
-            image = read_upload(Path(path), cfg.max_pixels)
-        except DatasetError as e:
-            raise gr.Error(str(e)) from None
-        return segment(seg, image, cfg.eval, cfg.alpha)
+        return answer(seg, cfg, path)
 
     with gr.Blocks(title="DeepLab demo", analytics_enabled=False) as app:
         gr.Markdown(
