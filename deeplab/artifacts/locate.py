@@ -1,6 +1,7 @@
 """What `checkpoint=` (and model.init_from) may name, and the one function that finds the file behind it.
 
-Accepted: a .pt/.pth file; an .onnx file (run with ONNX Runtime where the command can); a run folder or its
+Accepted: a .pt/.pth file; an .onnx file (run with ONNX Runtime where the command can); an OpenVINO model.xml
+(with its model.bin; run with OpenVINO); a run folder or its
 checkpoints/ folder (best.pt, or last.pt while no best.pt exists yet); the model folder written by
 `python -m deeplab.export format=hub` (config.json + model.safetensors).
 """
@@ -25,10 +26,20 @@ WEIGHTS_FILE = "model.safetensors"
 
 @dataclass(frozen=True)
 class Located:
-    """checkpoint: a torch file (ours, or torchvision's weights); hub: a model folder; onnx: an exported graph."""
+    """checkpoint: a torch file (ours, or torchvision's weights); hub: a model folder; onnx, openvino: an exported
+    graph."""
 
     path: Path
-    kind: Literal["checkpoint", "hub", "onnx"]
+    kind: Literal["checkpoint", "hub", "onnx", "openvino"]
+
+    @property
+    def is_graph(self) -> bool:
+        """An exported graph (no PyTorch weights): run by its own runtime."""
+        return self.kind in ("onnx", "openvino")
+
+    @property
+    def format_name(self) -> str:
+        return {"onnx": "ONNX", "openvino": "OpenVINO"}.get(self.kind, self.kind)
 
 
 def is_model_folder(folder: Path) -> bool:
@@ -40,11 +51,15 @@ def locate(setting: str | Path, key: str = "checkpoint") -> Located:
     saying what was looked for."""
     path = Path(setting).expanduser()
     if path.is_file():
-        return Located(path, "onnx" if path.suffix.lower() == ".onnx" else "checkpoint")
+        suffix = path.suffix.lower()
+        if suffix == ".xml":
+            finish_export(path.parent)  # model.xml and model.bin are renamed into place together
+            return Located(path, "openvino")
+        return Located(path, "onnx" if suffix == ".onnx" else "checkpoint")
     if not path.is_dir():
         raise CheckpointError(
-            f"{key}: {path} does not exist; give a checkpoint (.pt), a run folder, an exported model folder "
-            "or an .onnx file"
+            f"{key}: {path} does not exist; give a checkpoint (.pt), a run folder, an exported model folder, "
+            "an .onnx file or an OpenVINO model.xml"
         )
     finish_export(path)
     if is_model_folder(path):

@@ -104,17 +104,19 @@ class ExportConfig(Section):
     task_name: str
     checkpoint: str
     """A checkpoint, a run folder or an exported model folder (what evaluate.py takes, ONNX files aside)."""
-    format: Literal["onnx", "onnx_int8", "exported_program", "hub"]
-    """onnx_int8: ONNX quantised to INT8 by ONNX Runtime (static, QDQ, per-channel weights) for the CPU; hub: the
+    format: Literal["onnx", "onnx_int8", "openvino", "openvino_int8", "exported_program", "hub"]
+    """onnx_int8: ONNX quantised to INT8 by ONNX Runtime (static, QDQ, per-channel weights) for the CPU; openvino:
+    OpenVINO's IR (model.xml + model.bin, fp32 weights); openvino_int8: the IR quantised by NNCF; hub: the
     model folder Hugging Face tooling reads (config.json = the model card, model.safetensors, README.md)."""
     calibration: PositiveInt
-    """onnx_int8: how many training images (through the evaluation transform) calibrate the activation
+    """onnx_int8, openvino_int8: how many training images (through the evaluation transform) calibrate the activation
     ranges; as many validation images measure how often int8 and fp32 agree."""
     exporter: Literal["dynamo", "torchscript"]
     """ONNX: the TorchScript tracer (seconds; PyTorch has deprecated it), or PyTorch's torch.export-based
     exporter (tens of seconds for a ResNet-101; the one PyTorch recommends). Both are checked in the tests."""
     output: str | None
-    """null: model.onnx (model.pt2, the folder model/ for format=hub) in the run dir."""
+    """null: model.onnx (model.xml + model.bin for openvino, model.pt2, the folder model/ for format=hub) in the
+    run dir."""
     output_stride: Literal[8, 16] | None
     opset: Annotated[int, Field(ge=17)]
     trace_size: Annotated[list[Annotated[int, Field(ge=32)]], Field(min_length=2, max_length=2)]

@@ -1,4 +1,5 @@
-"""`python evaluate.py checkpoint=PATH`: a checkpoint's (or an exported ONNX file's) metrics on its validation set."""
+"""`python evaluate.py checkpoint=PATH`: a checkpoint's (or an exported ONNX or OpenVINO model's) metrics on its
+validation set."""
 
 from __future__ import annotations
 
@@ -28,8 +29,8 @@ def evaluate_checkpoint(cfg: EvaluateConfig | DictConfig, run_dir: Path) -> dict
     run_dir/metrics.json and returns it, with the confusion matrix added."""
     cfg = evaluate_config(cfg)
     located = locate(cfg.checkpoint)
-    if located.kind == "onnx":
-        return evaluate_onnx(cfg, run_dir)
+    if located.is_graph:
+        return evaluate_graph(cfg, located.path, located.kind, run_dir)
     model, card = load_trained_model(located.path)
     rt = make_runtime(cfg.device, *run_settings(cfg.amp, cfg.channels_last, card), key="")
     dataset = dataset_with_overrides(card.dataset, cfg.dataset)
@@ -39,15 +40,14 @@ def evaluate_checkpoint(cfg: EvaluateConfig | DictConfig, run_dir: Path) -> dict
     return evaluate_model(model, dataset, cfg, rt, run_dir)
 
 
-def evaluate_onnx(cfg: EvaluateConfig, run_dir: Path) -> dict[str, Any]:
-    """An exported model, run with ONNX Runtime, on the validation set its metadata records (the training
-    config's dataset section; cfg.dataset overrides where it lies)."""
-    from deeplab.deploy.onnx_model import OnnxSegmenter, onnx_run_settings
+def evaluate_graph(cfg: EvaluateConfig, path: Path, kind: str, run_dir: Path) -> dict[str, Any]:
+    """An exported model, run with ONNX Runtime or OpenVINO, on the validation set its metadata records (the
+    training config's dataset section; cfg.dataset overrides where it lies)."""
+    from deeplab.deploy.graph import load_graph_model
 
-    providers = onnx_run_settings(cfg.eval.output_stride, cfg.amp, cfg.channels_last, cfg.device)
-    model = OnnxSegmenter(cfg.checkpoint, providers=providers)
+    model = load_graph_model(path, kind, cfg.eval.output_stride, cfg.amp, cfg.channels_last, cfg.device)
     dataset = dataset_with_overrides(onnx_dataset(model.meta, cfg.checkpoint), cfg.dataset)
-    rt = make_runtime("cpu", "off", False, key="")  # ONNX Runtime takes and returns host arrays
+    rt = make_runtime("cpu", "off", False, key="")  # the graph runtimes take and return host arrays
     return evaluate_model(model, dataset, cfg, rt, run_dir)
 
 

@@ -1,4 +1,5 @@
-"""Export a trained model for deployment: `python -m deeplab.export checkpoint=PATH [format=onnx|exported_program]`.
+"""Export a trained model for deployment: `python -m deeplab.export checkpoint=PATH [format=onnx|onnx_int8|openvino|
+openvino_int8|exported_program|hub]`.
 
 The exported model takes `images`, float32 (B, C, H, W) normalised as in training (dataset.mean / std), and
 returns `logits` (B, num_classes, H, W); batch, height and width are free. ONNX files carry the class names,
@@ -128,12 +129,14 @@ def export_program(wrapper: nn.Module, example: torch.Tensor, path: Path) -> Non
 
 
 def max_difference(cfg: ExportConfig, wrapper: nn.Module, path: Path, in_channels: int) -> float:
-    """The largest |logit difference| between the exported file and PyTorch over the check sizes."""
+    """The largest |logit difference| between the exported file (.onnx, OpenVINO's .xml run at f32, .pt2) and
+    PyTorch over the check sizes."""
     generator = torch.Generator().manual_seed(0)
-    if cfg.format != "exported_program":  # onnx, or the fp32 file of onnx_int8
+    if path.suffix in (".onnx", ".xml"):  # onnx; the fp32 files of onnx_int8, openvino and openvino_int8
         from deeplab.deploy.onnx_model import OnnxSegmenter
+        from deeplab.deploy.openvino_model import OpenVinoSegmenter
 
-        exported = OnnxSegmenter(path)
+        exported = OnnxSegmenter(path) if path.suffix == ".onnx" else OpenVinoSegmenter(path, "f32")
         run = lambda x: torch.from_numpy(exported.logits(x.numpy()))  # noqa: E731
     else:
         module = torch.export.load(str(path)).module()
@@ -158,8 +161,14 @@ def export(cfg: ExportConfig | DictConfig, run_dir: Path) -> Path:
     cfg = export_config(cfg)
     if cfg.format == "hub":
         return export_model_folder(cfg, run_dir)
-    suffix = ".pt2" if cfg.format == "exported_program" else ".onnx"
+    suffix = {"exported_program": ".pt2", "openvino": ".xml", "openvino_int8": ".xml"}.get(
+        cfg.format, ".onnx"
+    )
     path = Path(cfg.output) if cfg.output else run_dir / f"model{suffix}"
+    if suffix == ".xml" and path.suffix != ".xml":
+        raise ConfigError(
+            f"output={path}: an OpenVINO model is NAME.xml + NAME.bin; give output={path.with_suffix('.xml')}"
+        )
     refuse_overwriting(path, cfg.checkpoint, suffix)
     model, card = load_trained_model(cfg.checkpoint)
     if cfg.output_stride is not None:
@@ -170,16 +179,33 @@ def export(cfg: ExportConfig | DictConfig, run_dir: Path) -> Path:
     example = torch.randn(2, in_channels, *cfg.trace_size)  # batch 2: a traced 1 would become a constant
     # Written and checked under a temporary name, renamed into place only when both succeeded: a failed check,
     # calibration or signal leaves any previous file as it was.
+
+    def write_fp32(
+        fp32: Path,
+    ) -> dict[str, object]:  # the file quantised or converted, checked as format=onnx is
+        meta = metadata(card, model.output_stride)
+        export_onnx(wrapper, example, fp32, cfg.opset, meta, cfg.exporter)
+        if cfg.check:
+            check_export(cfg, wrapper, fp32, in_channels)
+        return meta
+
     try:
+        if cfg.format in ("openvino", "openvino_int8"):
+            from deeplab.deploy.openvino_export import export_openvino
+
+            def check_ir(xml: Path) -> None:
+                if cfg.check:
+                    check_export(cfg, wrapper, xml, in_channels)
+
+            export_openvino(
+                write_fp32, check_ir, card.dataset, path, cfg.format == "openvino_int8", cfg.calibration
+            )
+            print(f"wrote {path} + {path.with_suffix('.bin').name} "
+                  f"({path.with_suffix('.bin').stat().st_size / 2**20:.1f} MB, output stride {model.output_stride})")  # fmt: skip
+            return path
         with atomic_path(path) as tmp:
             if cfg.format == "onnx_int8":
                 from deeplab.deploy.quantize import export_int8
-
-                def write_fp32(fp32: Path) -> None:  # the file quantised, checked as format=onnx is
-                    meta = metadata(card, model.output_stride)
-                    export_onnx(wrapper, example, fp32, cfg.opset, meta, cfg.exporter)
-                    if cfg.check:
-                        check_export(cfg, wrapper, fp32, in_channels)
 
                 export_int8(write_fp32, card.dataset, tmp, cfg.calibration)
             else:

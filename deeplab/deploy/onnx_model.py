@@ -3,21 +3,21 @@ model(x) -> {"out": logits}, with the class names, normalisation and colours rea
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import numpy as np
-import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from deeplab.deploy.graph import METADATA_KEY, GraphModel, check_channels, read_metadata
 from deeplab.errors import ConfigError, ExportError, first_line
 
-METADATA_KEY = "deeplab"
+__all__ = ["METADATA_KEY", "OnnxSegmenter", "onnx_providers", "onnx_run_settings"]
 
 
-class OnnxSegmenter:
+class OnnxSegmenter(GraphModel):
     """ONNX Runtime session over a deeplab ONNX file (CPU, or CUDA when onnxruntime-gpu offers it)."""
+
+    runtime = "ONNX"
 
     def __init__(self, path: str | Path, providers: list[str] | None = None) -> None:
         try:
@@ -44,32 +44,10 @@ class OnnxSegmenter:
         self.meta: dict[str, Any] = read_metadata(props[METADATA_KEY], path)
         check_against_graph(self.meta, self.session, path)
         self.path = path
-        self.training = False  # the eval loop asks, as of an nn.Module
-
-    @property
-    def label_names(self) -> list[str]:
-        return list(self.meta["class_names"])
 
     def logits(self, images: np.ndarray) -> np.ndarray:
         """(B, C, H, W) float32 normalised images -> (B, num_classes, H, W) float32 logits."""
         return self.session.run(["logits"], {"images": np.ascontiguousarray(images, dtype=np.float32)})[0]
-
-    def __call__(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        out = self.logits(x.detach().float().cpu().numpy())
-        return {"out": torch.from_numpy(out).to(x.device)}
-
-    @property
-    def output_stride(self) -> int | None:
-        """The stride built into the graph (None for files exported before it was recorded)."""
-        return self.meta.get("output_stride")
-
-    def eval(self) -> OnnxSegmenter:  # deeplab.models.inference treats models alike
-        return self
-
-    def train(self, mode: bool = True) -> OnnxSegmenter:
-        if mode:
-            raise ValueError("an ONNX model cannot be trained")
-        return self
 
 
 def onnx_run_settings(
@@ -107,57 +85,6 @@ def onnx_providers(device: str) -> list[Any] | None:
     return [("CUDAExecutionProvider", {"device_id": int(index or 0)}), "CPUExecutionProvider"]
 
 
-class OnnxMetadata(BaseModel):
-    """The `deeplab` metadata entry deeplab.export writes (see deeplab.deploy.export.metadata); keys added later
-    are optional, so that older files still load, and keys this version does not know are kept."""
-
-    model_config = ConfigDict(extra="allow")
-
-    class_names: list[str]
-    num_classes: Annotated[int, Field(ge=1)]
-    in_channels: Annotated[int, Field(ge=1)]
-    mean: list[float]
-    std: list[Annotated[float, Field(gt=0)]]
-    ignore_index: int
-    palette: list[Annotated[list[Annotated[int, Field(ge=0, le=255)]], Field(min_length=3, max_length=3)]]
-    model: str | None = None
-    output_stride: int | None = None
-    dataset: dict[str, Any] | None = None
-    """The training config's dataset section: what evaluate.py scores the file on."""
-
-
-def read_metadata(text: str, path: Path) -> dict[str, Any]:
-    """The parsed, checked metadata; anything malformed is an ExportError of one line."""
-    fix = "re-export it with `python -m deeplab.export checkpoint=...`"
-    try:
-        raw = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ExportError(f"model {path}: its deeplab metadata is not valid JSON ({e}); {fix}") from None
-    if not isinstance(raw, dict):
-        raise ExportError(f"model {path}: its deeplab metadata is {type(raw).__name__}, not an object; {fix}")
-    try:
-        meta = OnnxMetadata.model_validate(raw)
-    except ValidationError as e:
-        err = e.errors()[0]
-        key = ".".join(str(part) for part in err["loc"])
-        raise ExportError(
-            f"model {path}: its deeplab metadata's {key}: {err['msg'].lower()}; {fix}"
-        ) from None
-    labels = 2 if meta.num_classes == 1 else meta.num_classes  # a binary model: background + the class
-    if len(meta.class_names) != labels:
-        raise ExportError(
-            f"model {path}: its metadata lists {len(meta.class_names)} class names but num_classes "
-            f"{meta.num_classes} needs {labels}; {fix}"
-        )
-    for key in ("mean", "std"):
-        values = getattr(meta, key)
-        if len(values) != meta.in_channels:
-            raise ExportError(
-                f"model {path}: its metadata has {len(values)} {key} values but in_channels {meta.in_channels}; {fix}"
-            )
-    return meta.model_dump()
-
-
 def check_against_graph(meta: dict[str, Any], session: Any, path: Path) -> None:
     """The metadata's channel and class counts against the graph's input and logits (when the graph fixes
     them), so that a mismatch is blamed on the file and not on the images."""
@@ -180,8 +107,4 @@ def check_against_graph(meta: dict[str, Any], session: Any, path: Path) -> None:
                 channels = session.run(["logits"], {"images": probe})[0].shape[1]
             except Exception as e:  # onnxruntime's own exception kinds
                 raise ExportError(f"cannot run model {path}: {first_line(e)}") from None
-        if isinstance(channels, int) and channels != meta[key]:
-            raise ExportError(
-                f"model {path}: its metadata says {key} {meta[key]} but the graph's {what} has {channels} "
-                "channels; re-export it with `python -m deeplab.export checkpoint=...`"
-            )
+        check_channels(meta, path, key, what, channels)

@@ -19,6 +19,8 @@ import torch
 
 from deeplab.atomicfile import atomic_path
 from deeplab.config import DatasetBase
+from deeplab.deploy.graph import GraphModel
+from deeplab.deploy.onnx_model import OnnxSegmenter
 from deeplab.errors import DatasetError, ExportError, first_line
 
 
@@ -88,14 +90,10 @@ def quantize_int8(fp32: Path, int8: Path, images: Iterator[np.ndarray]) -> int:
     return reader.count
 
 
-def mask_agreement(fp32: Path, int8: Path, images: Iterator[np.ndarray]) -> tuple[float, int]:
-    """(share of pixels where the two models' argmax classes agree, images compared)."""
-    from deeplab.deploy.onnx_model import OnnxSegmenter
-
-    reference, quantised = (
-        OnnxSegmenter(fp32, ["CPUExecutionProvider"]),
-        OnnxSegmenter(int8, ["CPUExecutionProvider"]),
-    )
+def mask_agreement(
+    reference: GraphModel, quantised: GraphModel, images: Iterator[np.ndarray]
+) -> tuple[float, int]:
+    """(share of pixels where the two exported models' argmax classes agree, images compared)."""
     same = total = count = 0
     for image in images:
         a = reference.logits(image).argmax(1)
@@ -107,7 +105,7 @@ def mask_agreement(fp32: Path, int8: Path, images: Iterator[np.ndarray]) -> tupl
 
 
 def export_int8(
-    export_fp32: Callable[[Path], None], dataset: DatasetBase, path: Path, calibration: int
+    export_fp32: Callable[[Path], object], dataset: DatasetBase, path: Path, calibration: int
 ) -> Path:
     """export_fp32(fp32_path) writes (and checks) the fp32 ONNX file; this quantises it to `path`, calibrated
     on the training images of `dataset` (the model's dataset section), and prints the int8/fp32 agreement of
@@ -117,7 +115,10 @@ def export_int8(
         export_fp32(fp32)
         try:
             used = quantize_int8(fp32, path, normalised_images(dataset, "train", calibration))
-            agreement, compared = mask_agreement(fp32, path, normalised_images(dataset, "val", calibration))
+            agreement, compared = mask_agreement(
+                OnnxSegmenter(fp32, ["CPUExecutionProvider"]), OnnxSegmenter(path, ["CPUExecutionProvider"]),
+                normalised_images(dataset, "val", calibration),
+            )  # fmt: skip
         except DatasetError as e:
             raise ExportError(
                 f"INT8 calibration reads the training images of the checkpoint's dataset: {e}"

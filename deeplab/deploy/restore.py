@@ -57,8 +57,10 @@ def read_trained(located: Located) -> tuple[ModelCard, dict[str, torch.Tensor]]:
     path = located.path
     if located.kind == "hub":
         return read_model_folder(path)
-    if located.kind == "onnx":
-        raise CheckpointError(f"{path} is an exported ONNX graph, not PyTorch weights; give the checkpoint")
+    if located.is_graph:
+        raise CheckpointError(
+            f"{path} is an exported {located.format_name} graph, not PyTorch weights; give the checkpoint"
+        )
     obj = load_file(path, "checkpoint")
     if isinstance(obj, dict) and "model" in obj and "config" in obj:
         return card_of_checkpoint(obj, path), obj["model"]

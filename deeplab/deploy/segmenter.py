@@ -33,9 +33,9 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Segmenter:
-    """What predict needs of a model, from a checkpoint or an ONNX file."""
+    """What predict needs of a model, from a checkpoint or an exported graph (ONNX, OpenVINO)."""
 
-    model: Any  # nn.Module, or deeplab.deploy.onnx_model.OnnxSegmenter: model(x)["out"] are logits
+    model: Any  # nn.Module, or an exported graph (deeplab.deploy.graph.GraphModel): model(x)["out"] are logits
     normalize: Callable[[torch.Tensor], torch.Tensor]
     labels: list[str]
     palette: np.ndarray  # (>= 256, 3) uint8
@@ -70,15 +70,16 @@ def load_segmenter(cfg: ModelRun) -> Segmenter:
     from deeplab.runtime import make_runtime
 
     located = locate(cfg.checkpoint)
-    if located.kind == "onnx":
-        from deeplab.deploy.onnx_model import OnnxSegmenter, onnx_run_settings
+    if located.is_graph:
+        from deeplab.deploy.graph import load_graph_model
 
-        providers = onnx_run_settings(cfg.eval.output_stride, cfg.amp, cfg.channels_last, cfg.device)
-        onnx = OnnxSegmenter(cfg.checkpoint, providers=providers)
-        rt = make_runtime("cpu", "off", False, key="")  # ONNX Runtime takes host arrays
-        meta = onnx.meta
+        graph = load_graph_model(
+            located.path, located.kind, cfg.eval.output_stride, cfg.amp, cfg.channels_last, cfg.device
+        )
+        rt = make_runtime("cpu", "off", False, key="")  # the graph runtimes take host arrays
+        meta = graph.meta
         palette = color_table(meta["palette"], max(256, meta["num_classes"]))
-        return Segmenter(onnx, rt.normalizer(meta["mean"], meta["std"]), onnx.label_names, palette,
+        return Segmenter(graph, rt.normalizer(meta["mean"], meta["std"]), graph.label_names, palette,
                          int(meta["in_channels"]), rt, onnx_background(meta))  # fmt: skip
     from deeplab.deploy.restore import load_trained_model, run_settings
 

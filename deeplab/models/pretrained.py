@@ -198,9 +198,9 @@ def load_matching(model: nn.Module, path: str | Path) -> list[str]:
     or of torchvision's DeepLabV3 weights whose name and shape fit `model`; the rest keep their initialisation. Returns the model's keys not loaded."""
     located = locate(path, "model.init_from")
     source = f"model.init_from {located.path}"
-    if located.kind == "onnx":
+    if located.is_graph:
         raise CheckpointError(
-            f"{source} is an exported ONNX graph; give the checkpoint or model folder it was exported from"
+            f"{source} is an exported {located.format_name} graph; give the checkpoint or model folder it was exported from"
         )
     obj = (
         read_weights_file(located.path / WEIGHTS_FILE)
