@@ -33,6 +33,7 @@ from deeplab.config.entries import (
     ExportConfig,
     ModelRun,
     PredictConfig,
+    ServeConfig,
     location_keys,
 )
 from deeplab.config.model import (
@@ -61,6 +62,7 @@ from deeplab.config.validation import (
     export_config,
     flatten,
     predict_config,
+    serve_config,
     to_plain,
     train_config,
     validate,
@@ -76,6 +78,7 @@ __all__ = [
     "DatasetBase",
     "DatasetConfig",
     "DemoConfig",
+    "ServeConfig",
     "DiceConfig",
     "EvalConfig",
     "EvaluateConfig",
@@ -102,6 +105,7 @@ __all__ = [
     "config_dir",
     "default_aspp_rates",
     "demo_config",
+    "serve_config",
     "evaluate_config",
     "export_config",
     "flatten",

@@ -1,4 +1,5 @@
-"""The configs of the commands that use a trained model: evaluate.py, deeplab.predict, deeplab.demo, deeplab.export."""
+"""The configs of the commands that use a trained model: evaluate.py, deeplab.predict, deeplab.demo, deeplab.serve,
+deeplab.export."""
 
 from __future__ import annotations
 
@@ -96,6 +97,29 @@ class DemoConfig(ModelRun):
     300 KB took 125 s and 6 GB."""
     max_upload_mb: PositiveInt = 50
     """The largest upload in MB (Gradio refuses larger files)."""
+
+
+class ServeConfig(ModelRun):
+    """configs/serve.yaml: `python -m deeplab.serve checkpoint=PATH`, an HTTP server with dynamic batching
+    (deeplab.deploy.serve, on LitServe)."""
+
+    host: Literal["127.0.0.1", "0.0.0.0", "::"]
+    """127.0.0.1 (this machine only), 0.0.0.0 or :: (every interface: other machines too)."""
+    port: Annotated[int, Field(ge=1024, le=65535)]
+    max_batch_size: Annotated[int, Field(ge=1, le=256)]
+    """Requests that arrive together share one forward pass, up to this many images (1: one at a time)."""
+    max_batch_wait_ms: Annotated[float, Field(ge=0, le=10_000)]
+    """How long the first request of a batch waits for others to join it."""
+    workers: Annotated[int, Field(ge=1, le=64)]
+    """Model processes, each with its own copy of the model and cores // workers threads."""
+    timeout_s: PositiveFloat
+    """A request still waiting for a worker after this long gets 504."""
+    max_request_mb: PositiveFloat
+    """A larger request body gets 413 before it is read."""
+    max_pixels: PositiveInt
+    """A larger image gets 413, measured from its header before it is decoded (a decompression bomb)."""
+    alpha: Annotated[float, Field(ge=0, le=1)]
+    """Opacity of the colour mask of ?output=overlay."""
 
 
 class ExportConfig(Section):

@@ -12,7 +12,7 @@ from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 from pydantic import BaseModel, ValidationError
 
 from deeplab.config.base import Section
-from deeplab.config.entries import DemoConfig, EvaluateConfig, ExportConfig, PredictConfig
+from deeplab.config.entries import DemoConfig, EvaluateConfig, ExportConfig, PredictConfig, ServeConfig
 from deeplab.config.train import TrainConfig
 from deeplab.errors import ConfigError, first_line
 
@@ -141,6 +141,10 @@ def predict_config(cfg: PredictConfig | DictConfig | Mapping[str, Any]) -> Predi
 
 def demo_config(cfg: DemoConfig | DictConfig | Mapping[str, Any]) -> DemoConfig:
     return validate(DemoConfig, cfg)
+
+
+def serve_config(cfg: ServeConfig | DictConfig | Mapping[str, Any]) -> ServeConfig:
+    return validate(ServeConfig, cfg)
 
 
 def flatten(node: Any, prefix: str = "") -> dict[str, Any]:

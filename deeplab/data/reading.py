@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -70,6 +71,17 @@ def read_image(path: Path, channels: int = 3) -> np.ndarray:
     with decoding(path, "image"), Image.open(path) as im:
         im.load()  # decode now, so a truncated file fails here and not later
         return _to_rgb8(ImageOps.exif_transpose(im), path)
+
+
+def read_image_bytes(data: bytes, name: str) -> np.ndarray:
+    """An encoded image held in memory (an HTTP upload) as read_image reads a file of that name: (H, W, 3)
+    uint8 RGB, upright, 16-bit scaled; undecodable bytes are a DatasetError naming `name`."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+            return _to_rgb8(ImageOps.exif_transpose(im), Path(name))
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise DatasetError(f"cannot decode image {name}: {first_line(e)}; send the whole, undamaged file") from None
 
 
 def _to_uint8(values: np.ndarray, path: Path) -> np.ndarray:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,13 +35,16 @@ log = logging.getLogger(__name__)
 class Segmenter:
     """What predict needs of a model, from a checkpoint or an exported graph (ONNX, OpenVINO)."""
 
-    model: Any  # nn.Module, or an exported graph (deeplab.deploy.graph.GraphModel): model(x)["out"] are logits
+    model: (
+        Any  # nn.Module, or an exported graph (deeplab.deploy.graph.GraphModel): model(x)["out"] are logits
+    )
     normalize: Callable[[torch.Tensor], torch.Tensor]
     labels: list[str]
     palette: np.ndarray  # (>= 256, 3) uint8
     in_channels: int
     rt: Any
     background: list[int]  # classes the overlays leave as the photo (dataset.overlay_background)
+    card: dict[str, Any] = field(default_factory=dict)  # model name, mean, std: what a server describes
 
     def legend_entries(self, classes: list[int]) -> list[tuple[str, np.ndarray]]:
         """(name, colour) of each of `classes` that is not background, for a legend."""
@@ -53,15 +56,19 @@ class Segmenter:
 
     def __call__(self, image: np.ndarray, ev: EvalConfig) -> np.ndarray:
         """(H, W, C) uint8 image -> (H, W) uint8 class ids."""
+        return self.predict_batch([image], ev)[0]
+
+    def predict_batch(self, images: list[np.ndarray], ev: EvalConfig) -> list[np.ndarray]:
+        """Images of one size, (H, W, C) uint8 each, in one forward pass -> their (H, W) uint8 class ids."""
         from deeplab.models.inference import predict_probs
 
-        x = torch.from_numpy(image).permute(2, 0, 1).unsqueeze(0).to(self.rt.device)  # (1, C, H, W) uint8
+        x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).to(self.rt.device)  # (B, C, H, W) uint8
         with torch.no_grad(), self.rt.autocast():
             probs = predict_probs(
                 self.model, self.normalize(x), scales=ev.scales, flip=ev.flip, mode=ev.mode, window=ev.window,
                 overlap=ev.overlap,
             )  # fmt: skip
-        return probs.argmax(1)[0].to(torch.uint8).cpu().numpy()
+        return list(probs.argmax(1).to(torch.uint8).cpu().numpy())
 
 
 def load_segmenter(cfg: ModelRun) -> Segmenter:
@@ -80,7 +87,8 @@ def load_segmenter(cfg: ModelRun) -> Segmenter:
         meta = graph.meta
         palette = color_table(meta["palette"], max(256, meta["num_classes"]))
         return Segmenter(graph, rt.normalizer(meta["mean"], meta["std"]), graph.label_names, palette,
-                         int(meta["in_channels"]), rt, onnx_background(meta))  # fmt: skip
+                         int(meta["in_channels"]), rt, onnx_background(meta),
+                         {k: meta.get(k) for k in ("model", "mean", "std")})  # fmt: skip
     from deeplab.deploy.restore import load_trained_model, run_settings
 
     model, card = load_trained_model(located.path)
@@ -92,6 +100,7 @@ def load_segmenter(cfg: ModelRun) -> Segmenter:
     return Segmenter(
         model, rt.normalizer(labels.mean, labels.std), labels.class_names,
         color_table(labels.palette, max(256, labels.num_classes)), labels.in_channels, rt, labels.overlay_background,
+        {"model": f"{card.model.name}/{card.backbone.name}", "mean": list(labels.mean), "std": list(labels.std)},
     )  # fmt: skip
 
 
@@ -119,11 +128,16 @@ def draw(
     return color, place_legend(overlay, found, avoid=~keep)
 
 
-def save_ids(pred: np.ndarray, palette: np.ndarray, path: Path) -> None:
-    """Class ids as a palette PNG (the ids are the pixel values, the palette draws them)."""
-    ids = Image.frombytes("P", (pred.shape[1], pred.shape[0]), pred.tobytes())
+def ids_image(pred: np.ndarray, palette: np.ndarray) -> Image.Image:
+    """Class ids as a palette image (the ids are the pixel values, the palette draws them)."""
+    ids = Image.frombytes("P", (pred.shape[1], pred.shape[0]), np.ascontiguousarray(pred).tobytes())
     ids.putpalette(palette[:256].reshape(-1).tolist())
-    save_image(ids, path)
+    return ids
+
+
+def save_ids(pred: np.ndarray, palette: np.ndarray, path: Path) -> None:
+    """Class ids as a palette PNG."""
+    save_image(ids_image(pred, palette), path)
 
 
 def predict_each(
