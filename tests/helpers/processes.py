@@ -23,11 +23,13 @@ class TrainProcess:
     them. The process leads its own process group, as a job under a scheduler does.
     """
 
-    def __init__(self, args: list[str], log_path: Path, faults: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, args: list[str], log_path: Path, faults: dict[str, str] | None = None, script: str = "train.py"
+    ) -> None:
         self.log_path = log_path
         env = {**os.environ, "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "0", "PYTHONUNBUFFERED": "1"}
         env.update(faults or {})
-        script = str(ROOT / "tests" / "faults.py") if faults else "train.py"
+        script = str(ROOT / "tests" / "faults.py") if faults else script  # script "-m": args[0] is a module
         with open(log_path, "wb") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, script, *args],
@@ -56,7 +58,7 @@ class TrainProcess:
         while not condition():
             if self.proc.poll() is not None:
                 raise AssertionError(
-                    f"train.py ended (exit {self.proc.returncode}) first:\n{self.log()[-3000:]}"
+                    f"the process ended (exit {self.proc.returncode}) first:\n{self.log()[-3000:]}"
                 )
             if time.monotonic() > deadline:
                 self.kill()
