@@ -41,7 +41,7 @@ def main(cfg: DictConfig) -> float:
         # schedulers see an unfinished run (and may requeue it with trainer.resume=auto).
         write_status(run_dir, "interrupted", str(e))
         sys.exit(e.exit_code)
-    write_status(run_dir, "finished")
+    write_status(run_dir, "finished", reason=metrics.get("stopped_early", ""))
     # Hydra sweepers (e.g. Optuna) maximise what main returns.
     return float(metrics[config.optimized_metric])
 

@@ -206,3 +206,10 @@ def draw_legend(
 ) -> np.ndarray:
     """The (H, W, 3) uint8 image with a legend of (name, colour) entries (see make_legend, place_legend)."""
     return place_legend(image, make_legend(entries, *image.shape[:2]), avoid)
+
+
+def ids_image(pred: np.ndarray, palette: np.ndarray) -> Image.Image:
+    """(H, W) uint8 class ids as a palette image (the ids are the pixel values, the palette draws them)."""
+    ids = Image.frombytes("P", (pred.shape[1], pred.shape[0]), np.ascontiguousarray(pred).tobytes())
+    ids.putpalette(palette[:256].reshape(-1).tolist())
+    return ids

@@ -303,6 +303,86 @@ class CamVidDataset(SplitLayout):
         return _fixed_class_count(data, 11, "CamVid (the SegNet layout's 11 classes)")
 
 
+class AnnotationSplit(Section):
+    images: str
+    """The folder of the split's images (COCO's file_name is read relative to it)."""
+    annotations: str
+    """The split's COCO annotation file (instances JSON: images, annotations, categories)."""
+
+
+class CocoDataset(DatasetBase):
+    """Labels as labelling tools (CVAT, Label Studio, Roboflow) export them: per split an images folder and a COCO
+    annotation file, rendered to class masks by deeplab.data.coco (polygons and RLE through pycocotools)."""
+
+    name: Literal["coco"]
+    train: Annotated[AnnotationSplit, LOCATION]
+    val: Annotated[AnnotationSplit, LOCATION]
+    categories: list[int] | None
+    """The COCO category ids of classes 1, 2, ... in order (class 0 is the background); null: every category of
+    the training file, in the file's order. Annotations of categories left out are not drawn."""
+    unannotated: Literal["background", "ignore"]
+    """What the pixels no annotation covers are: background (class 0) or ignore_index."""
+    crowd: Literal["ignore", "keep"]
+    """iscrowd regions: ignore_index, or drawn as their category."""
+    empty_images: Literal["skip", "background"]
+    """Images without any annotation: left out (an export of unfinished labelling), or all background."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_file(cls, data: Any) -> Any:
+        """num_classes and class_names, when null, from the training file's categories."""
+        if not isinstance(data, Mapping) or (data.get("num_classes") is not None and data.get("class_names")):
+            return data
+        from deeplab.config.annotations import coco_category_names
+
+        split = data.get("train") or {}
+        names = coco_category_names(
+            split.get("annotations") if isinstance(split, Mapping) else None, data.get("categories")
+        )
+        data = dict(data)
+        if data.get("num_classes") is None:
+            data["num_classes"] = len(names) + 1
+        if data.get("class_names") is None and data["num_classes"] == len(names) + 1:
+            data["class_names"] = ["background", *names]
+        return data
+
+
+class LabelmeSplit(Section):
+    folder: str
+    """Images with labelme's JSON files beside them (photo.jpg + photo.json)."""
+
+
+class LabelmeDataset(DatasetBase):
+    """A folder of images labelled with labelme (polygons, rectangles, circles, lines, points), rendered to class
+    masks by deeplab.data.labelme, in the order of each file's shapes (a later shape is drawn over an earlier)."""
+
+    name: Literal["labelme"]
+    train: Annotated[LabelmeSplit, LOCATION]
+    val: Annotated[LabelmeSplit, LOCATION]
+    line_width: PositiveInt
+    """Width in pixels of line and linestrip shapes (and the diameter of points)."""
+    empty_images: Literal["skip", "background"]
+    """Images without a JSON file or without shapes: left out, or all background."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_files(cls, data: Any) -> Any:
+        """class_names and num_classes, when null, from the labels of the training files (sorted, after the
+        background; labelme's `_background_` is the background)."""
+        if not isinstance(data, Mapping) or (data.get("num_classes") is not None and data.get("class_names")):
+            return data
+        from deeplab.config.annotations import labelme_label_names
+
+        split = data.get("train") or {}
+        names = labelme_label_names(split.get("folder") if isinstance(split, Mapping) else None)
+        data = dict(data)
+        if data.get("num_classes") is None:
+            data["num_classes"] = len(names) + 1
+        if data.get("class_names") is None and data["num_classes"] == len(names) + 1:
+            data["class_names"] = ["background", *names]
+        return data
+
+
 DatasetConfig = Annotated[
     VOCDataset
     | SBDDataset
@@ -311,6 +391,8 @@ DatasetConfig = Annotated[
     | FolderDataset
     | CityscapesDataset
     | ADE20KDataset
-    | CamVidDataset,
+    | CamVidDataset
+    | CocoDataset
+    | LabelmeDataset,
     Field(discriminator="name"),
 ]

@@ -145,6 +145,16 @@ class EmaConfig(Section):
     """Optimizer steps over which the decay ramps linearly from 0 to `decay` (0: `decay` from the start)."""
 
 
+class EarlyStopConfig(Section):
+    """trainer.early_stop: end the run once validation stops improving (deeplab/train/engine.py)."""
+
+    patience: PositiveInt | None
+    """null: off; N: the run ends after N validations in a row without a rise of val mIoU of at least min_delta
+    over the best so far (best.pt holds the best weights; status.json says why it ended)."""
+    min_delta: Annotated[float, Field(ge=0, le=1)]
+    """The smallest rise of val mIoU that counts, as a fraction (0.005: half a point)."""
+
+
 class TrainerConfig(Section):
     """configs/trainer: the loop, its intervals and the run-time options."""
 
@@ -178,6 +188,7 @@ class TrainerConfig(Section):
     max_nonfinite_skips: NonNegativeInt
     """Non-finite losses to skip (one host sync per step) before stopping; 0 checks at log boundaries only."""
     ema: Annotated[EmaConfig, Added({"decay": None, "warmup": 0})]
+    early_stop: Annotated[EarlyStopConfig, Added({"patience": None, "min_delta": 0.0})]
     accumulate: Annotated[PositiveInt, Added(1)]
     """Micro-batches per optimizer step (gradient accumulation): batch_size stays the batch of one optimizer
     step, each process runs batch_size / (processes * accumulate) images at a time. Iterations, the schedule,

@@ -3,6 +3,7 @@ becomes a torch Dataset: build_dataset(cfg, split)."""
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any
 
@@ -12,8 +13,10 @@ from deeplab.config import (
     ADE20KDataset,
     CamVidDataset,
     CityscapesDataset,
+    CocoDataset,
     DatasetBase,
     FolderDataset,
+    LabelmeDataset,
     SBDDataset,
     SyntheticDataset,
     TrainConfig,
@@ -31,7 +34,7 @@ from deeplab.data.ade20k import ade20k_samples, find_ade20k_dir
 from deeplab.data.camvid import camvid_samples, find_camvid_dir
 from deeplab.data.cityscapes import cityscapes_samples, find_cityscapes_dir, unlisted_label_ids
 from deeplab.data.collate import collate_eval
-from deeplab.data.dataset import MaskDecoding, SegmentationDataset
+from deeplab.data.dataset import MaskDecoding, RenderedDataset, SegmentationDataset
 from deeplab.data.folder import color_lookup, folder_samples
 from deeplab.data.sbd import SBDSegmentation
 from deeplab.data.synthetic import SyntheticSpec, ensure_synthetic
@@ -75,7 +78,10 @@ def load_split(
         "num_classes": d.num_classes, "ignore_index": d.ignore_index, "transform": transform, "skip_bad": d.skip_bad,
         "substitute": split == "train", "check_files": check_files, "in_channels": d.in_channels,
     }  # fmt: skip
-    split_name = split if isinstance(d, FolderDataset) else d.train_split if split == "train" else d.val_split
+    by_key = isinstance(
+        d, FolderDataset | CocoDataset | LabelmeDataset
+    )  # a section per split, no split names
+    split_name = split if by_key else d.train_split if split == "train" else d.val_split
     dataset, detail = _split_of_layout(d, split, split_name, strict_labels, common)
     log.info(
         "dataset %s %s split (%s): %s images%s",
@@ -98,6 +104,26 @@ def _split_of_layout(
         return SegmentationDataset(
             samples, masks=decoding, listing_problems=problems, name=name, **common
         ), ""
+    if isinstance(d, CocoDataset):
+        from deeplab.data import coco
+
+        files = d.train if split == "train" else d.val
+        samples, sources, problems = coco.read_coco(
+            files.images, files.annotations, split, d.categories, d.empty_images
+        )
+        render = functools.partial(
+            _render_each, coco.render, sources, (d.crowd, d.unannotated, d.ignore_index)
+        )
+        name = f"dataset.{split}.annotations {files.annotations}"
+        return RenderedDataset(samples, render, listing_problems=problems, name=name, **common), ""
+    if isinstance(d, LabelmeDataset):
+        from deeplab.data import labelme
+
+        folder = (d.train if split == "train" else d.val).folder
+        samples, sources, problems = labelme.read_labelme(folder, split, d.label_names(), d.empty_images)
+        render = functools.partial(_render_each, labelme.render, sources, (d.line_width,))
+        name = f"dataset.{split}.folder {folder}"
+        return RenderedDataset(samples, render, listing_problems=problems, name=name, **common), ""
     if isinstance(d, CityscapesDataset):
         root = find_cityscapes_dir(d.root)
         label_ids = d.labels == "labelIds"
@@ -133,6 +159,11 @@ def _split_of_layout(
     else:
         samples = [voc_sample(voc_dir, i) for i in voc_split_ids(voc_dir, split_name)]
     return SegmentationDataset(samples, name=f"{voc_dir}/{split_name}", **common), detail
+
+
+def _render_each(draw: Any, sources: list[Any], options: tuple[Any, ...], index: int) -> Any:
+    """draw(sources[index], *options): a module-level function, so that DataLoader workers can receive it."""
+    return draw(sources[index], *options)
 
 
 def build_dataset(cfg: TrainConfig | DictConfig | DatasetBase, split: str) -> SegmentationDataset:

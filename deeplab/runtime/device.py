@@ -6,6 +6,8 @@ Models and datasets stay device-agnostic; the training loop, the evaluator and p
 from __future__ import annotations
 
 import contextlib
+import logging
+import os
 import random
 import types
 from collections.abc import Sequence
@@ -17,6 +19,8 @@ from torch import nn
 
 from deeplab.errors import ConfigError
 from deeplab.runtime.distributed import DistInfo
+
+log = logging.getLogger(__name__)
 
 
 def resolve_device(name: str, local_rank: int = 0, key: str = "trainer.device") -> torch.device:
@@ -94,11 +98,37 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+DETERMINISTIC_COST = (
+    "trainer.deterministic=true: deterministic kernels only (cuDNN without autotuning, cuBLAS with a fixed "
+    "workspace); it cost 0-3% of the quickstart's time on a 2-core CPU and more on a GPU, where some backward "
+    "kernels (bilinear upsampling's among them) have no deterministic version and stop the run with their name"
+)
+
+
+def deterministic_error(error: RuntimeError, device: torch.device) -> str | None:
+    """The one line for an operation that has no deterministic kernel under trainer.deterministic=true (None
+    for any other error)."""
+    text = str(error)
+    if "does not have a deterministic implementation" not in text:
+        return None
+    op = text.split(" does not have", 1)[0].strip().splitlines()[-1]
+    return (
+        f"trainer.deterministic=true: {op} has no deterministic kernel on {device.type}; set "
+        "trainer.deterministic=false (seeded runs then differ in their last bits), or train on a device that has one"
+    )
+
+
 def configure_backends(device: torch.device, deterministic: bool) -> None:
-    """Deterministic algorithms on request; otherwise cuDNN autotuning (fixed crop size) and TF32 on CUDA."""
+    """Deterministic algorithms on request (an operation without a deterministic kernel then raises, and the
+    engine names it: deterministic_error); otherwise cuDNN autotuning (fixed crop size) and TF32 on CUDA."""
     if deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
+        if device.type == "cuda":
+            # cuBLAS is deterministic only with a fixed workspace, set before its first use
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
         torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+        log.info("%s", DETERMINISTIC_COST)
     elif device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     if device.type == "cuda":

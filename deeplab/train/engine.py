@@ -29,7 +29,7 @@ from tqdm import tqdm
 from deeplab import data
 from deeplab.artifacts.card import run_card
 from deeplab.artifacts.checkpoint import save_checkpoint
-from deeplab.config import CrossEntropyConfig, TrainConfig, train_config
+from deeplab.config import CrossEntropyConfig, EarlyStopConfig, TrainConfig, train_config
 from deeplab.data.loaders import batches, build_train_loader, build_val_loader, shut_down_workers
 from deeplab.data.sampling import RareClasses, rare_classes
 from deeplab.data.stats import check_labels, label_counts, label_stats, median_frequency_weights
@@ -50,7 +50,7 @@ from deeplab.runtime import (
     resolve_device,
     seed_everything,
 )
-from deeplab.runtime.device import free_memory
+from deeplab.runtime.device import deterministic_error, free_memory
 from deeplab.runtime.signals import StopRequest, StopSignal, TrainingInterrupted
 from deeplab.train import precise_bn, rundir
 from deeplab.train.ema import build_ema, restore_ema
@@ -628,6 +628,14 @@ def _loop(run: Run, stop: StopRequest) -> dict[str, Any]:
         data_iter=batches(run.train_loader),
         bar=progress_bar(t.max_iters, it, disable=not main),
     )
+    if run.progress.early_stop["stopped"]:  # resumed after it had ended early: nothing left to train
+        log.warning(
+            "the run ended early at iteration %d (%s); nothing to resume",
+            it,
+            run.progress.early_stop["stopped"],
+        )
+        state.bar.close()
+        return _finish(run, it, 0, stop)
     with state.bar:  # the bar is closed before any error is printed
         if run.revalidate and it < t.max_iters:  # the validation of the checkpoint's iteration was not logged
             run.saved = it  # last.pt holds it
@@ -636,6 +644,9 @@ def _loop(run: Run, stop: StopRequest) -> dict[str, Any]:
             try:
                 loss, parts, finite = _forward_backward(run, state)
             except RuntimeError as e:
+                unavailable = deterministic_error(e, rt.device)
+                if unavailable is not None:
+                    raise ConfigError(unavailable) from None
                 # A worker ended by a signal (e.g. killed by the scheduler) after a stop signal: the stop it
                 # follows, at the last finished iteration. (Under DDP the other ranks need this one: an error.)
                 if stop.signum is None or rt.dist.enabled or "DataLoader worker" not in str(e):
@@ -679,6 +690,15 @@ def _loop(run: Run, stop: StopRequest) -> dict[str, Any]:
             if due_eval:
                 _validate(run, it, stop)
                 state.tic = time.perf_counter()  # the interval's time leaves validation out
+                if run.progress.early_stop["stopped"] and it < t.max_iters:
+                    if main:  # last.pt records that the run ended: a resume finishes instead of training on
+                        run.save("last.pt")
+                    log.warning(
+                        "iteration %d: %s; best.pt holds the best weights",
+                        it,
+                        run.progress.early_stop["stopped"],
+                    )
+                    break
         distributed.barrier()
     return _finish(run, it, state.stop_signum, stop)
 
@@ -697,8 +717,26 @@ def _validate(run: Run, it: int, stop: StopRequest) -> None:
     if main and score > run.progress.best_miou:
         run.progress.best_miou = score
         run.save("best.pt", resumable=False)
+    early_stop(run.progress.early_stop, run.cfg.trainer.early_stop, score, it)
     run.validated_at(it)
     run.model.train()
+
+
+def early_stop(state: dict[str, Any], cfg: EarlyStopConfig, score: float, iteration: int) -> None:
+    """trainer.early_stop after a validation scoring `score`: a rise of at least min_delta over the best that
+    counted resets the count, anything less adds one; at `patience` the reason is set in state["stopped"]. Every
+    rank computes it from the same all-reduced metrics, so all stop together."""
+    if cfg.patience is None:
+        return
+    if score >= state["best"] + cfg.min_delta or state["best"] < 0:
+        state.update(best=score, iteration=iteration, stale=0)
+        return
+    state["stale"] += 1
+    if state["stale"] >= cfg.patience:
+        state["stopped"] = (
+            f"early stop (trainer.early_stop.patience={cfg.patience}): {state['stale']} validations without a val "
+            f"mIoU rise of {cfg.min_delta:g} over {100 * state['best']:.2f} at iteration {state['iteration']}"
+        )
 
 
 def _forward_backward(run: Run, state: LoopState) -> tuple[torch.Tensor, dict[str, torch.Tensor], bool]:
@@ -847,6 +885,8 @@ def _finish(run: Run, it: int, stop_signum: int, stop: StopRequest | None = None
         print(f"checkpoints: {run.ckpt_dir}")
         if run.cfg.logger.tensorboard is not None:
             print(f"tensorboard --logdir {run.run_dir / 'tensorboard'}")
+    if run.progress.early_stop["stopped"]:  # train.py writes it into status.json
+        return metrics | {"stopped_early": run.progress.early_stop["stopped"]}
     return metrics
 
 

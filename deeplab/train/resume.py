@@ -80,6 +80,11 @@ class Resumed:
     elapsed: float = 0.0  # seconds of training up to `iteration` (validations included), over all processes
     # the scalars logged since the checkpoint before (step -> name -> value): what loggers may have missed
     log_rows: dict[int, dict[str, float]] = field(default_factory=dict)
+    # trainer.early_stop: the best mIoU that counted (rose by min_delta), where, the validations since, and why
+    # the run ended early ("" while it goes on)
+    early_stop: dict[str, Any] = field(
+        default_factory=lambda: {"best": -1.0, "iteration": 0, "stale": 0, "stopped": ""}
+    )
 
 
 def training_state(
@@ -98,6 +103,7 @@ def training_state(
         "metrics": progress.metrics,
         "elapsed": progress.elapsed,
         "log_rows": progress.log_rows,
+        "early_stop": progress.early_stop,
         "config": config,
     }
     if optimizer is not None:
@@ -178,4 +184,5 @@ def restore_training(
         ckpt.get("metrics"),
         float(ckpt.get("elapsed", 0.0)),
         dict(ckpt.get("log_rows") or {}),
+        dict(ckpt.get("early_stop") or Resumed().early_stop),
     )

@@ -23,11 +23,12 @@ METRICS = ("miou", "pixel_acc", "mean_acc", "fwiou")
 STATUS = "status.json"
 
 
-def write_status(run_dir: Path, status: str, error: str = "") -> None:
-    """run_dir/status.json: finished, failed (with the error's one line) or interrupted; by rank 0 only."""
+def write_status(run_dir: Path, status: str, error: str = "", reason: str = "") -> None:
+    """run_dir/status.json: finished, failed (with the error's one line) or interrupted, and for a finished run
+    that ended before trainer.max_iters why (early stopping); by rank 0 only."""
     if int(os.environ.get("RANK", "0")) != 0:  # torchrun's other processes share rank 0's run dir
         return
-    write_json(run_dir / STATUS, {"status": status, "error": error})
+    write_json(run_dir / STATUS, {"status": status, "error": error} | ({"reason": reason} if reason else {}))
 
 
 def collect_runs(sweep_dir: Path) -> list[dict[str, Any]]:
