@@ -65,7 +65,9 @@ def runtimes(name: str, size: int, work: Path) -> dict[str, Callable[[np.ndarray
     save_ir(model, ir)
     ir_int8 = work / f"{name}_int8.xml"
     save_ir(nncf.quantize(model, nncf.Dataset(calibration), subset_size=len(calibration)), ir_int8)
-    ort = {k: OnnxSegmenter(p, providers=["CPUExecutionProvider"]) for k, p in (("fp32", fp32), ("int8", int8))}
+    ort = {
+        k: OnnxSegmenter(p, providers=["CPUExecutionProvider"]) for k, p in (("fp32", fp32), ("int8", int8))
+    }
     openvino = {"fp32": OpenVinoSegmenter(ir), "int8": OpenVinoSegmenter(ir_int8)}
     print(
         f"{name}: OpenVINO {ov.__version__} runs the fp32 IR at {openvino['fp32'].precision} (its default hint "
@@ -110,21 +112,32 @@ def speed(name: str, size: int, batch: int, rounds: int, work: Path) -> dict[str
         faster = ", ".join(f"{k} {1 / v:.2f}x" for k, v in vs_reference.items() if k != REFERENCE)
         print(f"{name} {size}x{size}, batch {b}: {line}")
         print(f"    speed against {REFERENCE} (above 1: faster): {faster}")
-        results[f"batch{b}"] = {"figures": figures, "speed_vs_ort_int8": {k: 1 / v for k, v in vs_reference.items()}}
+        results[f"batch{b}"] = {
+            "figures": figures,
+            "speed_vs_ort_int8": {k: 1 / v for k, v in vs_reference.items()},
+        }
     return results
 
 
-def accuracy(checkpoint: Path, calibration: int, work: Path, overrides: list[str], label: str) -> dict[str, float]:
+def accuracy(
+    checkpoint: Path, calibration: int, work: Path, overrides: list[str], label: str
+) -> dict[str, float]:
     """mIoU (points) of one model on every runtime, scored by evaluate.py's function."""
     from deeplab.deploy.evaluate import evaluate_checkpoint
 
     sources: dict[str, tuple[Path, str]] = {"eager_fp32": (checkpoint, "off")}
     if cpu_has_bf16():
         sources["eager_bf16"] = (checkpoint, "bf16")
-    for fmt, suffix in (("onnx", ".onnx"), ("onnx_int8", ".onnx"), ("openvino", ".xml"), ("openvino_int8", ".xml")):
+    for fmt, suffix in (
+        ("onnx", ".onnx"),
+        ("onnx_int8", ".onnx"),
+        ("openvino", ".xml"),
+        ("openvino_int8", ".xml"),
+    ):
         path = work / f"{label}_{fmt}{suffix}"
         cfg = compose_config_named(
-            "export", [f"checkpoint={checkpoint}", f"output={path}", f"format={fmt}", f"calibration={calibration}"]
+            "export",
+            [f"checkpoint={checkpoint}", f"output={path}", f"format={fmt}", f"calibration={calibration}"],
         )
         export(cfg, work)
         runtime = {"onnx": "onnxruntime_fp32", "onnx_int8": "onnxruntime_int8", "openvino": "openvino_fp32",
@@ -133,7 +146,9 @@ def accuracy(checkpoint: Path, calibration: int, work: Path, overrides: list[str
     scores = {}
     for runtime, (path, amp) in sources.items():
         metrics = evaluate_checkpoint(
-            compose_config_named("evaluate", [f"checkpoint={path}", "num_workers=0", f"amp={amp}", *overrides]),
+            compose_config_named(
+                "evaluate", [f"checkpoint={path}", "num_workers=0", f"amp={amp}", *overrides]
+            ),
             work / f"eval_{label}_{runtime}",
         )
         scores[runtime] = 100 * float(metrics["miou"])
@@ -148,13 +163,17 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--models", default=",".join(MODELS))
-    parser.add_argument("--checkpoint", type=Path, default=None, help="the quickstart model (default: train it)")
+    parser.add_argument(
+        "--checkpoint", type=Path, default=None, help="the quickstart model (default: train it)"
+    )
     parser.add_argument("--camvid", type=Path, default=None, help="a CamVid model (run folder or checkpoint)")
     parser.add_argument("--camvid-root", default=None, help="dataset.root of the CamVid model's data")
     parser.add_argument("--calibration", type=int, default=32)
     parser.add_argument("--skip-speed", action="store_true")
     parser.add_argument("--skip-accuracy", action="store_true")
-    parser.add_argument("--work-dir", type=Path, default=None, help="keep the files here (default: a temp dir)")
+    parser.add_argument(
+        "--work-dir", type=Path, default=None, help="keep the files here (default: a temp dir)"
+    )
     args = parser.parse_args(argv)
     print(describe_machine(torch.device("cpu")))
     print(int8_instructions() + f"; native bf16: {cpu_has_bf16()}")
@@ -170,7 +189,10 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
             if checkpoint is None:
                 from deeplab.train.engine import train
 
-                train(compose_config(["experiment=quickstart", f"paths.data_dir={work / 'data'}"]), work / "quickstart")
+                train(
+                    compose_config(["experiment=quickstart", f"paths.data_dir={work / 'data'}"]),
+                    work / "quickstart",
+                )
                 checkpoint = work / "quickstart" / "checkpoints" / "best.pt"
             results["quickstart"] = accuracy(checkpoint, args.calibration, work, [], "quickstart")
             if args.camvid is not None:
