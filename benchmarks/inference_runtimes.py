@@ -49,8 +49,11 @@ REFERENCE = "onnxruntime_int8"
 
 def runtimes(name: str, size: int, work: Path) -> dict[str, Callable[[np.ndarray], object]]:
     """runtime -> fn(images (B, C, H, W) float32) for the model `name` with random weights."""
-    import nncf
     import openvino as ov
+
+    from deeplab.deploy.openvino_export import nncf_quiet
+
+    nncf = nncf_quiet()
 
     cfg = train_config(compose_config(MODELS[name]))
     torch.manual_seed(0)

@@ -4,6 +4,7 @@ use live in tests/helpers/."""
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -16,6 +17,16 @@ from helpers.configs import compose_config, one_thread, tiny_config
 os.environ["DEEPLAB_CACHE"] = tempfile.mkdtemp(prefix="deeplab-test-cache-")
 # No test reaches the network: the Hugging Face hub (timm's weights) fails at once instead of retrying.
 os.environ["HF_HUB_OFFLINE"] = "1"
+# absl.logging (imported by OpenVINO's converter when absl is installed, as tensorboard installs it) binds its
+# handler to the sys.stderr of its import, here pytest's capture file, and closes that file when logging is
+# reconfigured (Hydra does, in the tests that run entry points in-process): every later test would then write to
+# a closed file. Bound to the real stderr, which it never closes, it is harmless.
+try:
+    import absl.logging
+
+    absl.logging.get_absl_handler().python_handler.stream = sys.__stderr__
+except ImportError:
+    pass
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # pytest -n 2 (the default, see pyproject.toml): one torch thread per worker, so the two workers share
     # the two cores instead of fighting over them.

@@ -191,14 +191,45 @@ def test_the_xception65_recipe_has_the_published_multiply_adds(monkeypatch: pyte
     assert backbones.gmacs(model, 513) == pytest.approx(54.17, rel=0.01)  # TF DeepLab model zoo, OS 16
 
 
-def test_inference_runtimes_prints_the_speed_ups_over_eager(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+@pytest.mark.slow  # exports, quantises (ONNX Runtime, NNCF) and times six runtimes
+def test_inference_runtimes_times_every_runtime_against_onnx_runtime_int8() -> None:
+    """Run as its command: OpenVINO runs in no test process (see test_openvino.py)."""
+    from helpers.processes import run_cli
+
+    if importlib.util.find_spec("openvino") is None:
+        pytest.skip("needs openvino")
+    proc = run_cli("benchmarks/inference_runtimes.py", "--size", "65", "--batch", "2", "--rounds", "1",
+                   "--models", "mobilenet_v3", "--skip-accuracy")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = {line.split(":")[0]: line for line in proc.stdout.splitlines()}
+    for batch in ("batch 1", "batch 2"):
+        line = lines[f"mobilenet_v3 65x65, {batch}"]
+        assert all(k in line for k in ("eager_fp32", "onnxruntime_int8", "openvino_fp32", "openvino_int8"))
+    assert proc.stdout.count("speed against onnxruntime_int8 (above 1: faster): eager_fp32") == 2
+    assert "runs the fp32 IR at" in proc.stdout
+
+
+@pytest.mark.slow  # starts the server twice and sends requests for a few seconds
+def test_serve_load_reports_both_batching_settings_and_the_soak(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, trained_run, tmp_path
 ) -> None:
-    runtimes = load("inference_runtimes", monkeypatch)
-    out = runtimes.main(["--size", "65", "--rounds", "1", "--models", "mobilenet_v3", "--no-compile"])
-    result = out["mobilenet_v3"]
-    assert set(result["ms"]) == {"eager", "onnxruntime"} and result["speedup"]["onnxruntime"] > 0
-    assert "speed-up over eager: onnxruntime" in capsys.readouterr().out
+    import numpy as np
+    from PIL import Image
+
+    if (
+        importlib.util.find_spec("litserve") is None
+    ):  # not imported: it binds a handler to the captured stderr
+        pytest.skip("needs litserve")
+    load_test = load("serve_load", monkeypatch)
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 256, (40, 56, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
+    checkpoint = trained_run[0] / "checkpoints" / "best.pt"
+    out = load_test.main(["--checkpoint", str(checkpoint), "--images", str(tmp_path), "--clients", "4",
+                          "--seconds", "3", "--single-seconds", "2", "--soak", "6", "--amp", "off"])  # fmt: skip
+    assert out["batching on"]["clients"]["errors"] == 0 and out["batching off"]["clients"]["requests"] > 0
+    assert out["soak"]["good_lost"] == 0 and out["soak"]["bad_wrong_status"] == 0 and out["soak"]["bad"] > 0
+    assert "batching on / off at 4 clients" in capsys.readouterr().out
 
 
 @pytest.mark.slow  # two processes build ResNet-101
@@ -225,3 +256,25 @@ def test_loop_overhead_times_each_plug_point_against_the_plain_step(
     assert all(len(t) == 2 and min(t) > 0 for t in out["times"].values())
     assert "ema/plain" in text and "csv/plain" in text and "at most 3%" in text
     assert set(out["shares"]) == {"ema", "csv"} and all(v > 0 for v in out["shares"].values())
+
+
+@pytest.mark.slow  # three tiny train.py processes on generated CamVid
+def test_seed_spread_reports_the_spread_and_a_repeated_seed(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, tmp_path
+) -> None:
+    from helpers.fake_data import write_camvid
+
+    write_camvid(tmp_path / "camvid", {"train": 4, "val": 2, "test": 0})
+    spread = load("seed_spread", monkeypatch)
+    tiny = ["backbone=resnet_tiny", "model.aspp.channels=16", "model.decoder.low_level_channels=8",
+            "model.decoder.channels=16", "trainer.max_iters=2", "trainer.eval_interval=2", "trainer.ckpt_interval=2",
+            "trainer.batch_size=2", "trainer.crop_size=[16,24]", "trainer.num_workers=0", "trainer.amp=off",
+            "loss.class_weights=null", "dataset.check_labels=false"]  # fmt: skip
+    out = spread.main(
+        ["--root", str(tmp_path), "--seeds", "0,1", "--repeat", "0", "--work", str(tmp_path / "w"), *tiny]
+    )
+    assert len(out["scores"]) == 2 and out["std"] >= 0
+    assert (
+        out["repeat"]["first"] == out["repeat"]["again"]
+    )  # trainer.deterministic=true: one seed, one result
+    assert "2 seeds: mean" in capsys.readouterr().out

@@ -41,13 +41,27 @@ def save_ir(model: Any, xml: Path) -> None:
     openvino_required().save_model(model, str(xml), compress_to_fp16=False)
 
 
-def quantize(model: Any, dataset: DatasetBase, calibration: int) -> tuple[Any, int]:
-    """(the INT8 ov.Model NNCF makes of `model`, the number of calibration images), calibrated on the training
-    images of `dataset` (the model's dataset section) as the evaluation reads them."""
+def nncf_quiet() -> Any:
+    """nncf, its log going through the logging configuration like every other library's: NNCF binds a handler
+    to the sys.stdout of its import and writes INFO lines there, past the command's own output settings."""
+    import logging
+
     try:
         import nncf
     except ImportError:
         raise ExportError('format=openvino_int8 needs nncf: pip install -e ".[openvino]"') from None
+    nncf_logger = logging.getLogger("nncf")
+    for handler in list(nncf_logger.handlers):
+        nncf_logger.removeHandler(handler)
+    nncf_logger.propagate = True
+    nncf_logger.setLevel(logging.WARNING)
+    return nncf
+
+
+def quantize(model: Any, dataset: DatasetBase, calibration: int) -> tuple[Any, int]:
+    """(the INT8 ov.Model NNCF makes of `model`, the number of calibration images), calibrated on the training
+    images of `dataset` (the model's dataset section) as the evaluation reads them."""
+    nncf = nncf_quiet()
     from deeplab.deploy.quantize import normalised_images
 
     try:

@@ -211,16 +211,17 @@ def usable_cores() -> int:
 def build_server(cfg: ServeConfig) -> Any:
     """The LitServer, its model loaded once here first, so that a bad checkpoint or setting is one line before any
     process starts."""
+    from deeplab.deploy.segmenter import load_segmenter
+
+    seg = load_segmenter(cfg)
     try:
         import litserve as ls
     except ImportError:
         raise ConfigError('deeplab.serve needs litserve: pip install -e ".[serve]"') from None
     from starlette.responses import JSONResponse
 
-    from deeplab.deploy.segmenter import load_segmenter
     from deeplab.deploy.serve_worker import SegmentationAPI
 
-    seg = load_segmenter(cfg)
     if seg.in_channels != 3:
         raise ConfigError(
             f"checkpoint={cfg.checkpoint}: the model takes {seg.in_channels}-channel images; the server takes "
