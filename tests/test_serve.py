@@ -263,3 +263,31 @@ def test_exported_models_are_served_like_the_checkpoint(trained_run, tmp_path) -
         if expected is None:
             expected = mask
         assert (mask == expected).mean() >= 0.99
+
+
+@pytest.mark.slow
+def test_a_request_left_waiting_past_timeout_s_gets_504_and_the_server_goes_on(trained_run, tmp_path) -> None:
+    """One request at a time (max_batch_size=1) on large images: of 6 sent together, those still queued after
+    timeout_s are answered 504 in one line of JSON; the others get their masks, and the server still serves."""
+    srv = Server(trained_run[0] / "checkpoints" / "best.pt", tmp_path, "max_batch_size=1", "timeout_s=0.3")
+    try:
+        body = png_bytes(np.random.default_rng(0).integers(0, 256, (1200, 1600, 3), dtype=np.uint8))
+        responses: list[httpx.Response] = []
+        barrier = threading.Barrier(6)
+
+        def send() -> None:
+            barrier.wait()
+            responses.append(srv.post(body))
+
+        threads = [threading.Thread(target=send) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        statuses = sorted(r.status_code for r in responses)
+        assert 200 in statuses and 504 in statuses and set(statuses) <= {200, 504}, statuses
+        assert all(r.json()["detail"] for r in responses if r.status_code == 504)
+        assert srv.post(png_bytes(photos()[0])).status_code == 200
+    finally:
+        srv.process.send(signal.SIGTERM)
+        srv.process.wait(timeout=30)
