@@ -100,8 +100,8 @@ def seed_everything(seed: int) -> None:
 
 DETERMINISTIC_COST = (
     "trainer.deterministic=true: deterministic kernels only (cuDNN without autotuning, cuBLAS with a fixed "
-    "workspace); it cost 0-3% of the quickstart's time on a 2-core CPU and more on a GPU, where some backward "
-    "kernels (bilinear upsampling's among them) have no deterministic version and stop the run with their name"
+    "workspace); on a 2-core Xeon it made the quickstart 8-10% slower end to end (docs/training.md); on a GPU some "
+    "backward kernels (bilinear upsampling's among them) have no deterministic version and stop the run with their name"
 )
 
 
