@@ -230,6 +230,10 @@ def test_bad_labelme_files_and_a_tiny_run(tmp_path) -> None:
     Image.new("RGB", (W, H)).save(tmp_path / "train" / "unlabelled.jpg")  # no JSON: skipped by default
     cfg = labelme_config(tmp_path / "train", tmp_path / "val", *TINY)
     assert len(build_dataset(cfg, "train")) == 2
+    with_empty = build_dataset(
+        labelme_config(tmp_path / "train", tmp_path / "val", "dataset.empty_images=background"), "train"
+    )
+    assert len(with_empty) == 3 and not with_empty.load_mask(2)[0].any()  # unlabelled.jpg: all background
     with one_thread():
         metrics = train(cfg, tmp_path / "run")
     assert 0 <= metrics["miou"] <= 1 and (tmp_path / "run" / "checkpoints" / "last.pt").is_file()

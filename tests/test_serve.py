@@ -228,8 +228,16 @@ def test_signals_to_the_process_group_stop_every_process(trained_run, tmp_path, 
     process and the model process included): all of them end, and the command says why."""
     import os
 
-    srv = Server(trained_run[0] / "checkpoints" / "best.pt", tmp_path)
+    import psutil
+
+    srv = Server(trained_run[0] / "checkpoints" / "best.pt", tmp_path, "workers=2")
     assert srv.post(png_bytes(photos()[0])).status_code == 200
+    serving = httpx.get(f"{srv.url}/model", timeout=5).json()["serving"]
+    assert serving["workers"] == 2 and serving["threads_per_worker"] >= 1
+    group = [p for p in psutil.process_iter(["cmdline"]) if os.getpgid(p.pid) == srv.process.pid]
+    assert (
+        sum("multiprocessing.spawn" in " ".join(p.info["cmdline"] or []) for p in group) >= 2
+    )  # two model processes
     os.killpg(srv.process.pid, sig)
     assert srv.process.wait(timeout=30) == 128 + sig
     assert not srv.process.group_left()
@@ -269,7 +277,9 @@ def test_exported_models_are_served_like_the_checkpoint(trained_run, tmp_path) -
 def test_a_request_left_waiting_past_timeout_s_gets_504_and_the_server_goes_on(trained_run, tmp_path) -> None:
     """One request at a time (max_batch_size=1) on large images: of 6 sent together, those still queued after
     timeout_s are answered 504 in one line of JSON; the others get their masks, and the server still serves."""
-    srv = Server(trained_run[0] / "checkpoints" / "best.pt", tmp_path, "max_batch_size=1", "timeout_s=0.3")
+    srv = Server(
+        trained_run[0] / "checkpoints" / "best.pt", tmp_path, "max_batch_size=1", "timeout_s=0.3", "alpha=0"
+    )
     try:
         body = png_bytes(np.random.default_rng(0).integers(0, 256, (1200, 1600, 3), dtype=np.uint8))
         responses: list[httpx.Response] = []
@@ -288,6 +298,14 @@ def test_a_request_left_waiting_past_timeout_s_gets_504_and_the_server_goes_on(t
         assert 200 in statuses and 504 in statuses and set(statuses) <= {200, 504}, statuses
         assert all(r.json()["detail"] for r in responses if r.status_code == 504)
         assert srv.post(png_bytes(photos()[0])).status_code == 200
+        # alpha=0: the overlay is the photo (JPEG-encoded: a smooth one) outside its legend
+        yy, xx = np.mgrid[:90, :120]
+        photo = np.stack([xx * 2, yy * 2, (xx + yy)], axis=-1).astype(np.uint8)
+        overlay = np.asarray(
+            Image.open(io.BytesIO(srv.post(png_bytes(photo), "overlay").content)), dtype=np.int16
+        )
+        left = (slice(None), slice(0, photo.shape[1] // 2))
+        assert np.abs(overlay[left] - photo[left].astype(np.int16)).mean() < 4
     finally:
         srv.process.send(signal.SIGTERM)
         srv.process.wait(timeout=30)
