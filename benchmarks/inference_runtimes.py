@@ -28,22 +28,14 @@ from pathlib import Path
 import numpy as np
 import torch
 from common import compose_config, describe_machine, interleaved_rounds, median, paired_ratio
-from quantization import compose_config_named, int8_instructions
+from quantization import MODELS, compose_config_named, int8_instructions, onnx_pair
 
-from deeplab.config import train_config
-from deeplab.deploy.export import LogitsOnly, export, export_onnx, metadata
+from deeplab.deploy.export import export
 from deeplab.deploy.onnx_model import OnnxSegmenter
 from deeplab.deploy.openvino_export import convert, save_ir
 from deeplab.deploy.openvino_model import OpenVinoSegmenter
-from deeplab.deploy.quantize import quantize_int8
-from deeplab.models import build_model
 from deeplab.runtime import cpu_has_bf16
 
-MODELS = {
-    "v3p_r50": ["model=deeplabv3plus", "backbone=resnet50", "backbone.pretrained=false"],
-    "mobilenet_v3": ["experiment=torchvision_deeplabv3_mobilenet_v3_large", "backbone.pretrained=false",
-                     "model.aux_head=false"],
-}  # fmt: skip
 REFERENCE = "onnxruntime_int8"
 
 
@@ -55,16 +47,9 @@ def runtimes(name: str, size: int, work: Path) -> dict[str, Callable[[np.ndarray
 
     nncf = nncf_quiet()
 
-    cfg = train_config(compose_config(MODELS[name]))
-    torch.manual_seed(0)
-    wrapper = LogitsOnly(build_model(cfg)).eval()
-    fp32, int8 = work / f"{name}.onnx", work / f"{name}_int8.onnx"
-    export_onnx(wrapper, torch.randn(2, 3, size, size), fp32, 18, metadata(cfg), "torchscript")
-    gen = np.random.default_rng(0)
-    calibration = [gen.standard_normal((1, 3, size, size), dtype=np.float32) for _ in range(4)]
-    quantize_int8(fp32, int8, iter(calibration))
+    wrapper, meta, fp32, int8, calibration = onnx_pair(name, size, work)
     ir = work / f"{name}.xml"
-    model = convert(fp32, metadata(cfg))
+    model = convert(fp32, meta)
     save_ir(model, ir)
     ir_int8 = work / f"{name}_int8.xml"
     save_ir(nncf.quantize(model, nncf.Dataset(calibration), subset_size=len(calibration)), ir_int8)

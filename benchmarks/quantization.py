@@ -87,16 +87,24 @@ def compose_config_named(name: str, overrides: list[str]):
         return compose(config_name=name, overrides=overrides)
 
 
-def latency(name: str, size: int, rounds: int, work: Path) -> dict[str, object]:
+def onnx_pair(
+    name: str, size: int, work: Path
+) -> tuple[LogitsOnly, dict[str, object], Path, Path, list[np.ndarray]]:
+    """MODELS[name] with random weights: (the model, its metadata, its fp32 ONNX file, the ONNX Runtime INT8 file,
+    the 4 random normalised images that calibrated it; speed does not depend on the values)."""
     cfg = train_config(compose_config(MODELS[name]))
     torch.manual_seed(0)
     wrapper = LogitsOnly(build_model(cfg)).eval()
     fp32, int8 = work / f"{name}.onnx", work / f"{name}_int8.onnx"
     export_onnx(wrapper, torch.randn(2, 3, size, size), fp32, 18, metadata(cfg), "torchscript")
     gen = np.random.default_rng(0)
-    quantize_int8(
-        fp32, int8, iter([gen.standard_normal((1, 3, size, size), dtype=np.float32) for _ in range(4)])
-    )
+    calibration = [gen.standard_normal((1, 3, size, size), dtype=np.float32) for _ in range(4)]
+    quantize_int8(fp32, int8, iter(calibration))
+    return wrapper, metadata(cfg), fp32, int8, calibration
+
+
+def latency(name: str, size: int, rounds: int, work: Path) -> dict[str, object]:
+    wrapper, _, fp32, int8, _ = onnx_pair(name, size, work)
     x = torch.randn(1, 3, size, size)
     sessions = {
         k: OnnxSegmenter(p, providers=["CPUExecutionProvider"]) for k, p in (("fp32", fp32), ("int8", int8))

@@ -58,6 +58,8 @@ def atomic_files(paths: Sequence[Path]) -> Iterator[list[Path]]:
         raise ValueError("atomic_files: the files must share one folder")
     folder.mkdir(parents=True, exist_ok=True)
     finish_commit(folder)
+    for target in targets:  # those of an earlier write killed before its journal
+        _remove_stale_temps(target)
     tag = f"{os.getpid()}.{uuid.uuid4().hex[:8]}"
     tmps = [t.with_name(f".{t.name}.{tag}.tmp{t.suffix}") for t in targets]
     try:

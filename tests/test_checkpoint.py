@@ -269,3 +269,21 @@ def test_rng_state_round_trips_through_weights_only_load(tmp_path):
     assert draw() != expected
     set_rng_state(restored)
     assert draw() == expected
+
+
+def test_files_replaced_together_clear_the_temporaries_of_a_killed_write(tmp_path):
+    """atomic_files (a model folder, an OpenVINO model.xml + model.bin): a write killed before its journal
+    leaves its temporary files; the next write of the same files removes them."""
+    from deeplab.atomicfile import atomic_files
+
+    xml, weights = tmp_path / "model.xml", tmp_path / "model.bin"
+    stale = [
+        tmp_path / ".model.xml.999999999.deadbeef.tmp.xml",
+        tmp_path / ".model.bin.999999999.deadbeef.tmp.bin",
+    ]
+    for p in stale:
+        p.write_bytes(b"partial")
+    with atomic_files([xml, weights]) as (xml_tmp, weights_tmp):
+        xml_tmp.write_text("<net/>")
+        weights_tmp.write_bytes(b"\0")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.bin", "model.xml"]

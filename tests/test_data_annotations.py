@@ -259,6 +259,9 @@ def test_a_tiny_coco_run_and_prepare_writes_the_folder_dataset(tmp_path) -> None
     args = ["dataset=coco", f"dataset.train.images={train_files[0]}", f"dataset.train.annotations={train_files[1]}",
             f"dataset.val.images={val_files[0]}", f"dataset.val.annotations={val_files[1]}"]  # fmt: skip
     assert prepare_main(["masks", "--output", str(out), *args]) == 0
+    # a second run into the same folder: the hard-linked photos stay, nothing temporary is left
+    assert prepare_main(["masks", "--output", str(out), *args]) == 0
+    assert not [p for p in out.rglob(".*")]
     written = np.asarray(Image.open(out / "val" / "masks" / "im1.png"))
     assert Image.open(out / "val" / "masks" / "im1.png").mode == "P" and np.array_equal(written, masks[3])
     assert (out / "train" / "images" / "im0.png").is_file()

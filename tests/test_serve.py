@@ -193,6 +193,9 @@ def test_the_model_card_and_health(server) -> None:
     assert card["serving"]["max_batch_size"] == 4 and card["serving"]["max_pixels"] == 100000
     assert card["serving"]["max_batch_wait_ms"] == 400
     assert httpx.get(f"{server.url}/health", timeout=5).text == "ok"
+    # host=127.0.0.1 (the default) serves this address only: another address of the machine is refused
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"http://127.0.0.2:{server.port}/health", timeout=5)
 
 
 def test_bad_settings_are_one_line_before_any_process_starts(trained_run, tmp_path) -> None:
@@ -230,8 +233,10 @@ def test_signals_to_the_process_group_stop_every_process(trained_run, tmp_path, 
 
     import psutil
 
-    srv = Server(trained_run[0] / "checkpoints" / "best.pt", tmp_path, "workers=2")
+    srv = Server(trained_run[0] / "checkpoints" / "best.pt", tmp_path, "workers=2", "host=0.0.0.0")
     assert srv.post(png_bytes(photos()[0])).status_code == 200
+    # host=0.0.0.0 serves every interface: another address of this machine reaches it
+    assert httpx.get(f"http://127.0.0.2:{srv.port}/health", timeout=5).text == "ok"
     serving = httpx.get(f"{srv.url}/model", timeout=5).json()["serving"]
     assert serving["workers"] == 2 and serving["threads_per_worker"] >= 1
     group = [p for p in psutil.process_iter(["cmdline"]) if os.getpgid(p.pid) == srv.process.pid]

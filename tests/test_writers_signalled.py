@@ -53,6 +53,14 @@ def complete(path: Path) -> bool:
             import torch
 
             torch.export.load(str(path))
+        elif suffix == ".xml":  # an OpenVINO IR: the XML parses, and its .bin holds every constant it names
+            import xml.etree.ElementTree as ET
+
+            root = ET.parse(path).getroot()
+            ends = [int(d.get("offset")) + int(d.get("size")) for d in root.iter("data") if d.get("offset")]
+            return path.with_suffix(".bin").stat().st_size >= max(ends, default=0)
+        elif suffix == ".bin":
+            return complete(path.with_suffix(".xml"))
         elif suffix == ".json":
             json.loads(path.read_text())
         elif suffix == ".safetensors":
@@ -131,7 +139,8 @@ def inputs(trained_run, tmp_path_factory) -> dict[str, Path]:
                "transform": rasterio.Affine(0.5, 0, 500000.0, 0, -0.5, 4100000.0)}  # fmt: skip
     with rasterio.open(scene, "w", **profile) as dst:
         dst.write(rng.integers(0, 255, (3, 600, 900), dtype=np.uint8))
-    return {"checkpoint": run_dir / "checkpoints" / "best.pt", "photos": photos, "clip": clip, "scene": scene}
+    return {"checkpoint": run_dir / "checkpoints" / "best.pt", "photos": photos, "clip": clip, "scene": scene,
+            "data_dir": data_dir}  # fmt: skip
 
 
 WRITERS: dict[str, Callable[[dict[str, Path], Path], list[str]]] = {
@@ -147,6 +156,10 @@ WRITERS: dict[str, Callable[[dict[str, Path], Path], list[str]]] = {
                             "trace_size=[64,80]"],
     "onnx_int8": lambda i, out: ["-m", "deeplab.export", f"checkpoint={i['checkpoint']}", "format=onnx_int8",
                                  f"output={out / 'm_int8.onnx'}", "trace_size=[64,80]", "calibration=4"],
+    "openvino_int8": lambda i, out: ["-m", "deeplab.export", f"checkpoint={i['checkpoint']}", "format=openvino_int8",
+                                     f"output={out / 'm.xml'}", "trace_size=[64,80]", "calibration=4"],
+    "prepare_masks": lambda i, out: ["-m", "deeplab.data.prepare", "masks", "--output", str(out), "experiment=tiny",
+                                     f"paths.data_dir={i['data_dir']}"],
     "exported_program": lambda i, out: ["-m", "deeplab.export", f"checkpoint={i['checkpoint']}",
                                         "format=exported_program", f"output={out / 'm.pt2'}", "trace_size=[64,80]"],
     "model_folder": lambda i, out: ["-m", "deeplab.export", f"checkpoint={i['checkpoint']}", "format=hub",

@@ -303,6 +303,17 @@ class CamVidDataset(SplitLayout):
         return _fixed_class_count(data, 11, "CamVid (the SegNet layout's 11 classes)")
 
 
+def _with_names(data: Mapping[str, Any], names: list[str]) -> dict[str, Any]:
+    """A dataset section whose null num_classes and class_names are filled from its annotation files' class
+    names, after a background class; what the config gives is kept."""
+    data = dict(data)
+    if data.get("num_classes") is None:
+        data["num_classes"] = len(names) + 1
+    if data.get("class_names") is None and data["num_classes"] == len(names) + 1:
+        data["class_names"] = ["background", *names]
+    return data
+
+
 class AnnotationSplit(Section):
     images: str
     """The folder of the split's images (COCO's file_name is read relative to it)."""
@@ -339,12 +350,7 @@ class CocoDataset(DatasetBase):
         names = coco_category_names(
             split.get("annotations") if isinstance(split, Mapping) else None, data.get("categories")
         )
-        data = dict(data)
-        if data.get("num_classes") is None:
-            data["num_classes"] = len(names) + 1
-        if data.get("class_names") is None and data["num_classes"] == len(names) + 1:
-            data["class_names"] = ["background", *names]
-        return data
+        return _with_names(data, names)
 
 
 class LabelmeSplit(Section):
@@ -375,12 +381,7 @@ class LabelmeDataset(DatasetBase):
 
         split = data.get("train") or {}
         names = labelme_label_names(split.get("folder") if isinstance(split, Mapping) else None)
-        data = dict(data)
-        if data.get("num_classes") is None:
-            data["num_classes"] = len(names) + 1
-        if data.get("class_names") is None and data["num_classes"] == len(names) + 1:
-            data["class_names"] = ["background", *names]
-        return data
+        return _with_names(data, names)
 
 
 DatasetConfig = Annotated[

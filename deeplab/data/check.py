@@ -86,18 +86,26 @@ def check(cfg: TrainConfig, splits: list[str], workers: int = 0) -> int:
     return n_problems
 
 
-def main(argv: list[str] | None = None) -> int:
+def config_or_error(overrides: list[str]) -> TrainConfig | None:
+    """The train config the data commands take as Hydra overrides; a mistake is printed as one line (None)."""
     from deeplab.config.compose import compose_train_config
+
+    try:
+        return train_config(compose_train_config(overrides))
+    except (HydraException, ConfigError) as e:
+        print(f"error: {composition_error(e, config_dir=config_dir()) or first_line(e)}", file=sys.stderr)
+        return None
+
+
+def main(argv: list[str] | None = None) -> int:
 
     parser = ArgumentParser(prog="python -m deeplab.data.check", description=__doc__.split("\n")[0])
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. dataset=voc dataset.root=/data")
     parser.add_argument("--split", choices=("train", "val", "all"), default="all")
     parser.add_argument("--workers", type=int, default=0, help="reader processes (0: in this process)")
     args = parser.parse_args(argv)
-    try:
-        cfg = train_config(compose_train_config(args.overrides))
-    except (HydraException, ConfigError) as e:
-        print(f"error: {composition_error(e, config_dir=config_dir()) or first_line(e)}", file=sys.stderr)
+    cfg = config_or_error(args.overrides)
+    if cfg is None:
         return 2
     splits = ["train", "val"] if args.split == "all" else [args.split]
     try:

@@ -393,13 +393,9 @@ def prepare_dataset(what: str, root: Path, archives: Path | None, verify: bool) 
 
 def masks_main(argv: list[str]) -> int:
     """`prepare masks --output DIR OVERRIDES...`: any dataset as the palette-PNG folder dataset (to_folder)."""
-    from hydra.errors import HydraException
-
-    from deeplab.cli import composition_error
-    from deeplab.config import config_dir, train_config
-    from deeplab.config.compose import compose_train_config
+    from deeplab.cli import exit_on_user_error
+    from deeplab.data.check import config_or_error
     from deeplab.data.to_folder import write_folder_dataset
-    from deeplab.errors import ConfigError
 
     parser = ArgumentParser(prog="python -m deeplab.data.prepare masks", description=masks_main.__doc__)
     parser.add_argument(
@@ -407,18 +403,15 @@ def masks_main(argv: list[str]) -> int:
     )
     parser.add_argument("--output", type=Path, required=True, help="the folder dataset to write")
     args = parser.parse_args(argv)
-    try:
-        cfg = train_config(compose_train_config(args.overrides))
-    except (HydraException, ConfigError) as e:
-        print(f"error: {composition_error(e, config_dir=config_dir()) or first_line(e)}", file=sys.stderr)
+    cfg = config_or_error(args.overrides)
+    if cfg is None:
         return 2
-    try:
+    with exit_on_user_error():  # a data error is one line (exit 2); Ctrl-C and SIGTERM stop between files
         written = write_folder_dataset(cfg, args.output.expanduser())
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"wrote {written['train']} + {written['val']} images and masks; train on them with the overrides in "
-          f"{args.output / 'dataset.yaml'}")  # fmt: skip
+    print(
+        f"wrote {written['train']} + {written['val']} images and masks; train on them with the overrides in "
+        f"{args.output / 'dataset.yaml'}"
+    )
     return 0
 
 

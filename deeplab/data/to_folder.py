@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import uuid
 from pathlib import Path
 
 import yaml
@@ -52,9 +53,18 @@ def write_folder_dataset(cfg: TrainConfig, output: Path) -> dict[str, int]:
 
 
 def link(source: Path, target: Path) -> None:
-    """target as a hard link to source (no copy of the photo), else a copy; an existing target is replaced."""
-    with atomic_path(target) as tmp:
+    """target as a hard link to source (no copy of the photo), else a copy; an existing target is replaced whole.
+
+    Not through atomic_path: it would set the mode of the temporary file, which for a hard link is the user's
+    photo; and rename() of two links to one file does nothing, which would leave the temporary behind."""
+    if target.exists() and os.path.samefile(source, target):  # written by an earlier run
+        return
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp{target.suffix}")
+    try:
         try:
             os.link(source, tmp)
         except OSError:
             shutil.copyfile(source, tmp)
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)  # a failed or interrupted write

@@ -12,7 +12,7 @@ info. Both files are renamed into place together (deeplab.atomicfile.atomic_file
 from __future__ import annotations
 
 import json
-import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -87,7 +87,9 @@ def export_openvino(
     an IR with PyTorch. Writes `path` (.xml) and its .bin, INT8 when `int8`."""
     from deeplab.deploy.quantize import mask_agreement, normalised_images
 
-    with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.stem}.openvino-") as work:
+    # The work folder is the system's temporary one: a run killed outright leaves nothing beside the output (the
+    # two files are copied into atomic_files' temporary names, which the next write of the folder clears).
+    with tempfile.TemporaryDirectory(prefix="deeplab-openvino-") as work:
         onnx_file, ir = Path(work) / "model.onnx", Path(work) / "fp32.xml"
         meta = write_fp32(onnx_file)
         model = convert(onnx_file, meta)
@@ -111,6 +113,6 @@ def export_openvino(
             )
             ir = int8_ir
         with atomic_files([path, path.with_suffix(".bin")]) as (xml_tmp, bin_tmp):
-            os.replace(ir, xml_tmp)
-            os.replace(ir.with_suffix(".bin"), bin_tmp)
+            shutil.copyfile(ir, xml_tmp)
+            shutil.copyfile(ir.with_suffix(".bin"), bin_tmp)
     return path

@@ -37,7 +37,7 @@ from omegaconf import DictConfig
 
 from deeplab.cli import hydra_main
 from deeplab.config import ServeConfig, serve_config
-from deeplab.errors import ConfigError
+from deeplab.errors import ConfigError, first_line
 
 OUTPUTS = ("png", "json", "overlay")
 MEDIA_TYPES = {"png": "image/png", "json": "application/json", "overlay": "image/jpeg"}
@@ -162,9 +162,7 @@ async def first_file(scope: dict, body: bytes) -> tuple[bytes, str]:
     try:
         form = await Request(scope, replay(body, nothing)).form(max_files=4, max_fields=16)
     except Exception as e:  # python-multipart's and starlette's parse errors
-        raise Refused(
-            400, f"the multipart form cannot be parsed: {str(e).splitlines()[0] if str(e) else e}"
-        ) from None
+        raise Refused(400, f"the multipart form cannot be parsed: {first_line(e)}") from None
     for value in form.values():
         if isinstance(value, UploadFile):
             return await value.read(), value.filename or "upload"
