@@ -36,6 +36,25 @@ def draw_segmentation_map(mask: np.ndarray, palette: np.ndarray, ignore_index: i
     return out
 
 
+def draw_multilabel_map(masks: np.ndarray, palette: np.ndarray, ignore_index: int = 255) -> np.ndarray:
+    """(C, H, W) multi-label masks (0 / 1 / ignore) -> (H, W, 3) uint8: each pixel the mean colour of the
+    classes present there (two overlapping classes blend), black where none is, white where all are ignored."""
+    palette = np.asarray(palette, dtype=np.float32)[: len(masks)]  # (C, 3)
+    present = (masks == 1).astype(np.float32)  # (C, H, W)
+    count = present.sum(0)  # (H, W)
+    mixed = np.einsum("chw,cd->hwd", present, palette) / np.maximum(count, 1)[..., None]
+    out = np.clip(mixed + 0.5, 0, 255).astype(np.uint8)
+    out[(masks == ignore_index).all(0)] = IGNORE_COLOR
+    return out
+
+
+def draw_labels(mask: np.ndarray, palette: np.ndarray, ignore_index: int = 255) -> np.ndarray:
+    """draw_segmentation_map of (H, W) class ids, draw_multilabel_map of (C, H, W) multi-label masks."""
+    if mask.ndim == 3:
+        return draw_multilabel_map(mask, palette, ignore_index)
+    return draw_segmentation_map(mask, palette, ignore_index)
+
+
 def image_overlay(
     image: np.ndarray, color_mask: np.ndarray, alpha: float = 0.6, keep: np.ndarray | None = None
 ) -> np.ndarray:

@@ -38,7 +38,7 @@ def mistake(config_name: str, overrides: list[str]) -> Exception:
         (
             "train",
             ["loss=focal", "loss.thresh=0.5"],
-            "loss.thresh: unknown key; the keys of loss are name, aux_weight, gamma (thresh is a key of loss=ohem)",
+            "loss.thresh: unknown key; the keys of loss are name, aux_weight, pos_weight, gamma (thresh is a key of loss=ohem)",
         ),
         (
             "train",

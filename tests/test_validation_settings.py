@@ -51,7 +51,14 @@ def test_slide_validation_uses_the_eval_settings_and_equals_evaluate_py(tiny_dat
     with one_thread():
         train(tiny_config(tiny_data, **options), run_dir)
     monkeypatch.setattr(evaluation, "predict_probs", real)
-    want = {"scales": [0.75, 1.0], "flip": True, "mode": "slide", "window": 24, "overlap": 0.5}
+    want = {
+        "scales": [0.75, 1.0],
+        "flip": True,
+        "mode": "slide",
+        "window": 24,
+        "overlap": 0.5,
+        "multilabel": False,
+    }
     assert seen and all(s == (8, want, 2) for s in seen)  # 4 validation images in batches of 2
     trained = json.loads((run_dir / "metrics.json").read_text())
     last = run_dir / "checkpoints" / "last.pt"

@@ -46,6 +46,10 @@ class Labels(BaseModel):
     ignore_index: int
     in_channels: int
     num_classes: int
+    multilabel: bool = False
+    """One sigmoid per class (several classes per pixel), instead of a softmax over them."""
+    threshold: float = 0.5
+    """With multilabel: the probability above which a pixel has a class."""
 
     @model_validator(mode="after")
     def _printable(self) -> Labels:
@@ -96,7 +100,8 @@ class ModelCard(BaseModel):
         labels, d = self.labels, self.dataset
         names = d.label_names()
         for key, have, want in (("num_classes", labels.num_classes, d.num_classes),
-                                ("in_channels", labels.in_channels, d.in_channels)):  # fmt: skip
+                                ("in_channels", labels.in_channels, d.in_channels),
+                                ("multilabel", labels.multilabel, d.multilabel)):  # fmt: skip
             if have != want:
                 raise ConfigError(f"labels.{key} is {have} but dataset.{key} is {want}; make them agree")
         if len(labels.class_names) != len(names):
@@ -186,7 +191,7 @@ def make_card(
     labels = Labels(
         class_names=names, palette=palette(d)[: len(names)].tolist(), overlay_background=d.overlay_background_ids(),
         mean=list(d.mean), std=list(d.std), ignore_index=d.ignore_index, in_channels=d.in_channels,
-        num_classes=d.num_classes,
+        num_classes=d.num_classes, multilabel=d.multilabel, threshold=d.threshold,
     )  # fmt: skip
     now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     provenance = Provenance(

@@ -19,6 +19,9 @@ from deeplab.config.base import (
 from deeplab.config.roles import ARCHITECTURE, LOCATION, Added
 from deeplab.errors import ConfigError
 
+MULTILABEL_DATASETS = ("folder",)
+"""The datasets whose masks can give a pixel several classes (dataset.multilabel)."""
+
 
 def overlay_background_ids(names: list[str], chosen: list[str] | None) -> list[int]:
     """Ids of the classes `chosen` by name, or (None) of the class named background if there is one: the
@@ -75,6 +78,12 @@ class DatasetBase(Section):
     proportional to exp((1 - f_c) / T), f_c its share of the training pixels, then an image holding it)."""
     sampler_temperature: Annotated[PositiveFloat, Added(0.01)]
     """T of sampler=rare_class: lower draws the rare classes more often (0.01, DAFormer's)."""
+    multilabel: Annotated[bool, ARCHITECTURE, Added(False)]
+    """true: a pixel may have several classes at once (building and damaged): one sigmoid per class instead of
+    a softmax over them, masks of 0 (absent), 1 (present) and ignore_index per class (dataset=folder: a folder
+    of binary masks per class, or one multi-channel file), losses and metrics per class (docs/multilabel.md)."""
+    threshold: Annotated[float, Field(gt=0, lt=1), Added(0.5)]
+    """dataset.multilabel: the probability above which a pixel has a class (metrics, predict, export)."""
 
     @model_validator(mode="after")
     def _channels(self) -> DatasetBase:
@@ -95,6 +104,28 @@ class DatasetBase(Section):
                 raise ConfigError(
                     "dataset.augment.color_jitter works on RGB images; set it to 0 when dataset.in_channels is not 3"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _multilabel(self) -> DatasetBase:
+        if not self.multilabel:
+            return self
+        name = getattr(self, "name", "folder")
+        if name not in MULTILABEL_DATASETS:
+            raise ConfigError(
+                f"dataset.multilabel=true: dataset={name} has one class per pixel; multi-label masks are read by "
+                f"dataset={' / '.join(MULTILABEL_DATASETS)}"
+            )
+        if self.ignore_index in (0, 1):
+            raise ConfigError(
+                f"dataset.ignore_index={self.ignore_index}: multi-label masks hold 0 (absent) and 1 (present) per "
+                "class, so the ignore index must be another value (255)"
+            )
+        if self.sampler == "rare_class":
+            raise ConfigError(
+                "dataset.sampler=rare_class draws images by their single-label class shares; use sampler=random "
+                "with dataset.multilabel (or loss.pos_weight for rare classes)"
+            )
         return self
 
     @model_validator(mode="after")
@@ -139,9 +170,10 @@ class DatasetBase(Section):
         return tuple(round(m * 255) for m in self.mean)
 
     def label_names(self) -> list[str]:
-        """Names of the predicted labels: the classes, or background + the class for a binary model."""
+        """Names of the predicted labels: the classes, or background + the class for a binary model (a
+        multi-label model predicts each class on its own: its classes)."""
         names = self.names()
-        return ["background", names[0]] if self.num_classes == 1 else names
+        return ["background", names[0]] if self.num_classes == 1 and not self.multilabel else names
 
 
 class SplitLayout(DatasetBase):
@@ -221,12 +253,13 @@ class FolderDataset(DatasetBase):
     binary_values: (
         Annotated[list[Annotated[int, Field(ge=0, le=65535)]], Field(min_length=2, max_length=2)] | None
     )
-    """[background, foreground] pixel values of binary masks, e.g. [0, 255]: they become classes 0 and 1."""
+    """[background, foreground] pixel values of binary masks, e.g. [0, 255]: they become classes 0 and 1 (with
+    dataset.multilabel: absent and present, in every class's mask)."""
 
     @model_validator(mode="after")
     def _binary(self) -> FolderDataset:
         if self.binary_values is not None:
-            if self.num_classes > 2:
+            if self.num_classes > 2 and not self.multilabel:
                 raise ConfigError(
                     f"dataset.binary_values is for binary masks (dataset.num_classes 1 or 2), but "
                     f"dataset.num_classes is {self.num_classes}"
@@ -235,7 +268,7 @@ class FolderDataset(DatasetBase):
                 raise ConfigError(
                     f"dataset.binary_values must be two different values, got {self.binary_values}"
                 )
-            if self.palette is not None:
+            if self.palette is not None and not self.multilabel:
                 raise ConfigError(
                     "dataset.binary_values and dataset.palette exclude each other; set one of them"
                 )
@@ -243,7 +276,9 @@ class FolderDataset(DatasetBase):
 
     @model_validator(mode="after")
     def _palette(self) -> FolderDataset:
-        if self.palette is not None:
+        if (
+            self.palette is not None and not self.multilabel
+        ):  # multi-label masks are binary: colours only draw
             colors = [tuple(c) for c in self.palette]
             if self.ignore_color is not None:
                 colors.append(tuple(self.ignore_color))

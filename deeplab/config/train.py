@@ -89,6 +89,9 @@ class CrossEntropyConfig(LossBase):
     class_weights: Literal["auto"] | list[NonNegativeFloat] | None
     """null; one weight per class; or auto: median-frequency balancing, median(f) / f_c with f_c the share of
     class c among the training masks' valid pixels (computed once, written to the run dir, logged)."""
+    pos_weight: Annotated[list[PositiveFloat] | None, Added(None)]
+    """dataset.multilabel: one weight per class on its present pixels' term (BCE's pos_weight; above 1 for a
+    class present on few pixels raises its recall); null: 1."""
 
 
 class OHEMConfig(LossBase):
@@ -106,6 +109,8 @@ class FocalConfig(LossBase):
 
     name: Literal["focal"]
     gamma: NonNegativeFloat
+    pos_weight: Annotated[list[PositiveFloat] | None, Added(None)]
+    """dataset.multilabel: one weight per class on its present pixels' term, as for cross_entropy."""
 
 
 class DiceConfig(LossBase):
@@ -125,7 +130,7 @@ class LovaszConfig(LossBase):
 def _loss_of_older_checkpoints(value: Any) -> Any:
     # Checkpoints written before the loss group had `loss: {aux_weight}` and trained with cross-entropy.
     if isinstance(value, Mapping) and "name" not in value:
-        return {"name": "cross_entropy", "class_weights": None, **value}
+        return {"name": "cross_entropy", "class_weights": None, "pos_weight": None, **value}
     return value
 
 
@@ -309,6 +314,7 @@ class TrainConfig(Section):
                     f"loss.class_weights has {len(self.loss.class_weights)} values but there are {want} classes"
                     f"{' (background and foreground)' if self.dataset.num_classes == 1 else ''}; give one per class"
                 )
+        self._multilabel_loss()
         untrained = (
             self.model.init_from is None and self.model.pretrained is None and not self.backbone.pretrained
         )
@@ -328,6 +334,34 @@ class TrainConfig(Section):
                 f"only, not {self.backbone.name}"
             )
         return self
+
+    def _multilabel_loss(self) -> None:
+        """A multi-label model scores each class on its own (sigmoid): the losses that compare the classes of
+        a pixel (OHEM's, Lovasz-softmax) and class weights have no meaning there; pos_weight has none without it."""
+        loss, d = self.loss, self.dataset
+        pos_weight = getattr(loss, "pos_weight", None)
+        if not d.multilabel:
+            if pos_weight is not None:
+                raise ConfigError(
+                    "loss.pos_weight weighs the present pixels of each class of a multi-label model; set "
+                    "dataset.multilabel=true, or use loss.class_weights"
+                )
+            return
+        if isinstance(loss, OHEMConfig | LovaszConfig):
+            raise ConfigError(
+                f"loss={loss.name} compares the classes of a pixel (softmax); with dataset.multilabel use "
+                "loss=cross_entropy (BCE per class), dice or focal"
+            )
+        if isinstance(loss, CrossEntropyConfig) and loss.class_weights is not None:
+            raise ConfigError(
+                "loss.class_weights weighs classes against each other in a softmax; with dataset.multilabel give "
+                "loss.pos_weight (one per class) instead"
+            )
+        if pos_weight is not None and len(pos_weight) != d.num_classes:
+            raise ConfigError(
+                f"loss.pos_weight has {len(pos_weight)} values but dataset.num_classes is {d.num_classes}; give "
+                "one per class"
+            )
 
     def aspp_rates(self) -> list[int]:
         """ASPP rates at the training output stride."""

@@ -94,6 +94,17 @@ def _split_of_layout(
     d: DatasetBase, split: str, split_name: str, strict_labels: bool, common: dict[str, Any]
 ) -> tuple[SegmentationDataset, str]:
     """The split's files in the dataset's layout and how its masks decode: (dataset, a detail for the log)."""
+    if isinstance(d, FolderDataset) and d.multilabel:
+        from deeplab.data.multilabel import MultiLabelDataset, multilabel_samples
+
+        folders = d.train if split == "train" else d.val
+        samples, class_files, problems = multilabel_samples(folders.images, folders.masks, split, d.names())
+        binary = tuple(d.binary_values) if d.binary_values is not None else None
+        name = f"dataset.{split}.images {folders.images}"
+        layout = "stacked masks" if class_files is None else "a mask folder per class"
+        return MultiLabelDataset(
+            samples, class_files, binary, listing_problems=problems, name=name, **common
+        ), f"multi-label, {layout}"
     if isinstance(d, FolderDataset):
         folders = d.train if split == "train" else d.val
         colors, color_ids = color_lookup(d.palette, d.ignore_color, d.ignore_index)

@@ -22,9 +22,12 @@ from deeplab.errors import ConfigError, DatasetError, UserError, first_line
 RARE_SHARE = 0.001  # a class under 0.1% of the class pixels is named as rare
 
 
-def print_counts(totals: np.ndarray, names: list[str], ignore: int, weights: bool = False) -> None:
+def print_counts(
+    totals: np.ndarray, names: list[str], ignore: int, weights: bool = False, multilabel: bool = False
+) -> None:
     """Pixels per class, their share of all pixels and of the class pixels (the ignore index left out), and
-    with `weights` (the training split) the median-frequency weights loss.class_weights=auto would use."""
+    with `weights` (the training split) the median-frequency weights loss.class_weights=auto would use. A
+    multi-label dataset's counts are each class's present pixels (and the ignored (pixel, class) pairs)."""
     total = max(int(totals.sum()), 1)
     classes = np.array([0 if i == ignore else int(totals[i]) for i in range(len(names))], dtype=np.int64)
     labelled = max(int(classes.sum()), 1)
@@ -51,11 +54,15 @@ def print_counts(totals: np.ndarray, names: list[str], ignore: int, weights: boo
         for i, c in enumerate(classes)
         if 0 < c < RARE_SHARE * labelled
     ]
+    remedy = (
+        "raise their loss.pos_weight"
+        if multilabel
+        else "weight the classes (loss.class_weights=auto) or draw their images more often (dataset.sampler=rare_class)"
+    )
     if rare:
         print(
             f"  warning: rare classes (under {RARE_SHARE:.1%} of the class pixels): {', '.join(rare)}; a model may "
-            "learn never to predict them: weight the classes (loss.class_weights=auto) or draw their images more "
-            "often (dataset.sampler=rare_class)"
+            f"learn never to predict them: {remedy}"
         )
 
 
@@ -81,7 +88,9 @@ def check(cfg: TrainConfig, splits: list[str], workers: int = 0) -> int:
             print(f"  problem: {p}")
         if result.background_only:
             print(f"  note: {result.background_only} masks hold only class 0 and the ignore index {ignore}")
-        print_counts(result.totals[: max(len(names), ignore + 1)], names, ignore, weights=split == "train")
+        multilabel = cfg.dataset.multilabel  # class weights (a softmax's) have no multi-label meaning
+        print_counts(result.totals[: max(len(names), ignore + 1)], names, ignore,
+                     weights=split == "train" and not multilabel, multilabel=multilabel)  # fmt: skip
         n_problems += len(problems)
     return n_problems
 

@@ -15,7 +15,8 @@ def collate_eval(
     ignore_index: int = 255,
     pad: Sequence[int] = UINT8_PAD,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Pad to the largest image: images (B, C, Hmax, Wmax), masks (B, Hmax, Wmax) padded with ignore_index,
+    """Pad to the largest image: images (B, C, Hmax, Wmax), masks (B, Hmax, Wmax) (multi-label: (B, K, Hmax,
+    Wmax)) padded with ignore_index,
     sizes (B, 2) int64 (h, w) of each image. Float images pad with 0, uint8 images with `pad`, the mean colour (one value per channel).
     Samples left out (None: unreadable, with dataset.skip_bad) are dropped; B may be 0.
 
@@ -35,9 +36,11 @@ def collate_eval(
     out_images = first.new_zeros((len(images), first.shape[0], height, width))
     if first.dtype == torch.uint8:
         out_images += torch.tensor(pad, dtype=torch.uint8).view(1, -1, 1, 1)
-    out_masks = torch.full((len(masks), height, width), ignore_index, dtype=masks[0].dtype)
+    out_masks = torch.full(
+        (len(masks), *masks[0].shape[:-2], height, width), ignore_index, dtype=masks[0].dtype
+    )
     for i, (image, mask) in enumerate(zip(images, masks)):
         h, w = mask.shape[-2:]
         out_images[i, :, :h, :w] = image
-        out_masks[i, :h, :w] = mask
+        out_masks[i, ..., :h, :w] = mask
     return out_images, out_masks, sizes

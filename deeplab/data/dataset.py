@@ -90,7 +90,8 @@ def raise_if_missing(samples: Sequence[Sample], where: str, listing_problems: Se
 
 
 class SegmentationDataset(Dataset):
-    """Items (image, mask): image (C, H, W) uint8 (C = dataset.in_channels, 3 for RGB), mask (H, W) ids with the ignore index kept.
+    """Items (image, mask): image (C, H, W) uint8 (C = dataset.in_channels, 3 for RGB), mask (H, W) ids with the ignore
+    index kept (multi-label datasets, deeplab.data.multilabel: (num_classes, H, W) of 0 / 1 / ignore).
 
     Masks are uint8 where the labels fit (int64 otherwise): 8x less to pass from the DataLoader workers and
     to copy to the GPU. Images are normalised on the device (deeplab.runtime.Normalizer).
@@ -135,6 +136,7 @@ class SegmentationDataset(Dataset):
         # Problems found while listing the files (e.g. an image without a mask): the check command reports
         # them with the rest; a training or evaluation run stops on them here.
         self.listing_problems = list(listing_problems)
+        self.multilabel = False  # masks (H, W) of class ids; deeplab.data.multilabel's are (C, H, W)
         if check_files:
             raise_if_missing(self.samples, name, self.listing_problems)
 
@@ -145,6 +147,10 @@ class SegmentationDataset(Dataset):
     def skipped(self) -> int:
         """Bad samples skipped so far (dataset.skip_bad), in this process and its DataLoader workers."""
         return int(self._skips.sum())
+
+    def mask_files(self, index: int) -> list[Path]:
+        """The files sample `index`'s mask is read from (what its cached label counts depend on)."""
+        return [self.samples[index].mask]
 
     def load_mask(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """Read and check one mask: (H, W) ids, pixel counts per id value."""
@@ -169,7 +175,7 @@ class SegmentationDataset(Dataset):
         sample = self.samples[index]
         image = read_image(sample.image, self.in_channels)
         mask, counts = self.load_mask(index)
-        if image.shape[:2] != mask.shape:
+        if image.shape[:2] != mask.shape[:2]:
             orientation = exif_orientation(sample.image)
             exif = (
                 f"; the image was turned upright by its EXIF orientation ({orientation}), as annotation tools "
@@ -203,6 +209,8 @@ class SegmentationDataset(Dataset):
             np.stack(cv2.split(np.ascontiguousarray(image)), axis=0)
         )  # (C, H, W) uint8
         mask_t = torch.from_numpy(mask.astype(np.uint8 if self.compact else np.int64))  # (H, W)
+        if mask_t.ndim == 3:  # multi-label: (H, W, C) -> (C, H, W)
+            mask_t = mask_t.permute(2, 0, 1).contiguous()
         return image_t, mask_t
 
     def __getitem__(self, item: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor] | None:

@@ -17,7 +17,7 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".p
 MASK_SUFFIXES = {".png", ".bmp", ".tif", ".tiff", ".pgm", ".ppm"}
 
 
-def _by_stem(folder: Path, suffixes: set[str], key: str, problems: list[str]) -> dict[str, Path]:
+def files_by_stem(folder: Path, suffixes: set[str], key: str, problems: list[str]) -> dict[str, Path]:
     if not folder.is_dir():
         what = "does not exist" if not folder.exists() else "is not a folder"
         raise DatasetError(f"{key} {folder} {what}; point {key} at the folder of files")
@@ -40,8 +40,8 @@ def folder_samples(images: str | Path, masks: str | Path, split: str) -> tuple[l
     mask, two files of one stem), one line each; a missing folder is raised at once."""
     images_dir, masks_dir = Path(images).expanduser(), Path(masks).expanduser()
     problems: list[str] = []
-    image_files = _by_stem(images_dir, IMAGE_SUFFIXES, f"dataset.{split}.images", problems)
-    mask_files = _by_stem(masks_dir, MASK_SUFFIXES, f"dataset.{split}.masks", problems)
+    image_files = files_by_stem(images_dir, IMAGE_SUFFIXES, f"dataset.{split}.images", problems)
+    mask_files = files_by_stem(masks_dir, MASK_SUFFIXES, f"dataset.{split}.masks", problems)
     if not image_files:
         raise DatasetError(
             f"dataset.{split}.images {images_dir} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})"

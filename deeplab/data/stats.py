@@ -88,7 +88,8 @@ def scan(dataset: SegmentationDataset, workers: int = 0, desc: str = "", images:
             if len(counts) > len(result.totals):
                 result.totals = np.pad(result.totals, (0, len(counts) - len(result.totals)))
             result.totals[: len(counts)] += counts
-            if ignore < len(counts) and counts[ignore] and not counts[1 : dataset.num_labels].any():
+            only_zero = not counts[1 : dataset.num_labels].any()  # multi-label masks have no background class
+            if ignore < len(counts) and counts[ignore] and only_zero and not dataset.multilabel:
                 result.background_only += 1
     finally:
         items.close()
@@ -98,13 +99,16 @@ def scan(dataset: SegmentationDataset, workers: int = 0, desc: str = "", images:
 def _cache_key(dataset: SegmentationDataset) -> str:
     """What the counts depend on: every mask file (path, size, time) and how its values are read."""
     digest = hashlib.sha256()
-    for sample in dataset.samples:
-        st = sample.mask.stat()
-        digest.update(f"{sample.mask}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    for index in range(len(dataset.samples)):
+        for path in dataset.mask_files(index):
+            st = path.stat()
+            digest.update(f"{path}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     how = [
         dataset.num_labels,
         dataset.ignore_index,
         dataset.masks.binary_values,
+        getattr(dataset, "binary_values", None),  # a multi-label dataset's
+        dataset.multilabel,
         "presence",
     ]  # v2: with presence
     digest.update(json.dumps(how).encode())
@@ -154,7 +158,7 @@ def check_labels(totals: np.ndarray, d: DatasetBase, num_masks: int, where: str)
     names, ignore = d.label_names(), d.ignore_index
     n = len(names)
     ignored = int(totals[ignore]) if ignore < len(totals) else 0
-    if ignored and not totals[1:n].any():
+    if ignored and not totals[1:n].any() and not d.multilabel:  # multi-label masks have no background class
         raise DatasetError(
             f"the {num_masks} training masks of {where} hold only 0 and {ignore} (the ignore index): no pixel of "
             f"any other class, so training would learn only class 0 and validation score only it. Binary masks "

@@ -19,12 +19,18 @@ from tqdm import tqdm
 from deeplab.atomicfile import atomic_path
 from deeplab.config import TrainConfig
 from deeplab.data import load_split, palette
+from deeplab.errors import ConfigError
 from deeplab.visualize import ids_image  # the same palette PNG predict writes
 
 
 def write_folder_dataset(cfg: TrainConfig, output: Path) -> dict[str, int]:
     """Write both splits of cfg.dataset under output; returns the number of images written per split."""
     d = cfg.dataset
+    if d.multilabel:
+        raise ConfigError(
+            "prepare masks writes one class per pixel; a multi-label dataset (dataset.multilabel) is read from its "
+            "per-class folders as it is"
+        )
     colors = palette(d)
     written = {}
     for split in ("train", "val"):

@@ -119,6 +119,7 @@ def serve(cfg: DemoConfig | DictConfig, block: bool = True) -> Any:
     cfg = demo_config(cfg)
     check_port_free(cfg.host, cfg.port)
     seg = load_segmenter(cfg)
+    seg.single_label("the demo")
     app = build_app(seg, cfg)
     import gradio as gr
 

@@ -19,6 +19,7 @@ from deeplab.errors import ExportError
 from deeplab.evaluation import collapse, report
 from deeplab.evaluation.loop import evaluate_as_configured
 from deeplab.evaluation.metrics import format_table, write_metrics_json
+from deeplab.evaluation.multilabel_metrics import MultiLabelMetrics
 from deeplab.runtime import Runtime, make_runtime
 
 log = logging.getLogger(__name__)
@@ -84,7 +85,7 @@ def evaluate_model(
     try:
         result = evaluate_as_configured(
             model, loader, rt, rt.normalizer(d.mean, d.std), ev, num_classes=d.num_classes,
-            ignore_index=d.ignore_index, progress=True,
+            ignore_index=d.ignore_index, progress=True, multilabel=d.multilabel, threshold=d.threshold,
         )  # fmt: skip
     finally:
         shut_down_workers(loader)
@@ -101,8 +102,11 @@ def evaluate_model(
               "flip": ev.flip, "mode": ev.mode, "num_images": result.num_images, "left_out": left_out}  # fmt: skip
     path = run_dir / "metrics.json"
     write_metrics_json(path, metrics | record)
-    report.write_report(run_dir, result.cm.matrix.cpu().numpy(), d.label_names())
-    print(f"metrics written to {path}; confusion_matrix.csv/.png and per_class.csv/.md next to it")
+    figure = report.write_scores_report(run_dir, result.cm, d.label_names())
+    files = "confusion_matrix.csv/.png" if figure is not None else "confusion_matrix.csv (per class)"
+    print(f"metrics written to {path}; {files} and per_class.csv/.md next to it")
+    if isinstance(result.cm, MultiLabelMetrics):
+        return metrics | record | {"confusion_counts": result.cm.counts.cpu().tolist()}
     warning = collapse.matrix_warning(result.cm.matrix, d.label_names())
     if warning:
         log.warning("%s", warning)

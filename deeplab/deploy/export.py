@@ -59,6 +59,8 @@ def metadata(cfg: ModelCard | TrainConfig, output_stride: int | None = None) -> 
         "ignore_index": d.ignore_index,
         "palette": palette(d)[: max(len(names), 1)].tolist(),
         "overlay_background": d.overlay_background_ids(),
+        "multilabel": d.multilabel,  # the logits are one sigmoid per class, present above threshold
+        "threshold": d.threshold,
         "model": f"{cfg.model.name}/{cfg.backbone.name}",
         "output_stride": output_stride or cfg.backbone.output_stride,
         "dataset": d.model_dump(),

@@ -89,7 +89,10 @@ def read_metadata(text: str, path: Path) -> dict[str, Any]:
         raise ExportError(
             f"model {path}: its deeplab metadata's {key}: {err['msg'].lower()}; {fix}"
         ) from None
-    labels = 2 if meta.num_classes == 1 else meta.num_classes  # a binary model: background + the class
+    multilabel = bool(raw.get("multilabel", False))  # each class on its own: one name per class
+    labels = (
+        2 if meta.num_classes == 1 and not multilabel else meta.num_classes
+    )  # binary: background + the class
     if len(meta.class_names) != labels:
         raise ExportError(
             f"model {path}: its metadata lists {len(meta.class_names)} class names but num_classes "

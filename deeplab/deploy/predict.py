@@ -3,6 +3,8 @@
 
 For each image it writes <name>.png (class ids, palette PNG), <name>_color.png (colour mask) and
 <name>_overlay.jpg (the mask over the photo, background left as it was, with a legend of the classes found).
+A multi-label model (dataset.multilabel) writes <class>/<name>.png instead of <name>.png, a 1-bit mask per
+class, and blends the colours of overlapping classes.
 <name> is the image's stem, or stem_suffix when two inputs share a stem (a.jpg, a.png). The checkpoint may
 be one train.py wrote or torchvision's published deeplabv3_resnet50/101 weights file. Unreadable images
 are named and skipped; the command then ends with exit status 2. A video (input=clip.mp4) gives
@@ -27,7 +29,15 @@ from deeplab.atomicfile import atomic_path, save_image
 from deeplab.cli import hydra_main
 from deeplab.config import PredictConfig, predict_config
 from deeplab.deploy import autolabel
-from deeplab.deploy.segmenter import Segmenter, check_unreadable, draw, load_segmenter, predict_each, save_ids
+from deeplab.deploy.segmenter import (
+    Segmenter,
+    check_unreadable,
+    draw,
+    load_segmenter,
+    predict_each,
+    save_class_masks,
+    save_ids,
+)
 from deeplab.errors import ConfigError, DatasetError
 from deeplab.visualize import (
     make_legend,
@@ -122,6 +132,8 @@ def predict_video(cfg: PredictConfig, seg: Segmenter, path: Path, output: Path) 
 
     if seg.in_channels != 3:
         raise ConfigError(f"input: videos are RGB, but the model takes {seg.in_channels} channels")
+    if cfg.save_masks:
+        seg.single_label("save_masks=true (a class-id PNG per frame)")
     capture = cv2.VideoCapture(str(path))
     if not capture.isOpened():
         raise DatasetError(unopened_video(path))
@@ -210,18 +222,23 @@ def predict(cfg: PredictConfig | DictConfig, output: Path) -> list[Path]:
     seg = load_segmenter(cfg)
     output.mkdir(parents=True, exist_ok=True)
     if cfg.autolabel:
+        seg.single_label("autolabel=true")
         return autolabel.predict_folder(cfg, seg, images, names, output)
 
     def write(path: Path, image: np.ndarray, pred: np.ndarray) -> Path:
         ids_path = output / f"{names[path]}.png"
-        save_ids(pred, seg.palette, ids_path)
+        if seg.multilabel:  # (K, H, W): a mask per class, in output/<class>/
+            ids_path = save_class_masks(pred, seg.labels, output, names[path])
+        else:
+            save_ids(pred, seg.palette, ids_path)
         color, overlay = draw(seg, image, pred, cfg.alpha)
         save_image(Image.fromarray(color), output / f"{names[path]}_color.png")
         save_image(Image.fromarray(overlay), output / f"{names[path]}_overlay.jpg", quality=92)
         return ids_path
 
     written, unreadable = predict_each(seg, cfg.eval, images, write, "predict")
-    print(f"wrote {len(written)} x 3 files to {output}")
+    per_image = f"{len(seg.labels)} class masks + 2" if seg.multilabel else "3"
+    print(f"wrote {len(written)} x {per_image} files to {output}")
     check_unreadable(unreadable, len(images), output)
     return written
 

@@ -72,6 +72,7 @@ def predict_raster(cfg: PredictConfig, seg: Any, path: Path, output: Path) -> li
     end (truncated, damaged) is a DatasetError naming it."""
     import rasterio
 
+    seg.single_label("a GeoTIFF prediction (a class-id raster)")
     try:
         return _predict_raster(cfg, seg, path, output)
     except rasterio.errors.RasterioError as e:

@@ -104,6 +104,7 @@ def load_trained_model(setting: str | Path, key: str = "checkpoint") -> tuple[De
     model = build_from_card(card)
     load_model_state(model, state, located.path)
     model.mean, model.std = list(card.labels.mean), list(card.labels.std)
+    model.multilabel, model.threshold = card.labels.multilabel, card.labels.threshold
     model.eval()
     return model, card
 

@@ -12,15 +12,17 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 from tqdm import tqdm
 
 from deeplab.atomicfile import save_image
 from deeplab.config import EvalConfig, ModelRun, overlay_background_ids
 from deeplab.data.reading import read_image
-from deeplab.errors import DatasetError
+from deeplab.errors import ConfigError, DatasetError
 from deeplab.visualize import (
     Legend,
     display_rgb,
+    draw_multilabel_map,
     draw_segmentation_map,
     ids_image,
     image_overlay,
@@ -45,6 +47,16 @@ class Segmenter:
     rt: Any
     background: list[int]  # classes the overlays leave as the photo (dataset.overlay_background)
     card: dict[str, Any] = field(default_factory=dict)  # model name, mean, std: what a server describes
+    multilabel: bool = False  # one sigmoid per class: predictions are (C, H, W) 0 / 1 masks, not (H, W) ids
+    threshold: float = 0.5  # with multilabel: the probability above which a pixel has a class
+
+    def single_label(self, what: str) -> None:
+        """A ConfigError for the uses of class-id maps (`what`) that a multi-label model cannot serve yet."""
+        if self.multilabel:
+            raise ConfigError(
+                f"{what} writes one class per pixel, but this model is multi-label (dataset.multilabel): predict "
+                "its images with `python -m deeplab.predict`, which writes a mask per class"
+            )
 
     def legend_entries(self, classes: list[int]) -> list[tuple[str, np.ndarray]]:
         """(name, colour) of each of `classes` that is not background, for a legend."""
@@ -55,20 +67,22 @@ class Segmenter:
         ]
 
     def __call__(self, image: np.ndarray, ev: EvalConfig) -> np.ndarray:
-        """(H, W, C) uint8 image -> (H, W) uint8 class ids."""
+        """(H, W, C) uint8 image -> (H, W) uint8 class ids (multi-label: (K, H, W) uint8 0 / 1 per class)."""
         return self.predict_batch([image], ev)[0]
 
     def predict_batch(self, images: list[np.ndarray], ev: EvalConfig) -> list[np.ndarray]:
-        """Images of one size, (H, W, C) uint8 each, in one forward pass -> their (H, W) uint8 class ids."""
+        """Images of one size, (H, W, C) uint8 each, in one forward pass -> their (H, W) uint8 class ids (multi-label:
+        (K, H, W) uint8, 1 where a class's probability is above the threshold)."""
         from deeplab.models.inference import predict_probs
 
         x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).to(self.rt.device)  # (B, C, H, W) uint8
         with torch.no_grad(), self.rt.autocast():
             probs = predict_probs(
                 self.model, self.normalize(x), scales=ev.scales, flip=ev.flip, mode=ev.mode, window=ev.window,
-                overlap=ev.overlap,
+                overlap=ev.overlap, multilabel=self.multilabel,
             )  # fmt: skip
-        return list(probs.argmax(1).to(torch.uint8).cpu().numpy())
+        labels = probs > self.threshold if self.multilabel else probs.argmax(1)
+        return list(labels.to(torch.uint8).cpu().numpy())
 
 
 def load_segmenter(cfg: ModelRun) -> Segmenter:
@@ -88,7 +102,8 @@ def load_segmenter(cfg: ModelRun) -> Segmenter:
         palette = color_table(meta["palette"], max(256, meta["num_classes"]))
         return Segmenter(graph, rt.normalizer(meta["mean"], meta["std"]), graph.label_names, palette,
                          int(meta["in_channels"]), rt, onnx_background(meta),
-                         {k: meta.get(k) for k in ("model", "mean", "std")})  # fmt: skip
+                         {k: meta.get(k) for k in ("model", "mean", "std")}, bool(meta.get("multilabel", False)),
+                         float(meta.get("threshold", 0.5)))  # fmt: skip
     from deeplab.deploy.restore import load_trained_model, run_settings
 
     model, card = load_trained_model(located.path)
@@ -101,6 +116,7 @@ def load_segmenter(cfg: ModelRun) -> Segmenter:
         model, rt.normalizer(labels.mean, labels.std), labels.class_names,
         color_table(labels.palette, max(256, labels.num_classes)), labels.in_channels, rt, labels.overlay_background,
         {"model": f"{card.model.name}/{card.backbone.name}", "mean": list(labels.mean), "std": list(labels.std)},
+        labels.multilabel, labels.threshold,
     )  # fmt: skip
 
 
@@ -119,18 +135,43 @@ def draw(
     photo (its first three channels) in the overlay. The overlay carries `legend` (a video's, the same on
     every frame), or by default a legend of the classes found, in the corner where it hides the fewest of
     their pixels; a legend too large for the image is put beside it (W' > W)."""
-    keep = np.isin(pred, seg.background)
-    color = draw_segmentation_map(pred, seg.palette)
+    if pred.ndim == 3:  # multi-label (K, H, W): overlapping classes blend their colours
+        shown = pred.copy()
+        shown[[c for c in seg.background if c < len(shown)]] = 0
+        keep = ~(shown == 1).any(0)
+        color = draw_multilabel_map(shown, seg.palette)
+        classes = [c for c in range(len(shown)) if (shown[c] == 1).any()]
+    else:
+        keep = np.isin(pred, seg.background)
+        color = draw_segmentation_map(pred, seg.palette)
+        classes = np.unique(pred).tolist()
     overlay = image_overlay(display_rgb(image), color, alpha, keep=keep)
     if legend is not None:
         return color, place_legend(overlay, legend)
-    found = make_legend(seg.legend_entries(np.unique(pred).tolist()), *pred.shape)
+    found = make_legend(seg.legend_entries(classes), *keep.shape)
     return color, place_legend(overlay, found, avoid=~keep)
 
 
 def save_ids(pred: np.ndarray, palette: np.ndarray, path: Path) -> None:
     """Class ids as a palette PNG."""
     save_image(ids_image(pred, palette), path)
+
+
+def class_folder(name: str) -> str:
+    """A class name as a folder name (a path separator or a dot name would leave the output folder)."""
+    safe = name.replace("/", "_").replace("\\", "_")
+    return "_" if safe in ("", ".", "..") else safe
+
+
+def save_class_masks(pred: np.ndarray, labels: list[str], output: Path, name: str) -> Path:
+    """A multi-label prediction (K, H, W) of 0 / 1 as output/<class>/<name>.png, one 1-bit PNG per class (the
+    layout dataset=folder reads with dataset.multilabel, so predictions can be corrected and trained on);
+    returns the folder of the first class."""
+    for c, label in enumerate(labels):
+        folder = output / class_folder(label)
+        folder.mkdir(exist_ok=True)
+        save_image(Image.fromarray(pred[c].astype(bool)), folder / f"{name}.png")
+    return output / class_folder(labels[0])
 
 
 def predict_each(

@@ -212,6 +212,7 @@ def build_server(cfg: ServeConfig) -> Any:
     from deeplab.deploy.segmenter import load_segmenter
 
     seg = load_segmenter(cfg)
+    seg.single_label("deeplab.serve (class-id PNGs and class shares)")
     try:
         import litserve as ls
     except ImportError:

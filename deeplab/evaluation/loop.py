@@ -16,6 +16,7 @@ from tqdm import tqdm
 from deeplab.config import EvalConfig
 from deeplab.data.loaders import batches
 from deeplab.evaluation.metrics import ConfusionMatrix
+from deeplab.evaluation.multilabel_metrics import MultiLabelMetrics
 from deeplab.models.inference import predict_probs
 from deeplab.runtime import Normalizer, Runtime, distributed
 
@@ -26,14 +27,15 @@ WHOLE = EvalConfig(
     output_stride=None, scales=[1.0], flip=False, mode="whole", window=513, overlap=0.33, batch_size=1
 )
 
-Example = tuple[np.ndarray, np.ndarray, np.ndarray]  # photo (H, W, 3) uint8, truth (H, W), prediction (H, W)
+# photo (H, W, 3) uint8, truth (H, W), prediction (H, W); multi-label: truth and prediction (C, H, W) 0 / 1 (/ ignore)
+Example = tuple[np.ndarray, np.ndarray, np.ndarray]
 BYTES_PER_PIXEL = 1024  # inference memory of whole-image DeepLab (ResNet-101, fp32, OS 8 or 16), measured
 _warned_memory = False
 
 
 @dataclass
 class Evaluation:
-    cm: ConfusionMatrix  # summed over DDP ranks
+    cm: ConfusionMatrix | MultiLabelMetrics  # summed over DDP ranks; the latter for a multi-label model
     examples: list[Example]
     num_images: int  # images scored (over all ranks); bad ones left out with dataset.skip_bad are not
 
@@ -81,20 +83,27 @@ def evaluate(
     ignore_index: int,
     num_examples: int = 0,
     progress: bool = False,
+    multilabel: bool = False,
+    threshold: float = 0.5,
 ) -> Evaluation:
     """Confusion matrix of `model` over whole images (summed over DDP ranks), and a few examples, with the
     eval.* settings' scales, flip, mode (whole or slide), window and overlap (WHOLE: one scale, no flip, the
     whole image; the output stride is evaluate_as_configured's).
 
     Batches of differently sized images are padded by the loader; each such image is then run alone on
-    its own pixels, so the result does not depend on the batch size.
+    its own pixels, so the result does not depend on the batch size. A multi-label model (masks (B, C, H, W))
+    is scored per class at `threshold` (MultiLabelMetrics).
     """
     was_training = model.training
     model.eval()
     # Whole images come in many sizes: cudnn autotuning would search again for every new shape.
     cudnn_benchmark = torch.backends.cudnn.benchmark
     torch.backends.cudnn.benchmark = False
-    cm = ConfusionMatrix(max(num_classes, 2), ignore_index=ignore_index, device=rt.device)
+    cm: ConfusionMatrix | MultiLabelMetrics = (
+        MultiLabelMetrics(num_classes, ignore_index, rt.device)
+        if multilabel
+        else ConfusionMatrix(max(num_classes, 2), ignore_index=ignore_index, device=rt.device)
+    )
     examples: list[Example] = []
     scored, largest = 0, 0
     bar = tqdm(batches(loader), total=len(loader), desc="eval", disable=not progress, leave=False)
@@ -113,20 +122,24 @@ def evaluate(
             parts = [(images, masks)]
         else:
             parts = [
-                (images[i : i + 1, :, :h, :w], masks[i : i + 1, :h, :w])
+                (images[i : i + 1, :, :h, :w], masks[i : i + 1, ..., :h, :w])
                 for i, (h, w) in enumerate(sizes.tolist())
             ]
         for imgs, truth in parts:
             with rt.autocast():
                 probs = predict_probs(
                     model, normalize(imgs), scales=ev.scales, flip=ev.flip, mode=ev.mode, window=ev.window,
-                    overlap=ev.overlap,
+                    overlap=ev.overlap, multilabel=multilabel,
                 )  # fmt: skip
-            pred = probs.argmax(1)  # (B, H, W)
+            pred = probs > threshold if multilabel else probs.argmax(1)  # (B, C, H, W) or (B, H, W)
             cm.update(pred, truth)
             for i in range(min(num_examples - len(examples), imgs.shape[0])):
                 examples.append(
-                    (imgs[i].permute(1, 2, 0).cpu().numpy(), truth[i].cpu().numpy(), pred[i].cpu().numpy())
+                    (
+                        imgs[i].permute(1, 2, 0).cpu().numpy(),
+                        truth[i].cpu().numpy(),
+                        pred[i].to(torch.uint8).cpu().numpy(),
+                    )  # fmt: skip
                 )
     cm.all_reduce()
     model.train(was_training)
@@ -161,11 +174,13 @@ def evaluate_as_configured(
     ignore_index: int,
     num_examples: int = 0,
     progress: bool = False,
+    multilabel: bool = False,
+    threshold: float = 0.5,
 ) -> Evaluation:
     """evaluate() with the eval.* settings (output stride, scales, flip, whole or slide, window, overlap; the
     loader carries eval.batch_size): the one way evaluate.py and validation in training score a model."""
     with at_output_stride(model, ev.output_stride):
         return evaluate(
             model, loader, rt, normalize, ev, num_classes=num_classes, ignore_index=ignore_index,
-            num_examples=num_examples, progress=progress,
+            num_examples=num_examples, progress=progress, multilabel=multilabel, threshold=threshold,
         )  # fmt: skip

@@ -132,22 +132,27 @@ def json_safe(metrics: dict[str, Any]) -> dict[str, Any]:
 
 def format_table(metrics: dict[str, Any], class_names: list[str], title: str = "") -> str:
     """Per-class IoU and the four metrics as a text table, in percent with two decimals, under `title` (what
-    was scored: the iteration and checkpoint)."""
+    was scored: the iteration and checkpoint). A multi-label model's table adds precision and recall."""
     ious = metrics["iou_per_class"]
     if len(class_names) != len(ious):
         raise ValueError(f"{len(class_names)} class names for {len(ious)} classes")
     labels = {"pixel_acc": "pixel acc", "mean_acc": "mean acc", "miou": "mIoU", "fwiou": "FWIoU"}
     width = max([len(name) for name in class_names] + [len(v) for v in labels.values()] + [5])
+    extra = [k for k in ("precision_per_class", "recall_per_class") if k in metrics]
 
     def pct(value: float | None) -> str:
         if value is None or math.isnan(value):
             return "-".rjust(7)  # class absent from truth and prediction
         return f"{100.0 * value:7.2f}"
 
+    heads = ["IoU %", *({"precision_per_class": "prec. %", "recall_per_class": "recall %"}[k] for k in extra)]
+    rule = "-" * (width + 9 * len(heads))  # a column: 7 characters and 2 of space
     lines = [title] if title else []
-    lines += [f"{'class'.ljust(width)}  {'IoU %'.rjust(7)}", "-" * (width + 9)]
-    lines += [f"{name.ljust(width)}  {pct(iou)}" for name, iou in zip(class_names, ious)]
-    lines.append("-" * (width + 9))
+    lines += [f"{'class'.ljust(width)}  {'  '.join(h.rjust(7) for h in heads)}", rule]
+    for c, name in enumerate(class_names):
+        values = [ious[c], *(metrics[k][c] for k in extra)]
+        lines.append(f"{name.ljust(width)}  {'  '.join(pct(v) for v in values)}")
+    lines.append(rule)
     lines += [f"{labels[key].ljust(width)}  {pct(metrics[key])}" for key in METRIC_NAMES]
     return "\n".join(lines)
 

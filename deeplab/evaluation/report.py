@@ -10,6 +10,10 @@ The figure shows every class up to FIGURE_CLASSES (30) classes. Above that (ADE2
 FIGURE_CLASSES classes with the most confused pixels (a class's off-diagonal row plus column sum: pixels of it
 predicted as another class, and pixels of others predicted as it), in class order; their rows are still
 normalised over all the predictions, so a row shown may sum to less than 100%.
+
+A multi-label model has a 2x2 confusion table per class instead: confusion_matrix.csv lists each class's true and
+false positives and negatives, per_class.csv/.md the same columns as above (the shares are of the class's
+scored pixels), and there is no figure.
 """
 
 from __future__ import annotations
@@ -155,3 +159,57 @@ def write_report(out_dir: Path, matrix: np.ndarray, names: Sequence[str]) -> np.
     figure = confusion_figure(matrix, names)
     save_image(Image.fromarray(figure), out_dir / "confusion_matrix.png")
     return figure
+
+
+def multilabel_per_class(counts: np.ndarray, names: Sequence[str]) -> list[dict[str, float | int | str]]:
+    """per_class()'s rows from (C, 4) counts TP, FP, FN, TN of a multi-label model."""
+    c = np.asarray(counts, dtype=np.float64)
+    if c.shape != (len(names), 4):
+        raise ValueError(f"{len(names)} class names for multi-label counts of shape {c.shape}")
+    tp, fp, fn, tn = c.T
+    scored = np.maximum(c.sum(1), 1.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        iou, recall, precision = tp / (tp + fp + fn), tp / (tp + fn), tp / (tp + fp)
+    return [
+        {
+            "class": name,
+            "iou": float(iou[k]),
+            "recall": float(recall[k]),
+            "precision": float(precision[k]),
+            "true_share": float((tp[k] + fn[k]) / scored[k]),
+            "predicted_share": float((tp[k] + fp[k]) / scored[k]),
+            "true_pixels": int(tp[k] + fn[k]),
+            "predicted_pixels": int(tp[k] + fp[k]),
+        }
+        for k, name in enumerate(names)
+    ]
+
+
+def multilabel_confusion_csv(counts: np.ndarray, names: Sequence[str]) -> str:
+    from deeplab.evaluation.multilabel_metrics import COUNT_NAMES
+
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["class", *COUNT_NAMES])
+    for name, row in zip(names, np.asarray(counts, dtype=np.int64).tolist()):
+        writer.writerow([name, *row])
+    return out.getvalue()
+
+
+def write_multilabel_report(out_dir: Path, counts: np.ndarray, names: Sequence[str]) -> None:
+    """confusion_matrix.csv (a 2x2 table per class) and per_class.csv/.md of a multi-label evaluation."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = multilabel_per_class(counts, names)
+    _text(out_dir / "confusion_matrix.csv", multilabel_confusion_csv(counts, names))
+    _text(out_dir / "per_class.csv", per_class_csv(rows))
+    _text(out_dir / "per_class.md", per_class_markdown(rows))
+
+
+def write_scores_report(out_dir: Path, scores: object, names: Sequence[str]) -> np.ndarray | None:
+    """The report of an evaluation's scores (a ConfusionMatrix or MultiLabelMetrics); the figure, if any."""
+    from deeplab.evaluation.multilabel_metrics import MultiLabelMetrics
+
+    if isinstance(scores, MultiLabelMetrics):
+        write_multilabel_report(out_dir, scores.counts.cpu().numpy(), names)
+        return None
+    return write_report(out_dir, scores.matrix.cpu().numpy(), names)  # type: ignore[attr-defined]

@@ -33,6 +33,9 @@ class DeepLab(nn.Module):
         # (plain attributes, not part of the state dict), read by predict().
         self.mean: list[float] | None = None
         self.std: list[float] | None = None
+        # A multi-label model (dataset.multilabel) scores each class with a sigmoid, present above threshold.
+        self.multilabel = False
+        self.threshold = 0.5
 
     @property
     def output_stride(self) -> int:
@@ -64,7 +67,8 @@ class DeepLab(nn.Module):
         """Segment one photo as deeplab.predict does: image (H, W, C) uint8 (a numpy array or a PIL image),
         normalised with self.mean and self.std (the model card's, set by deeplab.load), the whole image at
         once (averaged over `scales` and their mirror images with `flip`). Returns the class ids (H, W) uint8,
-        or with probabilities=True the softmax (max(C, 2), H, W) float32. Runs in eval mode on the model's
+        or with probabilities=True the softmax (max(C, 2), H, W) float32; a multi-label model (self.multilabel)
+        returns (C, H, W) uint8 1 where a class is present (above self.threshold), or its sigmoids. Runs in eval mode on the model's
         device; the mode is restored."""
         from deeplab.models.inference import predict_probs
 
@@ -83,12 +87,15 @@ class DeepLab(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            probs = predict_probs(self, (x - mean) / std, scales=scales, flip=flip)[0]  # (C, H, W)
+            probs = predict_probs(
+                self, (x - mean) / std, scales=scales, flip=flip, multilabel=self.multilabel
+            )[0]
         finally:
             self.train(was_training)
         if probabilities:
             return probs.float().cpu().numpy()
-        return probs.argmax(0).to(torch.uint8).cpu().numpy()
+        labels = probs > self.threshold if self.multilabel else probs.argmax(0)  # (C, H, W) or (H, W)
+        return labels.to(torch.uint8).cpu().numpy()
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         size = x.shape[-2:]

@@ -10,8 +10,11 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def logits_to_probs(logits: torch.Tensor) -> torch.Tensor:
-    """(B, C, H, W) logits -> (B, max(C, 2), H, W) probabilities; one channel means sigmoid foreground."""
+def logits_to_probs(logits: torch.Tensor, multilabel: bool = False) -> torch.Tensor:
+    """(B, C, H, W) logits -> (B, max(C, 2), H, W) probabilities; one channel means sigmoid foreground. A
+    multi-label model's: (B, C, H, W), a sigmoid per class."""
+    if multilabel:
+        return torch.sigmoid(logits)
     if logits.shape[1] == 1:
         fg = torch.sigmoid(logits)
         return torch.cat([1.0 - fg, fg], dim=1)
@@ -56,10 +59,12 @@ def predict_probs(
     mode: str = "whole",
     window: int = 513,
     overlap: float = 0.33,
+    multilabel: bool = False,
 ) -> torch.Tensor:
     """Average of class probabilities over scales (and horizontal flips), at the input's size.
 
-    x: (B, 3, H, W) normalised images. Returns (B, max(C, 2), H, W) float32.
+    x: (B, 3, H, W) normalised images. Returns (B, max(C, 2), H, W) float32 (multilabel: (B, C, H, W), each
+    class's sigmoid).
     """
     if mode not in ("whole", "slide"):
         raise ValueError(f"mode must be 'whole' or 'slide', got {mode!r}")
@@ -75,7 +80,7 @@ def predict_probs(
                 logits = logits.flip(-1)
             if logits.shape[-2:] != size:
                 logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
-            probs = logits_to_probs(logits)
+            probs = logits_to_probs(logits, multilabel)
             total = probs if total is None else total + probs
             n += 1
     assert total is not None

@@ -256,7 +256,7 @@ class Run:
             result = evaluate_as_configured(  # evaluate.py's scoring, with the same eval.* settings
                 model, self.val_loader, self.rt, self.normalize, self.cfg.eval, num_classes=d.num_classes,
                 ignore_index=d.ignore_index, num_examples=self.cfg.logger.num_images if main else 0,
-                progress=main,
+                progress=main, multilabel=d.multilabel, threshold=d.threshold,
             )  # fmt: skip
         metrics = result.cm.compute() | {"iteration": iteration, "num_images": result.num_images}
         if self.ema is not None:  # the EMA weights, scored the same way (val/ema/*)
@@ -265,21 +265,26 @@ class Run:
                 metrics["ema"] = evaluate_as_configured(
                     ema_model, self.val_loader, self.rt, self.normalize, self.cfg.eval,
                     num_classes=d.num_classes, ignore_index=d.ignore_index, progress=main,
+                    multilabel=d.multilabel, threshold=d.threshold,
                 ).cm.compute()  # fmt: skip
         if main:
             # confusion_matrix.csv/.png and per_class.csv/.md of this validation, next to metrics.json
-            figure = report.write_report(self.run_dir, result.cm.matrix.cpu().numpy(), d.label_names())
+            figure = report.write_scores_report(self.run_dir, result.cm, d.label_names())
             self.loggers.scalars(val_scalars(metrics, d.label_names()), iteration)
             if "ema" in metrics:
                 self.loggers.scalars(val_scalars(metrics["ema"], d.label_names(), "val/ema"), iteration)
             for i, (image, truth, pred) in enumerate(result.examples):
                 strip = example_strip(image, truth, pred, data.palette(d), d.ignore_index)
                 self.loggers.image(f"val/example_{i}", strip, iteration)
-            self.loggers.image("val/confusion_matrix", figure, iteration)
+            if figure is not None:
+                self.loggers.image("val/confusion_matrix", figure, iteration)
             write_metrics_json(self.run_dir / "metrics.json", metrics)
             mismatch = None if self.recomputed_at == iteration else self.statistics_mismatch(iteration)
             remedy = collapse.STATISTICS_REMEDY if mismatch else collapse.CLASS_REMEDY
-            for warning in (collapse.matrix_warning(result.cm.matrix, d.label_names(), remedy), mismatch):
+            collapsed = (
+                None if d.multilabel else collapse.matrix_warning(result.cm.matrix, d.label_names(), remedy)
+            )
+            for warning in (collapsed, mismatch):
                 if warning:
                     log.warning("iter %d, validation: %s", iteration, warning)
             log.info(
@@ -293,6 +298,8 @@ class Run:
         the model scores much worse with them than with each batch's own on a few training batches, else None.
         (Not under DDP: it runs on rank 0 alone, and SyncBatchNorm would wait for the other ranks.)"""
         steps = iteration * self.cfg.trainer.accumulate
+        if self.cfg.dataset.multilabel:  # the diagnosis compares pixel accuracy of argmax predictions
+            return None
         if self.rt.dist.enabled or not precise_bn.is_immature(self.model, steps):
             return None
 
@@ -404,7 +411,7 @@ def _build(
     class_weights = (
         torch.tensor(weights, dtype=torch.float32, device=rt.device) if weights is not None else None
     )
-    criterion = build_criterion(cfg.loss, d.num_classes, d.ignore_index, class_weights)
+    criterion = build_criterion(cfg.loss, d.num_classes, d.ignore_index, class_weights, d.multilabel)
     return Run(
         cfg=cfg, rt=rt, run_dir=run_dir, model=model, step_model=step_model, optimizer=optimizer,
         scheduler=scheduler, scaler=scaler, criterion=criterion, train_set=train_set, val_set=val_set,
@@ -624,7 +631,13 @@ def _loop(run: Run, stop: StopRequest) -> dict[str, Any]:
     run.started = time.perf_counter()
     state = LoopState(
         sums=LossSums(rt.device),
-        watch=collapse.CollapseWatch(d.num_classes, d.ignore_index, rt.device),
+        # a multi-label model predicts each class on its own: no one class can take the others' pixels
+        watch=collapse.CollapseWatch(
+            d.num_classes,
+            d.ignore_index,
+            rt.device,
+            boundaries=0 if d.multilabel else collapse.CHECKED_BOUNDARIES,
+        ),  # fmt: skip
         data_iter=batches(run.train_loader),
         bar=progress_bar(t.max_iters, it, disable=not main),
     )
@@ -794,7 +807,9 @@ def _next_batch(
     n = t.batch_size // rt.dist.world_size // t.accumulate  # a micro-batch
     height, width = t.crop()
     images = torch.zeros((n, run.cfg.dataset.in_channels, height, width), dtype=torch.uint8, device=rt.device)
-    masks = torch.full((n, height, width), run.cfg.dataset.ignore_index, device=rt.device)
+    d = run.cfg.dataset
+    classes = (d.num_classes,) if d.multilabel else ()  # multi-label masks are (n, C, H, W)
+    masks = torch.full((n, *classes, height, width), d.ignore_index, device=rt.device)
     return images, masks, pending
 
 

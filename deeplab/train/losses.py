@@ -151,15 +151,20 @@ class SegmentationLoss(nn.Module):
         ignore_index: int = 255,
         aux_weight: float = 0.4,
         pixel_loss: PixelLoss | None = None,
+        multilabel: bool = False,
     ) -> None:
         super().__init__()
         self.num_classes = num_classes
+        self.multilabel = (
+            multilabel  # targets (B, C, H, W) of 0 / 1 / ignore (deeplab/train/multilabel_losses.py)
+        )
         self.ignore_index = ignore_index
         self.aux_weight = aux_weight
         self.loss = pixel_loss or functools.partial(cross_entropy, ignore_index=ignore_index)
 
     def forward(self, outputs: dict[str, Tensor], target: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        """outputs["out"] (and "aux"): (B, C, H, W) logits; target: (B, H, W) labels -> (total, parts)."""
+        """outputs["out"] (and "aux"): (B, C, H, W) logits; target: (B, H, W) labels (multi-label: (B, C, H, W))
+        -> (total, parts)."""
         main = self.pixel_loss(outputs["out"], target)
         total = main
         parts = {"main": main.detach()}
@@ -170,17 +175,29 @@ class SegmentationLoss(nn.Module):
         return total, parts
 
     def pixel_loss(self, logits: Tensor, target: Tensor) -> Tensor:
-        _check(logits, target)
         if logits.shape[1] != self.num_classes:
             raise ValueError(f"logits have {logits.shape[1]} channels for {self.num_classes} classes")
+        if self.multilabel:
+            return self.loss(logits, target)
+        _check(logits, target)
         if self.num_classes == 1:
             logits = torch.cat([torch.zeros_like(logits), logits], dim=1)  # (B, 2, H, W): (0, z)
         return self.loss(logits, target)
 
 
 def build_criterion(
-    cfg: LossConfig, num_classes: int, ignore_index: int, class_weights: Tensor | None = None
+    cfg: LossConfig,
+    num_classes: int,
+    ignore_index: int,
+    class_weights: Tensor | None = None,
+    multilabel: bool = False,
 ) -> SegmentationLoss:
+    if multilabel:
+        from deeplab.train.multilabel_losses import multilabel_loss_of
+
+        return SegmentationLoss(
+            num_classes, ignore_index, cfg.aux_weight, multilabel_loss_of(cfg, ignore_index), multilabel=True
+        )
     return SegmentationLoss(
         num_classes, ignore_index, cfg.aux_weight, pixel_loss_of(cfg, ignore_index, class_weights)
     )

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from deeplab.config import flatten
-from deeplab.visualize import display_rgb, draw_segmentation_map
+from deeplab.visualize import display_rgb, draw_labels
 
 # metrics.json key -> logged name
 METRIC_TAGS = {
@@ -24,11 +24,18 @@ METRIC_TAGS = {
 def val_scalars(
     metrics: Mapping[str, Any], class_names: Sequence[str], prefix: str = "val"
 ) -> dict[str, float]:
-    """A validation's metrics as scalars; classes absent from the validation set have no IoU (left out)."""
+    """A validation's metrics as scalars; classes absent from the validation set have no IoU (left out); a
+    multi-label model's precision and recall per class too."""
     out = {f"{prefix}/{tag.split('/', 1)[1]}": float(metrics[key]) for key, tag in METRIC_TAGS.items()}
-    for name, iou in zip(class_names, metrics["iou_per_class"]):
-        if iou is not None and not math.isnan(iou):
-            out[f"{prefix}/IoU/{name}"] = float(iou)
+    per_class = [
+        ("IoU", "iou_per_class"),
+        ("precision", "precision_per_class"),
+        ("recall", "recall_per_class"),
+    ]
+    for tag, key in per_class:  # precision and recall: a multi-label model's metrics
+        for name, value in zip(class_names, metrics.get(key, [])):
+            if value is not None and not math.isnan(value):
+                out[f"{prefix}/{tag}/{name}"] = float(value)
     return out
 
 
@@ -43,13 +50,13 @@ def train_scalars(losses: Mapping[str, float], lr: float, images_per_sec: float)
 def example_strip(
     image: np.ndarray, truth: np.ndarray, pred: np.ndarray, palette: np.ndarray, ignore_index: int
 ) -> np.ndarray:
-    """(H, W, C) photo, (H, W) truth and prediction -> (H, 3W, 3) uint8 strip: input (its first three
-    channels) | truth | prediction."""
+    """(H, W, C) photo, (H, W) truth and prediction (multi-label: (K, H, W), overlapping classes blended) ->
+    (H, 3W, 3) uint8 strip: input (its first three channels) | truth | prediction."""
     return np.concatenate(
         [
             display_rgb(image),
-            draw_segmentation_map(truth, palette, ignore_index),
-            draw_segmentation_map(pred, palette, ignore_index),
+            draw_labels(truth, palette, ignore_index),
+            draw_labels(pred, palette, ignore_index),
         ],
         axis=1,
     )
