@@ -270,3 +270,50 @@ def test_a_tiny_coco_run_and_prepare_writes_the_folder_dataset(tmp_path) -> None
                                  f"dataset.val.masks={out / 'val' / 'masks'}", "dataset.num_classes=3"])  # fmt: skip
     assert np.array_equal(build_dataset(folder_cfg, "val")[1][1].numpy(), masks[3])
     assert "class_names: [background, car, tree]" in (out / "dataset.yaml").read_text()
+
+
+def test_multilabel_coco_keeps_overlapping_annotations_each_in_its_class(tmp_path) -> None:
+    """With dataset.multilabel the categories are the classes (no background) and each annotation is drawn into
+    its own channel: a tree over a car leaves the car; a crowd region is ignored for its class only."""
+    masks = generated_masks(2, seed=3)
+    yy, xx = np.mgrid[:H, :W]
+    middle = int(np.flatnonzero((masks[0] == 1).any(1)).mean())
+    over = (yy <= middle) & (xx < 32)  # a tree annotation over the top half of the car
+    crowd = (yy >= 30) & (xx < 10)  # a crowd of cars
+    extra = [
+        {"id": 90, "image_id": 100, "category_id": 3, "segmentation": uncompressed_rle(over), "area": 1.0, "iscrowd": 0},
+        {"id": 91, "image_id": 100, "category_id": 7, "segmentation": uncompressed_rle(crowd), "area": 1.0, "iscrowd": 1},
+    ]  # fmt: skip
+    files = write_coco(tmp_path, masks, "uncompressed", extra)
+    cfg = coco_config(files, files, "dataset.multilabel=true")
+    d = train_config(cfg).dataset
+    assert d.num_classes == 2 and d.class_names == ["car", "tree"]  # no background class
+    _, mask = build_dataset(cfg, "val")[0]
+    car = (masks[0] == 1).astype(np.uint8)
+    car[crowd & (masks[0] != 1)] = 255  # ignored for cars only, where no regular car annotation is
+    assert np.array_equal(mask[0].numpy(), car)
+    assert np.array_equal(mask[1].numpy(), ((masks[0] == 2) | over).astype(np.uint8))
+    assert (mask[0].numpy() == 1)[over].any()  # the overlap: car and tree at once
+    unannotated = build_dataset(
+        coco_config(files, files, "dataset.multilabel=true", "dataset.unannotated=ignore"), "val"
+    )
+    m = unannotated[0][1].numpy()
+    assert (m[:, ~((masks[0] > 0) | over | crowd)] == 255).all()
+
+
+def test_multilabel_labelme_draws_each_shape_into_its_class(tmp_path) -> None:
+    folder = tmp_path / "lm"
+    folder.mkdir()
+    Image.new("RGB", (W, H)).save(folder / "p0.jpg")
+    shapes = [
+        {"label": "_background_", "points": [[0, 0], [W - 1, H - 1]], "shape_type": "rectangle"},
+        {"label": "road", "points": [[0, 10], [W - 1, 29]], "shape_type": "rectangle"},
+        {"label": "lane", "points": [[20, 0], [24, H - 1]], "shape_type": "rectangle"},
+    ]
+    (folder / "p0.json").write_text(json.dumps({"shapes": shapes, "imageHeight": H, "imageWidth": W}))
+    cfg = labelme_config(folder, folder, "dataset.multilabel=true")
+    assert train_config(cfg).dataset.class_names == ["lane", "road"]
+    _, mask = build_dataset(cfg, "val")[0]
+    lane, road = np.zeros((H, W), np.uint8), np.zeros((H, W), np.uint8)
+    lane[:, 20:25], road[10:30] = 1, 1
+    assert np.array_equal(mask.numpy(), np.stack([lane, road]))  # the lane marking stays road too

@@ -19,7 +19,7 @@ from deeplab.config.base import (
 from deeplab.config.roles import ARCHITECTURE, LOCATION, Added
 from deeplab.errors import ConfigError
 
-MULTILABEL_DATASETS = ("folder",)
+MULTILABEL_DATASETS = ("folder", "coco", "labelme")
 """The datasets whose masks can give a pixel several classes (dataset.multilabel)."""
 
 
@@ -340,12 +340,13 @@ class CamVidDataset(SplitLayout):
 
 def _with_names(data: Mapping[str, Any], names: list[str]) -> dict[str, Any]:
     """A dataset section whose null num_classes and class_names are filled from its annotation files' class
-    names, after a background class; what the config gives is kept."""
+    names, after a background class (a multi-label model has none); what the config gives is kept."""
     data = dict(data)
+    classes = names if data.get("multilabel") is True else ["background", *names]
     if data.get("num_classes") is None:
-        data["num_classes"] = len(names) + 1
-    if data.get("class_names") is None and data["num_classes"] == len(names) + 1:
-        data["class_names"] = ["background", *names]
+        data["num_classes"] = len(classes)
+    if data.get("class_names") is None and data["num_classes"] == len(classes):
+        data["class_names"] = classes
     return data
 
 
@@ -364,8 +365,9 @@ class CocoDataset(DatasetBase):
     train: Annotated[AnnotationSplit, LOCATION]
     val: Annotated[AnnotationSplit, LOCATION]
     categories: list[int] | None
-    """The COCO category ids of classes 1, 2, ... in order (class 0 is the background); null: every category of
-    the training file, in the file's order. Annotations of categories left out are not drawn."""
+    """The COCO category ids of classes 1, 2, ... in order (class 0 is the background; with dataset.multilabel
+    classes 0, 1, ...); null: every category of the training file, in the file's order. Annotations of
+    categories left out are not drawn."""
     unannotated: Literal["background", "ignore"]
     """What the pixels no annotation covers are: background (class 0) or ignore_index."""
     crowd: Literal["ignore", "keep"]

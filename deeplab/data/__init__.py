@@ -122,18 +122,36 @@ def _split_of_layout(
         samples, sources, problems = coco.read_coco(
             files.images, files.annotations, split, d.categories, d.empty_images
         )
+        name = f"dataset.{split}.annotations {files.annotations}"
+        if d.multilabel:  # every annotation in its class's channel: overlaps kept
+            from deeplab.data.multilabel import RenderedMultiLabelDataset
+
+            options = (d.num_classes, d.crowd, d.unannotated, d.ignore_index)
+            render = functools.partial(_render_each, coco.render_multilabel, sources, options)
+            return RenderedMultiLabelDataset(
+                samples, render, listing_problems=problems, name=name, **common
+            ), "multi-label"
         render = functools.partial(
             _render_each, coco.render, sources, (d.crowd, d.unannotated, d.ignore_index)
         )
-        name = f"dataset.{split}.annotations {files.annotations}"
         return RenderedDataset(samples, render, listing_problems=problems, name=name, **common), ""
     if isinstance(d, LabelmeDataset):
         from deeplab.data import labelme
 
         folder = (d.train if split == "train" else d.val).folder
-        samples, sources, problems = labelme.read_labelme(folder, split, d.label_names(), d.empty_images)
-        render = functools.partial(_render_each, labelme.render, sources, (d.line_width,))
+        samples, sources, problems = labelme.read_labelme(
+            folder, split, d.label_names(), d.empty_images, d.multilabel
+        )
         name = f"dataset.{split}.folder {folder}"
+        if d.multilabel:  # every shape in its class's channel: overlaps kept
+            from deeplab.data.multilabel import RenderedMultiLabelDataset
+
+            options = (d.num_classes, d.line_width)
+            render = functools.partial(_render_each, labelme.render_multilabel, sources, options)
+            return RenderedMultiLabelDataset(
+                samples, render, listing_problems=problems, name=name, **common
+            ), "multi-label"
+        render = functools.partial(_render_each, labelme.render, sources, (d.line_width,))
         return RenderedDataset(samples, render, listing_problems=problems, name=name, **common), ""
     if isinstance(d, CityscapesDataset):
         root = find_cityscapes_dir(d.root)

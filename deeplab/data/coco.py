@@ -6,6 +6,9 @@ annotations are drawn largest first, so that where two overlap the smaller one (
 a part inside a whole) is what the pixel shows. iscrowd regions are drawn first, as ignore_index (dataset.crowd=
 ignore) or as their class (keep), so any regular annotation inside them wins. Pixels no annotation covers are
 background or ignore_index (dataset.unannotated).
+
+With dataset.multilabel the categories are the classes 0, 1, ... (no background class) and every annotation is
+drawn into its class's own channel, so overlaps are kept (render_multilabel).
 """
 
 from __future__ import annotations
@@ -139,3 +142,21 @@ def render(image: CocoImage, crowd: str, unannotated: str, ignore_index: int) ->
     for class_id, _, segmentation, _ in regular:
         ids[decode(segmentation, image.height, image.width)] = class_id
     return ids
+
+
+def render_multilabel(
+    image: CocoImage, num_classes: int, crowd: str, unannotated: str, ignore_index: int
+) -> np.ndarray:
+    """(H, W, C) uint8 multi-label masks of one image (class id k of read_coco is channel k - 1): 1 where an
+    annotation of the class covers the pixel, whatever else does; iscrowd regions are ignored for their class
+    (dataset.crowd=ignore) unless a regular annotation of it covers them, or present (keep); with
+    dataset.unannotated=ignore the pixels no annotation covers are ignored for every class, else absent."""
+    masks = np.zeros((image.height, image.width, num_classes), np.uint8)
+    covered = np.zeros((image.height, image.width), bool)
+    for class_id, _, segmentation, is_crowd in sorted(image.shapes, key=lambda s: not s[3]):  # crowds first
+        region = decode(segmentation, image.height, image.width)
+        covered |= region
+        masks[region, class_id - 1] = ignore_index if is_crowd and crowd == "ignore" else 1
+    if unannotated == "ignore":
+        masks[~covered] = ignore_index
+    return masks

@@ -4,6 +4,9 @@ Shapes are drawn in the file's order, a later one over an earlier one, as labelm
 polygons and rectangles filled with their outline, circles (centre and a point on the circle) filled, lines and
 linestrips dataset.line_width pixels wide, points as discs of that diameter. The label `_background_` (or
 `background`) is class 0; a label outside dataset.class_names is a problem of its file.
+
+With dataset.multilabel the labels are the classes 0, 1, ... (the background labels are not drawn) and each shape
+is drawn into its class's own channel, so overlapping shapes are all kept (render_multilabel).
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ class LabelmeImage:
 
 
 def read_labelme(
-    folder: str | Path, split: str, names: list[str], empty: str
+    folder: str | Path, split: str, names: list[str], empty: str, multilabel: bool = False
 ) -> tuple[list[Sample], list[LabelmeImage], list[str]]:
     """The split's samples (each image with its JSON file), what each mask is drawn from, and the problems of
     the files (one line each: an unknown label or shape kind, a JSON that does not parse or names no size)."""
@@ -44,7 +47,8 @@ def read_labelme(
         raise DatasetError(
             f"dataset.{split}.folder {path} is not a folder; point it at the images and their JSON"
         )
-    class_of = {n: i for i, n in enumerate(names)} | {b: 0 for b in BACKGROUND_LABELS}
+    background = -1 if multilabel else 0  # a multi-label model has no background class: not drawn
+    class_of = {b: background for b in BACKGROUND_LABELS} | {n: i for i, n in enumerate(names)}
     samples, sources, problems = [], [], []
     images = sorted(
         p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
@@ -83,7 +87,8 @@ def read_labelme(
                 )
                 continue
             points = tuple((float(x), float(y)) for x, y in shape.get("points") or [])
-            shapes.append((class_of[label], kind, points))
+            if class_of[label] >= 0:
+                shapes.append((class_of[label], kind, points))
         if not shapes and empty == "skip":
             continue
         samples.append(Sample(image.stem, image, file))
@@ -96,21 +101,39 @@ def render(image: LabelmeImage, line_width: int) -> np.ndarray:
     canvas = Image.new("L", (image.width, image.height), 0)
     draw = ImageDraw.Draw(canvas)
     for class_id, kind, points in image.shapes:
-        xy: Any = [tuple(p) for p in points]
-        if kind == "polygon" and len(xy) >= 3:
-            draw.polygon(xy, fill=class_id, outline=class_id)
-        elif kind == "rectangle" and len(xy) == 2:
-            (x0, y0), (x1, y1) = xy
-            draw.rectangle(
-                [min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)], fill=class_id, outline=class_id
-            )
-        elif kind == "circle" and len(xy) == 2:
-            (cx, cy), (px, py) = xy
-            r = float(np.hypot(px - cx, py - cy))
-            draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=class_id, outline=class_id)
-        elif kind in ("line", "linestrip") and len(xy) >= 2:
-            draw.line(xy, fill=class_id, width=line_width)
-        elif kind == "point" and xy:
-            (cx, cy), r = xy[0], line_width / 2
-            draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=class_id, outline=class_id)
+        _draw_shape(draw, kind, points, class_id, line_width)
     return np.asarray(canvas, dtype=np.uint8)
+
+
+def render_multilabel(image: LabelmeImage, num_classes: int, line_width: int) -> np.ndarray:
+    """(H, W, C) uint8 multi-label masks of one image: 1 where a shape of the class covers the pixel."""
+    canvases = [Image.new("L", (image.width, image.height), 0) for _ in range(num_classes)]
+    draws = [ImageDraw.Draw(c) for c in canvases]
+    for class_id, kind, points in image.shapes:
+        _draw_shape(draws[class_id], kind, points, 1, line_width)
+    return np.stack([np.asarray(c, dtype=np.uint8) for c in canvases], axis=2)
+
+
+def _draw_shape(
+    draw: ImageDraw.ImageDraw,
+    kind: str,
+    points: tuple[tuple[float, float], ...],
+    class_id: int,
+    line_width: int,
+) -> None:
+    """One labelme shape filled with the value class_id."""
+    xy: Any = [tuple(p) for p in points]
+    if kind == "polygon" and len(xy) >= 3:
+        draw.polygon(xy, fill=class_id, outline=class_id)
+    elif kind == "rectangle" and len(xy) == 2:
+        (x0, y0), (x1, y1) = xy
+        draw.rectangle([min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)], fill=class_id, outline=class_id)
+    elif kind == "circle" and len(xy) == 2:
+        (cx, cy), (px, py) = xy
+        r = float(np.hypot(px - cx, py - cy))
+        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=class_id, outline=class_id)
+    elif kind in ("line", "linestrip") and len(xy) >= 2:
+        draw.line(xy, fill=class_id, width=line_width)
+    elif kind == "point" and xy:
+        (cx, cy), r = xy[0], line_width / 2
+        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=class_id, outline=class_id)

@@ -8,11 +8,12 @@ the ignore index. dataset=folder reads it in one of two layouts under the split'
     masks/<stem>.npy | .tif         all classes in one file: an (H, W, C) array, or a TIFF of C pages
 
 With dataset.binary_values = [absent, present] (e.g. [0, 255]) the stored values are mapped first.
+dataset=coco and dataset=labelme draw each annotation into its class's channel (RenderedMultiLabelDataset).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -143,15 +144,18 @@ class MultiLabelDataset(SegmentationDataset):
             )
         return values.astype(np.uint8)
 
-    def load_mask(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """(H, W, C) uint8 of 0 / 1 / ignore, and counts (max(C, ignore + 1),): present pixels per class, the
-        ignored (pixel, class) pairs at the ignore index."""
+    def read_masks(self, index: int) -> np.ndarray:
+        """Sample `index`'s (H, W, C) uint8 mask of 0 / 1 / ignore."""
         if self.class_files is None:
             path = self.samples[index].mask
             stored = read_stacked(path, self.num_classes)
-            mask = np.stack([self._binary(stored[..., c], path) for c in range(self.num_classes)], axis=2)
-        else:
-            mask = self._per_class(index)
+            return np.stack([self._binary(stored[..., c], path) for c in range(self.num_classes)], axis=2)
+        return self._per_class(index)
+
+    def load_mask(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """(H, W, C) uint8 of 0 / 1 / ignore, and counts (max(C, ignore + 1),): present pixels per class, the
+        ignored (pixel, class) pairs at the ignore index."""
+        mask = self.read_masks(index)
         counts = np.zeros(max(self.num_classes, self.ignore_index + 1), dtype=np.int64)
         counts[: self.num_classes] = (mask == 1).sum(axis=(0, 1))
         counts[self.ignore_index] += int((mask == self.ignore_index).sum())
@@ -177,3 +181,17 @@ class MultiLabelDataset(SegmentationDataset):
             layers.append(layer)
         assert shape is not None  # the listing keeps only images with at least one class file
         return np.stack([np.zeros(shape, np.uint8) if m is None else m for m in layers], axis=2)
+
+
+class RenderedMultiLabelDataset(MultiLabelDataset):
+    """Multi-label masks drawn from annotations (COCO, labelme), each annotation into its class's channel, so
+    that overlapping annotations are all kept: render(index) -> (H, W, C) uint8 of 0 / 1 / ignore."""
+
+    def __init__(
+        self, samples: Sequence[Sample], render: Callable[[int], np.ndarray], **common: object
+    ) -> None:
+        super().__init__(samples, None, None, **common)
+        self.render = render
+
+    def read_masks(self, index: int) -> np.ndarray:
+        return self.render(index)
