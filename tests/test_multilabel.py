@@ -16,7 +16,7 @@ from helpers.configs import compose_config, one_thread
 from helpers.multilabel_data import CLASSES, multilabel_overrides, shapes, write_multilabel
 from PIL import Image
 
-from deeplab.config import evaluate_config, predict_config, train_config
+from deeplab.config import predict_config, train_config
 from deeplab.data import build_dataset, load_split
 from deeplab.errors import ConfigError, DatasetError
 from deeplab.evaluation.multilabel_metrics import MultiLabelMetrics
@@ -256,21 +256,12 @@ def test_evaluate_py_scores_the_checkpoint_as_training_did_and_the_threshold_act
     )
     assert scored["miou"] == pytest.approx(metrics["miou"])
     assert scored["confusion_counts"] and json.loads((tmp_path / "metrics.json").read_text())["f1_per_class"]
-    # the threshold of the dataset section: a lower one predicts more pixels, so recall rises
-    from deeplab.deploy.evaluate import evaluate_model
-    from deeplab.deploy.restore import load_trained_model
-    from deeplab.runtime import make_runtime
-
-    model, card = load_trained_model(checkpoint)
-    cfg = compose_config([f"checkpoint={checkpoint}", "num_workers=0"], "evaluate")
-    recalls = []
-    for threshold in (0.05, 0.95):
-        d = card.dataset.model_copy(update={"threshold": threshold})
-        out = evaluate_model(
-            model, d, evaluate_config(cfg), make_runtime("cpu", "off", False, key=""), tmp_path
-        )
-        recalls.append(np.mean(out["recall_per_class"]))
-    assert recalls[0] > recalls[1]
+    # evaluate.py dataset.threshold=...: a lower threshold predicts more pixels, so recall rises
+    lower = evaluate_checkpoint(
+        compose_config([f"checkpoint={checkpoint}", "num_workers=0", "dataset.threshold=0.05"], "evaluate"),
+        tmp_path / "low",
+    )
+    assert np.mean(lower["recall_per_class"]) > np.mean(scored["recall_per_class"])
 
 
 def test_predict_writes_a_mask_per_class_that_trains_again(multilabel_run, tmp_path) -> None:
@@ -299,6 +290,15 @@ def test_predict_writes_a_mask_per_class_that_trains_again(multilabel_run, tmp_p
         predict(compose_config([f"checkpoint={run_dir / 'checkpoints' / 'best.pt'}",
                                 f"input={root / 'val' / 'images'}", f"output={tmp_path / 'x'}", "autolabel=true"],
                                "predict"), tmp_path / "x")  # fmt: skip
+    from deeplab.config import serve_config
+    from deeplab.deploy.serve import build_server
+
+    with pytest.raises(
+        ConfigError, match=r"deeplab.serve \(class-id PNGs and class shares\) writes one class"
+    ):
+        build_server(
+            serve_config(compose_config([f"checkpoint={run_dir / 'checkpoints' / 'best.pt'}"], "serve"))
+        )
 
 
 def test_the_onnx_export_carries_multilabel_and_predicts_the_same_masks(multilabel_run, tmp_path) -> None:

@@ -82,8 +82,9 @@ class DatasetBase(Section):
     """true: a pixel may have several classes at once (building and damaged): one sigmoid per class instead of
     a softmax over them, masks of 0 (absent), 1 (present) and ignore_index per class (dataset=folder: a folder
     of binary masks per class, or one multi-channel file), losses and metrics per class (docs/multilabel.md)."""
-    threshold: Annotated[float, Field(gt=0, lt=1), Added(0.5)]
-    """dataset.multilabel: the probability above which a pixel has a class (metrics, predict, export)."""
+    threshold: Annotated[float, Field(gt=0, lt=1), LOCATION, Added(0.5)]
+    """dataset.multilabel: the probability above which a pixel has a class (metrics, predict, export). How the
+    predictions are read, not what the model learnt: evaluate.py may score a checkpoint at another one."""
 
     @model_validator(mode="after")
     def _channels(self) -> DatasetBase:
