@@ -1,0 +1,137 @@
+"""Multi-label against softmax on real photos: CamVid's 11 classes plus 3 classes that contain some of them, so
+that every labelled pixel has one or two classes (a taxonomy: a car is also a vehicle).
+
+    python benchmarks/multilabel_camvid.py --root ../shared/data [--iters 300] [--seed 0] [--work DIR]
+
+The peer, trained in the same run with the same recipe, is the usual softmax model on the 11 classes; its
+scores for the 3 containing classes come from its confusion matrix, merged (a pixel predicted as road is
+predicted as ground). The multi-label model learns all 14 classes at once, a sigmoid each. Both are
+experiment=camvid_cpu cut to minutes (`--iters` iterations of 4 crops of 240x320, validated once on the 101 whole
+validation photos), without class weights (the softmax's median-frequency weights have no multi-label
+counterpart but loss.pos_weight, which would change the comparison). The multi-label masks are written under
+--work as dataset=folder's per-class layout (the photos linked, not copied).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from common import describe_machine
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+CLASSES = ["sky", "building", "pole", "road", "pavement", "tree", "sign_symbol", "fence", "car", "pedestrian",
+           "bicyclist"]  # fmt: skip
+CONTAINING = {"ground": ["road", "pavement"], "vehicle": ["car", "bicyclist"],
+              "structure": ["building", "pole", "sign_symbol", "fence"]}  # fmt: skip
+VOID = 11
+
+
+def recipe(iters: int) -> list[str]:
+    return [
+        "experiment=camvid_cpu", f"trainer.max_iters={iters}", "trainer.batch_size=4", "trainer.crop_size=[240,320]",
+        f"trainer.eval_interval={iters}", f"trainer.ckpt_interval={iters}", "trainer.deterministic=true",
+        "logger=csv", "loss.class_weights=null",
+    ]  # fmt: skip
+
+
+def write_multilabel(camvid: Path, out: Path) -> None:
+    """out/<split>/images (links to the photos) and out/<split>/masks/<class>/<name>.png of 0 / 1 / 255 (void)."""
+    names = CLASSES + list(CONTAINING)
+    for split in ("train", "val"):
+        images = out / split / "images"
+        images.mkdir(parents=True, exist_ok=True)
+        for name in names:
+            (out / split / "masks" / name).mkdir(parents=True, exist_ok=True)
+        for photo in sorted((camvid / split).glob("*.png")):
+            link = images / photo.name
+            if not link.exists():
+                os.symlink(photo.resolve(), link)
+            ids = np.asarray(Image.open(camvid / f"{split}annot" / photo.name))
+            void = ids == VOID
+            for name in names:
+                members = [CLASSES.index(m) for m in CONTAINING.get(name, [name])]
+                mask = np.isin(ids, members).astype(np.uint8)
+                mask[void] = 255
+                Image.fromarray(mask).save(out / split / "masks" / name / photo.name)
+
+
+def train(args: list[str], folder: Path) -> tuple[dict, float]:
+    tic = time.perf_counter()
+    proc = subprocess.run([sys.executable, "train.py", *args, f"hydra.run.dir={folder}"], cwd=ROOT,
+                          capture_output=True, text=True)  # fmt: skip
+    if proc.returncode != 0:
+        raise SystemExit(f"{folder.name} failed:\n{proc.stderr[-2000:]}")
+    return json.loads((folder / "metrics.json").read_text()), (time.perf_counter() - tic) / 60
+
+
+def merged_iou(matrix: np.ndarray, members: list[int]) -> float:
+    """IoU of the union of `members` in a single-label confusion matrix (rows = truth)."""
+    inside = np.zeros(len(matrix), bool)
+    inside[members] = True
+    tp = matrix[np.ix_(inside, inside)].sum()
+    fn, fp = matrix[inside][:, ~inside].sum(), matrix[~inside][:, inside].sum()
+    return float(tp / (tp + fp + fn))
+
+
+def main(argv: list[str] | None = None) -> dict[str, object]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--root", required=True, help="dataset.root of CamVid (the folder holding camvid/)")
+    parser.add_argument("--iters", type=int, default=300)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--work", type=Path, default=Path("outputs/multilabel_camvid"))
+    args = parser.parse_args(argv)
+    print(describe_machine(torch.device("cpu")))
+    work = args.work.resolve()
+    camvid = Path(args.root).resolve() / "camvid"
+    write_multilabel(camvid, work / "data")
+    base = [*recipe(args.iters), f"trainer.seed={args.seed}"]
+    print("recipe: " + " ".join(base))
+    softmax, minutes_s = train([*base, f"dataset.root={args.root}"], work / f"softmax_seed{args.seed}")
+    names = CLASSES + list(CONTAINING)
+    data = work / "data"
+    sigmoid, minutes_m = train([
+        *base, "dataset=folder", "dataset.multilabel=true", f"dataset.num_classes={len(names)}",
+        f"dataset.class_names=[{','.join(names)}]", f"dataset.train.images={data / 'train' / 'images'}",
+        f"dataset.train.masks={data / 'train' / 'masks'}", f"dataset.val.images={data / 'val' / 'images'}",
+        f"dataset.val.masks={data / 'val' / 'masks'}",
+    ], work / f"multilabel_seed{args.seed}")  # fmt: skip
+    with open(work / f"softmax_seed{args.seed}" / "confusion_matrix.csv") as f:
+        matrix = np.array([[int(v) for v in row[1:]] for row in list(csv.reader(f))[1:]], dtype=np.int64)
+    print(f"softmax {minutes_s:.1f} min, multi-label {minutes_m:.1f} min ({args.iters} iterations each)")
+    print(f"| class | softmax IoU | multi-label IoU | multi-label - softmax |\n|---|---:|---:|---:|")
+    rows = []
+    for i, name in enumerate(names):
+        peer = (
+            softmax["iou_per_class"][i]
+            if i < len(CLASSES)
+            else merged_iou(matrix, [CLASSES.index(m) for m in CONTAINING[name]])
+        )
+        ours = sigmoid["iou_per_class"][i]
+        rows.append((name, peer, ours))
+        print(f"| {name} | {100 * peer:.2f} | {100 * ours:.2f} | {100 * (ours - peer):+.2f} |")
+    base_s = np.mean([p for _, p, _ in rows[: len(CLASSES)]])
+    base_m = np.mean([o for _, _, o in rows[: len(CLASSES)]])
+    top_s = np.mean([p for _, p, _ in rows[len(CLASSES) :]])
+    top_m = np.mean([o for _, _, o in rows[len(CLASSES) :]])
+    print(
+        f"| mIoU of the 11 classes | {100 * base_s:.2f} | {100 * base_m:.2f} | {100 * (base_m - base_s):+.2f} |"
+    )
+    print(
+        f"| mIoU of the 3 containing classes | {100 * top_s:.2f} | {100 * top_m:.2f} | {100 * (top_m - top_s):+.2f} |"
+    )
+    print(f"ratio multi-label / softmax, 11 classes: {base_m / base_s:.3f}")
+    return {"rows": rows}
+
+
+if __name__ == "__main__":
+    main()
