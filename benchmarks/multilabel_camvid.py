@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     with open(work / f"softmax_seed{args.seed}" / "confusion_matrix.csv") as f:
         matrix = np.array([[int(v) for v in row[1:]] for row in list(csv.reader(f))[1:]], dtype=np.int64)
     print(f"softmax {minutes_s:.1f} min, multi-label {minutes_m:.1f} min ({args.iters} iterations each)")
-    print(f"| class | softmax IoU | multi-label IoU | multi-label - softmax |\n|---|---:|---:|---:|")
+    print("| class | softmax IoU | multi-label IoU | multi-label - softmax |\n|---|---:|---:|---:|")
     rows = []
     for i, name in enumerate(names):
         peer = (

@@ -28,6 +28,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from deeplab.atomicfile import atomic_path, save_image
+from deeplab.evaluation.multilabel_metrics import COUNT_NAMES, MultiLabelMetrics
 
 FIGURE_CLASSES = 30
 PER_CLASS_COLUMNS = ("class", "iou", "recall", "precision", "true_share", "predicted_share",
@@ -65,13 +66,18 @@ def _text(path: Path, content: str) -> None:
         tmp.write_text(content)
 
 
-def confusion_csv(matrix: np.ndarray, names: Sequence[str]) -> str:
+def counts_csv(corner: str, columns: Sequence[str], names: Sequence[str], counts: np.ndarray) -> str:
+    """A table of integer counts, a row per class (named in the first column, headed by `corner`)."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["truth \\ prediction", *names])
-    for name, row in zip(names, np.asarray(matrix, dtype=np.int64).tolist()):
+    writer.writerow([corner, *columns])
+    for name, row in zip(names, np.asarray(counts, dtype=np.int64).tolist()):
         writer.writerow([name, *row])
     return out.getvalue()
+
+
+def confusion_csv(matrix: np.ndarray, names: Sequence[str]) -> str:
+    return counts_csv("truth \\ prediction", names, names, matrix)
 
 
 def per_class_csv(rows: list[dict[str, float | int | str]]) -> str:
@@ -185,30 +191,17 @@ def multilabel_per_class(counts: np.ndarray, names: Sequence[str]) -> list[dict[
     ]
 
 
-def multilabel_confusion_csv(counts: np.ndarray, names: Sequence[str]) -> str:
-    from deeplab.evaluation.multilabel_metrics import COUNT_NAMES
-
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["class", *COUNT_NAMES])
-    for name, row in zip(names, np.asarray(counts, dtype=np.int64).tolist()):
-        writer.writerow([name, *row])
-    return out.getvalue()
-
-
 def write_multilabel_report(out_dir: Path, counts: np.ndarray, names: Sequence[str]) -> None:
     """confusion_matrix.csv (a 2x2 table per class) and per_class.csv/.md of a multi-label evaluation."""
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = multilabel_per_class(counts, names)
-    _text(out_dir / "confusion_matrix.csv", multilabel_confusion_csv(counts, names))
+    _text(out_dir / "confusion_matrix.csv", counts_csv("class", COUNT_NAMES, names, counts))
     _text(out_dir / "per_class.csv", per_class_csv(rows))
     _text(out_dir / "per_class.md", per_class_markdown(rows))
 
 
 def write_scores_report(out_dir: Path, scores: object, names: Sequence[str]) -> np.ndarray | None:
     """The report of an evaluation's scores (a ConfusionMatrix or MultiLabelMetrics); the figure, if any."""
-    from deeplab.evaluation.multilabel_metrics import MultiLabelMetrics
-
     if isinstance(scores, MultiLabelMetrics):
         write_multilabel_report(out_dir, scores.counts.cpu().numpy(), names)
         return None
