@@ -1,7 +1,8 @@
 """Multi-label against softmax on real photos: CamVid's 11 classes plus 3 classes that contain some of them, so
 that every labelled pixel has one or two classes (a taxonomy: a car is also a vehicle).
 
-    python benchmarks/multilabel_camvid.py --root ../shared/data [--iters 300] [--seed 0] [--work DIR]
+    python benchmarks/multilabel_camvid.py --root ../shared/data [--iters 300] [--seeds 0,1,2] [--work DIR]
+        [-- extra overrides]
 
 The peer, trained in the same run with the same recipe, is the usual softmax model on the 11 classes; its
 scores for the 3 containing classes come from its confusion matrix, merged (a pixel predicted as road is
@@ -9,7 +10,9 @@ predicted as ground). The multi-label model learns all 14 classes at once, a sig
 experiment=camvid_cpu cut to minutes (`--iters` iterations of 4 crops of 240x320, validated once on the 101 whole
 validation photos), without class weights (the softmax's median-frequency weights have no multi-label
 counterpart but loss.pos_weight, which would change the comparison). The multi-label masks are written under
---work as dataset=folder's per-class layout (the photos linked, not copied).
+--work as dataset=folder's per-class layout (the photos linked, not copied). Each seed trains both models; the
+table gives the mean over the seeds (and the range of the difference). A run folder that holds its metrics.json
+already is read, not trained again (a rerun with more seeds).
 """
 
 from __future__ import annotations
@@ -66,6 +69,9 @@ def write_multilabel(camvid: Path, out: Path) -> None:
 
 
 def train(args: list[str], folder: Path) -> tuple[dict, float]:
+    """(metrics.json, minutes) of `python train.py args` in folder (0 minutes: read from an earlier run)."""
+    if (folder / "metrics.json").is_file():
+        return json.loads((folder / "metrics.json").read_text()), 0.0
     tic = time.perf_counter()
     proc = subprocess.run([sys.executable, "train.py", *args, f"hydra.run.dir={folder}"], cwd=ROOT,
                           capture_output=True, text=True)  # fmt: skip
@@ -83,20 +89,10 @@ def merged_iou(matrix: np.ndarray, members: list[int]) -> float:
     return float(tp / (tp + fp + fn))
 
 
-def main(argv: list[str] | None = None) -> dict[str, object]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--root", required=True, help="dataset.root of CamVid (the folder holding camvid/)")
-    parser.add_argument("--iters", type=int, default=300)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--work", type=Path, default=Path("outputs/multilabel_camvid"))
-    args = parser.parse_args(argv)
-    print(describe_machine(torch.device("cpu")))
-    work = args.work.resolve()
-    camvid = Path(args.root).resolve() / "camvid"
-    write_multilabel(camvid, work / "data")
-    base = [*recipe(args.iters), f"trainer.seed={args.seed}"]
-    print("recipe: " + " ".join(base))
-    softmax, minutes_s = train([*base, f"dataset.root={args.root}"], work / f"softmax_seed{args.seed}")
+def scores(root: str, iters: int, seed: int, work: Path, extra: list[str]) -> list[tuple[str, float, float]]:
+    """(class, softmax IoU, multi-label IoU) of one seed's pair of runs."""
+    base = [*recipe(iters), f"trainer.seed={seed}", *extra]
+    softmax, minutes_s = train([*base, f"dataset.root={root}"], work / f"softmax_seed{seed}")
     names = CLASSES + list(CONTAINING)
     data = work / "data"
     sigmoid, minutes_m = train([
@@ -104,33 +100,57 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         f"dataset.class_names=[{','.join(names)}]", f"dataset.train.images={data / 'train' / 'images'}",
         f"dataset.train.masks={data / 'train' / 'masks'}", f"dataset.val.images={data / 'val' / 'images'}",
         f"dataset.val.masks={data / 'val' / 'masks'}",
-    ], work / f"multilabel_seed{args.seed}")  # fmt: skip
-    with open(work / f"softmax_seed{args.seed}" / "confusion_matrix.csv") as f:
+    ], work / f"multilabel_seed{seed}")  # fmt: skip
+    with open(work / f"softmax_seed{seed}" / "confusion_matrix.csv") as f:
         matrix = np.array([[int(v) for v in row[1:]] for row in list(csv.reader(f))[1:]], dtype=np.int64)
-    print(f"softmax {minutes_s:.1f} min, multi-label {minutes_m:.1f} min ({args.iters} iterations each)")
-    print("| class | softmax IoU | multi-label IoU | multi-label - softmax |\n|---|---:|---:|---:|")
+    base_s, base_m = (
+        np.nanmean(softmax["iou_per_class"]),
+        np.nanmean(sigmoid["iou_per_class"][: len(CLASSES)]),
+    )
+    print(f"seed {seed}: softmax mIoU {100 * base_s:.2f} ({minutes_s:.1f} min), multi-label mIoU of the same 11 "
+          f"classes {100 * base_m:.2f} ({minutes_m:.1f} min)")  # fmt: skip
     rows = []
     for i, name in enumerate(names):
-        peer = (
-            softmax["iou_per_class"][i]
-            if i < len(CLASSES)
-            else merged_iou(matrix, [CLASSES.index(m) for m in CONTAINING[name]])
+        members = [CLASSES.index(m) for m in CONTAINING[name]] if name in CONTAINING else []
+        peer = merged_iou(matrix, members) if members else softmax["iou_per_class"][i]
+        rows.append((name, float(peer), float(sigmoid["iou_per_class"][i])))
+    return rows
+
+
+def main(argv: list[str] | None = None) -> dict[str, object]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--root", required=True, help="dataset.root of CamVid (the folder holding camvid/)")
+    parser.add_argument("--iters", type=int, default=300)
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--work", type=Path, default=Path("outputs/multilabel_camvid"))
+    parser.add_argument("extra", nargs="*", help="more overrides of the recipe (both models)")
+    args = parser.parse_args(argv)
+    print(describe_machine(torch.device("cpu")))
+    work = args.work.resolve()
+    write_multilabel(Path(args.root).resolve() / "camvid", work / "data")
+    print("recipe: " + " ".join(recipe(args.iters) + args.extra))
+    seeds = [int(s) for s in args.seeds.split(",")]
+    runs = [scores(args.root, args.iters, seed, work, args.extra) for seed in seeds]
+    names = [name for name, _, _ in runs[0]]
+    peer = np.array([[p for _, p, _ in rows] for rows in runs]) * 100  # (seeds, classes)
+    ours = np.array([[o for _, _, o in rows] for rows in runs]) * 100
+    print(f"\nmean over seeds {seeds}, {args.iters} iterations each")
+    print(
+        "| class | softmax IoU | multi-label IoU | multi-label - softmax (range over seeds) |\n|---|---:|---:|---:|"
+    )
+    groups = [(name, [i]) for i, name in enumerate(names)] + [
+        ("mIoU of the 11 classes", list(range(len(CLASSES)))),
+        ("mIoU of the 3 containing classes", list(range(len(CLASSES), len(names)))),
+    ]
+    for name, columns in groups:
+        p, o = peer[:, columns].mean(1), ours[:, columns].mean(1)  # (seeds,)
+        d = o - p
+        print(
+            f"| {name} | {p.mean():.2f} | {o.mean():.2f} | {d.mean():+.2f} ({d.min():+.2f} to {d.max():+.2f}) |"
         )
-        ours = sigmoid["iou_per_class"][i]
-        rows.append((name, peer, ours))
-        print(f"| {name} | {100 * peer:.2f} | {100 * ours:.2f} | {100 * (ours - peer):+.2f} |")
-    base_s = np.mean([p for _, p, _ in rows[: len(CLASSES)]])
-    base_m = np.mean([o for _, _, o in rows[: len(CLASSES)]])
-    top_s = np.mean([p for _, p, _ in rows[len(CLASSES) :]])
-    top_m = np.mean([o for _, _, o in rows[len(CLASSES) :]])
-    print(
-        f"| mIoU of the 11 classes | {100 * base_s:.2f} | {100 * base_m:.2f} | {100 * (base_m - base_s):+.2f} |"
-    )
-    print(
-        f"| mIoU of the 3 containing classes | {100 * top_s:.2f} | {100 * top_m:.2f} | {100 * (top_m - top_s):+.2f} |"
-    )
-    print(f"ratio multi-label / softmax, 11 classes: {base_m / base_s:.3f}")
-    return {"rows": rows}
+    ratio = ours[:, : len(CLASSES)].mean() / peer[:, : len(CLASSES)].mean()
+    print(f"ratio multi-label / softmax, mIoU of the 11 classes: {ratio:.3f}")
+    return {"softmax": peer.tolist(), "multilabel": ours.tolist()}
 
 
 if __name__ == "__main__":

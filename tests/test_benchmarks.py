@@ -278,3 +278,22 @@ def test_seed_spread_reports_the_spread_and_a_repeated_seed(
         out["repeat"]["first"] == out["repeat"]["again"]
     )  # trainer.deterministic=true: one seed, one result
     assert "2 seeds: mean" in capsys.readouterr().out
+
+
+@pytest.mark.slow  # four tiny training runs in their own processes
+def test_multilabel_camvid_compares_both_models_on_every_class(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, tmp_path
+) -> None:
+    from helpers.fake_data import write_camvid
+
+    write_camvid(tmp_path / "camvid", {"train": 4, "val": 2, "test": 0})
+    bench = load("multilabel_camvid", monkeypatch)
+    tiny = ["backbone=resnet_tiny", "model.aspp.channels=16", "model.decoder.low_level_channels=8",
+            "model.decoder.channels=16", "trainer.batch_size=2", "trainer.crop_size=[16,24]", "trainer.num_workers=0",
+            "trainer.amp=off", "dataset.check_labels=false"]  # fmt: skip
+    out = bench.main(
+        ["--root", str(tmp_path), "--iters", "2", "--seeds", "0,1", "--work", str(tmp_path / "w"), *tiny]
+    )
+    assert len(out["softmax"]) == 2 and len(out["multilabel"][0]) == 14
+    masks = sorted((tmp_path / "w" / "data" / "val" / "masks").iterdir())
+    assert len(masks) == 14 and "| mIoU of the 3 containing classes |" in capsys.readouterr().out
