@@ -2,7 +2,7 @@
 that every labelled pixel has one or two classes (a taxonomy: a car is also a vehicle).
 
     python benchmarks/multilabel_camvid.py --root ../shared/data [--iters 300] [--seeds 0,1,2] [--work DIR]
-        [-- extra overrides]
+        [--multilabel KEY=VALUE ...] [-- extra overrides]
 
 The peer, trained in the same run with the same recipe, is the usual softmax model on the 11 classes; its
 scores for the 3 containing classes come from its confusion matrix, merged (a pixel predicted as road is
@@ -89,8 +89,11 @@ def merged_iou(matrix: np.ndarray, members: list[int]) -> float:
     return float(tp / (tp + fp + fn))
 
 
-def scores(root: str, iters: int, seed: int, work: Path, extra: list[str]) -> list[tuple[str, float, float]]:
-    """(class, softmax IoU, multi-label IoU) of one seed's pair of runs."""
+def scores(
+    root: str, iters: int, seed: int, work: Path, extra: list[str], multilabel: list[str]
+) -> list[tuple[str, float, float]]:
+    """(class, softmax IoU, multi-label IoU) of one seed's pair of runs; `multilabel`: overrides of the
+    multi-label model alone (its run folder is named after them)."""
     base = [*recipe(iters), f"trainer.seed={seed}", *extra]
     softmax, minutes_s = train([*base, f"dataset.root={root}"], work / f"softmax_seed{seed}")
     names = CLASSES + list(CONTAINING)
@@ -99,8 +102,8 @@ def scores(root: str, iters: int, seed: int, work: Path, extra: list[str]) -> li
         *base, "dataset=folder", "dataset.multilabel=true", f"dataset.num_classes={len(names)}",
         f"dataset.class_names=[{','.join(names)}]", f"dataset.train.images={data / 'train' / 'images'}",
         f"dataset.train.masks={data / 'train' / 'masks'}", f"dataset.val.images={data / 'val' / 'images'}",
-        f"dataset.val.masks={data / 'val' / 'masks'}",
-    ], work / f"multilabel_seed{seed}")  # fmt: skip
+        f"dataset.val.masks={data / 'val' / 'masks'}", *multilabel,
+    ], work / "_".join([f"multilabel_seed{seed}", *(o.replace("=", "-") for o in multilabel)]))  # fmt: skip
     with open(work / f"softmax_seed{seed}" / "confusion_matrix.csv") as f:
         matrix = np.array([[int(v) for v in row[1:]] for row in list(csv.reader(f))[1:]], dtype=np.int64)
     base_s, base_m = (
@@ -123,14 +126,21 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     parser.add_argument("--iters", type=int, default=300)
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--work", type=Path, default=Path("outputs/multilabel_camvid"))
+    parser.add_argument("--multilabel", action="append", default=[], metavar="KEY=VALUE",
+                        help="an override of the multi-label model alone, e.g. loss.pos_weight=auto")  # fmt: skip
     parser.add_argument("extra", nargs="*", help="more overrides of the recipe (both models)")
     args = parser.parse_args(argv)
     print(describe_machine(torch.device("cpu")))
     work = args.work.resolve()
     write_multilabel(Path(args.root).resolve() / "camvid", work / "data")
-    print("recipe: " + " ".join(recipe(args.iters) + args.extra))
+    print(
+        "recipe: "
+        + " ".join(recipe(args.iters) + args.extra)
+        + "; multi-label model: "
+        + " ".join(args.multilabel)
+    )
     seeds = [int(s) for s in args.seeds.split(",")]
-    runs = [scores(args.root, args.iters, seed, work, args.extra) for seed in seeds]
+    runs = [scores(args.root, args.iters, seed, work, args.extra, args.multilabel) for seed in seeds]
     names = [name for name, _, _ in runs[0]]
     peer = np.array([[p for _, p, _ in rows] for rows in runs]) * 100  # (seeds, classes)
     ours = np.array([[o for _, _, o in rows] for rows in runs]) * 100

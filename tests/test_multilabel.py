@@ -332,3 +332,20 @@ def test_the_data_check_counts_present_pixels_and_names_a_bad_mask(tmp_path, cap
     Image.fromarray(np.full((40, 48), 7, np.uint8)).save(bad)
     assert check_main(multilabel_overrides(root)) == 1
     assert f"problem: mask {bad} has values [7] besides 0 (absent), 1 (present)" in capsys.readouterr().out
+
+
+def test_pos_weight_auto_is_absent_over_present_pixels_of_the_training_masks(tmp_path) -> None:
+    from deeplab.train.engine import train
+
+    root = write_multilabel(tmp_path / "d", {"train": 4, "val": 2})
+    (root / "train" / "masks" / "disc" / "train_003.png").unlink()  # absent there: counted as absent pixels
+    truth = np.stack([shapes(i)[1] for i in range(4)])  # (4, H, W, 2)
+    truth[3, ..., 1] = 0
+    present, absent = (truth == 1).sum((0, 1, 2)), (truth == 0).sum((0, 1, 2))
+    run_dir = tmp_path / "run"
+    overrides = {"loss.pos_weight": "auto", "trainer.max_iters": 2, "logger": "[]"}
+    with one_thread():
+        train(compose_config(multilabel_overrides(root, **overrides)), run_dir)
+    saved = json.loads((run_dir / "pos_weight.json").read_text())
+    assert saved["classes"] == list(CLASSES) and saved["present"] == present.tolist()
+    assert saved["weights"] == pytest.approx((absent / present).tolist())

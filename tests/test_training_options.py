@@ -60,7 +60,7 @@ def test_auto_class_weights_are_computed_once_and_kept_in_the_run_dir(
     assert weights == pytest.approx([median / s for s in shares])
     assert min(weights) == weights[0] < 1  # the background, the most frequent class, weighs least
     assert max(weights) == weights[shares.index(min(shares))] > 1
-    assert "class weights (median frequency" in caplog.text
+    assert "loss.class_weights (median frequency" in caplog.text
     # a resumed run reads them back instead of counting again
     (run / "class_weights.json").write_text(json.dumps({**saved, "weights": [1.0, 2.0, 3.0, 4.0]}))
     from deeplab.train.engine import _class_weights

@@ -89,9 +89,10 @@ class CrossEntropyConfig(LossBase):
     class_weights: Literal["auto"] | list[NonNegativeFloat] | None
     """null; one weight per class; or auto: median-frequency balancing, median(f) / f_c with f_c the share of
     class c among the training masks' valid pixels (computed once, written to the run dir, logged)."""
-    pos_weight: Annotated[list[PositiveFloat] | None, Added(None)]
+    pos_weight: Annotated[Literal["auto"] | list[PositiveFloat] | None, Added(None)]
     """dataset.multilabel: one weight per class on its present pixels' term (BCE's pos_weight; above 1 for a
-    class present on few pixels raises its recall); null: 1."""
+    class present on few pixels raises its recall); null: 1; auto: absent / present pixels of each class over the
+    training masks (computed once, written to pos_weight.json in the run dir, logged)."""
 
 
 class OHEMConfig(LossBase):
@@ -109,7 +110,7 @@ class FocalConfig(LossBase):
 
     name: Literal["focal"]
     gamma: NonNegativeFloat
-    pos_weight: Annotated[list[PositiveFloat] | None, Added(None)]
+    pos_weight: Annotated[Literal["auto"] | list[PositiveFloat] | None, Added(None)]
     """dataset.multilabel: one weight per class on its present pixels' term, as for cross_entropy."""
 
 
@@ -357,7 +358,7 @@ class TrainConfig(Section):
                 "loss.class_weights weighs classes against each other in a softmax; with dataset.multilabel give "
                 "loss.pos_weight (one per class) instead"
             )
-        if pos_weight is not None and len(pos_weight) != d.num_classes:
+        if isinstance(pos_weight, list) and len(pos_weight) != d.num_classes:
             raise ConfigError(
                 f"loss.pos_weight has {len(pos_weight)} values but dataset.num_classes is {d.num_classes}; give "
                 "one per class"

@@ -109,6 +109,23 @@ def read_stacked(path: Path, channels: int) -> np.ndarray:
     return array
 
 
+def multilabel_counts(mask: np.ndarray, ignore_index: int) -> np.ndarray:
+    """Counts of an (H, W, C) multi-label mask laid out as the label statistics keep them: present pixels per
+    class at 0..C-1, the ignored (pixel, class) pairs at the ignore index (as a single-label mask's counts), then
+    the absent pixels per class in the last C entries (what loss.pos_weight=auto weighs against)."""
+    classes = mask.shape[2]
+    counts = np.zeros(max(classes, ignore_index + 1) + classes, dtype=np.int64)
+    counts[:classes] = (mask == 1).sum(axis=(0, 1))
+    counts[ignore_index] += int((mask == ignore_index).sum())
+    counts[-classes:] = (mask == 0).sum(axis=(0, 1))
+    return counts
+
+
+def present_absent(counts: np.ndarray, classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """(present, absent) pixels per class of multilabel_counts (summed over masks)."""
+    return counts[:classes], counts[-classes:]
+
+
 class MultiLabelDataset(SegmentationDataset):
     """Items (image (C_in, H, W) uint8, mask (num_classes, H, W) uint8 of 0 / 1 / ignore_index)."""
 
@@ -153,13 +170,9 @@ class MultiLabelDataset(SegmentationDataset):
         return self._per_class(index)
 
     def load_mask(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """(H, W, C) uint8 of 0 / 1 / ignore, and counts (max(C, ignore + 1),): present pixels per class, the
-        ignored (pixel, class) pairs at the ignore index."""
+        """(H, W, C) uint8 of 0 / 1 / ignore, and its counts (see multilabel_counts)."""
         mask = self.read_masks(index)
-        counts = np.zeros(max(self.num_classes, self.ignore_index + 1), dtype=np.int64)
-        counts[: self.num_classes] = (mask == 1).sum(axis=(0, 1))
-        counts[self.ignore_index] += int((mask == self.ignore_index).sum())
-        return mask, counts
+        return mask, multilabel_counts(mask, self.ignore_index)
 
     def _per_class(self, index: int) -> np.ndarray:
         assert self.class_files is not None

@@ -176,6 +176,13 @@ def check_labels(totals: np.ndarray, d: DatasetBase, num_masks: int, where: str)
         )
 
 
+def balanced_pos_weight(present: Sequence[int], absent: Sequence[int]) -> list[float]:
+    """loss.pos_weight=auto: absent / present pixels of each class, so that a class's present pixels weigh as
+    much in BCE as its absent ones (torch's BCEWithLogitsLoss documentation suggests this); 1 for a class never
+    present (nothing to weigh)."""
+    return [float(a) / p if p > 0 else 1.0 for p, a in zip(present, absent)]
+
+
 def median_frequency_weights(pixel_counts: Sequence[int]) -> list[float]:
     """Median-frequency balancing: median(f) / f_c, f_c the share of class c among the valid pixels, the
     median over the classes that occur; a class with no pixel gets weight 0."""

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+import numpy as np
 import torch
 from omegaconf import DictConfig
 from torch import nn
@@ -29,10 +30,17 @@ from tqdm import tqdm
 from deeplab import data
 from deeplab.artifacts.card import run_card
 from deeplab.artifacts.checkpoint import save_checkpoint
-from deeplab.config import CrossEntropyConfig, EarlyStopConfig, TrainConfig, train_config
+from deeplab.config import EarlyStopConfig, TrainConfig, train_config
 from deeplab.data.loaders import batches, build_train_loader, build_val_loader, shut_down_workers
+from deeplab.data.multilabel import present_absent
 from deeplab.data.sampling import RareClasses, rare_classes
-from deeplab.data.stats import check_labels, label_counts, label_stats, median_frequency_weights
+from deeplab.data.stats import (
+    balanced_pos_weight,
+    check_labels,
+    label_counts,
+    label_stats,
+    median_frequency_weights,
+)
 from deeplab.errors import ConfigError, DivergenceError, UserError
 from deeplab.evaluation import collapse, report
 from deeplab.evaluation.loop import evaluate_as_configured
@@ -406,12 +414,14 @@ def _build(
             sum(p.numel() for p in model.parameters()) / 1e6, rt.device, rt.amp_dtype, rt.channels_last,
             t.compile, world,
         )  # fmt: skip
+    # loss.class_weights (softmax) or loss.pos_weight (multi-label), auto resolved from the training masks
     weights = _agreed(lambda: _class_weights(cfg, train_set, run_dir), rt.is_main)
     weights = distributed.broadcast_object(weights)
-    class_weights = (
-        torch.tensor(weights, dtype=torch.float32, device=rt.device) if weights is not None else None
+    resolved = torch.tensor(weights, dtype=torch.float32, device=rt.device) if weights is not None else None
+    class_weights, pos_weight = (None, resolved) if d.multilabel else (resolved, None)
+    criterion = build_criterion(
+        cfg.loss, d.num_classes, d.ignore_index, class_weights, d.multilabel, pos_weight
     )
-    criterion = build_criterion(cfg.loss, d.num_classes, d.ignore_index, class_weights, d.multilabel)
     return Run(
         cfg=cfg, rt=rt, run_dir=run_dir, model=model, step_model=step_model, optimizer=optimizer,
         scheduler=scheduler, scaler=scaler, criterion=criterion, train_set=train_set, val_set=val_set,
@@ -472,37 +482,46 @@ def _datasets(cfg: TrainConfig, check: bool) -> tuple[data.SegmentationDataset, 
         check_labels(
             counts, d, len(train_set), f"{d.name} {d.train_split if hasattr(d, 'train_split') else 'train'}"
         )
-        shares = counts[: len(d.label_names())] / max(int(counts.sum()), 1)
-        log.info(
-            "training pixels per class: %s",
-            ", ".join(f"{n} {s:.1%}" for n, s in zip(d.label_names(), shares)),
-        )
+        names = d.label_names()
+        if d.multilabel:  # the share of each class's scored pixels where it is present
+            present, absent = present_absent(counts, len(names))
+            shares = present / np.maximum(present + absent, 1)
+        else:
+            shares = counts[: len(names)] / max(int(counts.sum()), 1)
+        what = "pixels where each class is present" if d.multilabel else "pixels per class"
+        log.info("training %s: %s", what, ", ".join(f"{n} {s:.1%}" for n, s in zip(names, shares)))
     return train_set, val_set
 
 
 def _class_weights(
     cfg: TrainConfig, train_set: data.SegmentationDataset, run_dir: Path
 ) -> list[float] | None:
-    """loss.class_weights as a list; auto: median-frequency weights from the training masks' pixel counts,
-    computed once and kept in the run dir (class_weights.json), so that a resumed run uses the same ones."""
+    """loss.class_weights as a list (a multi-label model: loss.pos_weight); auto: median-frequency weights from
+    the training masks' pixel counts (pos_weight: absent / present pixels per class), computed once and kept in
+    the run dir (class_weights.json, pos_weight.json), so that a resumed run uses the same ones."""
     loss, d = cfg.loss, cfg.dataset
-    if not isinstance(loss, CrossEntropyConfig) or loss.class_weights is None:
-        return None
-    if isinstance(loss.class_weights, list):
-        return list(loss.class_weights)
-    path = run_dir / "class_weights.json"
+    setting = getattr(loss, "pos_weight" if d.multilabel else "class_weights", None)
+    if setting is None or isinstance(setting, list):
+        return None if setting is None else list(setting)
+    key = "pos_weight" if d.multilabel else "class_weights"
+    path = run_dir / f"{key}.json"
     names = d.label_names()
     if path.is_file():
         saved = json.loads(path.read_text())
         if saved.get("classes") == names:
             return [float(w) for w in saved["weights"]]
-    counts = label_counts(train_set, Path(cfg.paths.cache_dir), cfg.trainer.num_workers)[: len(names)]
-    weights = median_frequency_weights(counts.tolist())
-    write_json(path, {"classes": names, "weights": weights, "pixels": counts.tolist()})
+    counts = label_counts(train_set, Path(cfg.paths.cache_dir), cfg.trainer.num_workers)
+    if d.multilabel:
+        present, absent = present_absent(counts, len(names))
+        weights = balanced_pos_weight(present.tolist(), absent.tolist())
+        record = {"present": present.tolist(), "absent": absent.tolist()}
+    else:
+        weights = median_frequency_weights(counts[: len(names)].tolist())
+        record = {"pixels": counts[: len(names)].tolist()}
+    write_json(path, {"classes": names, "weights": weights, **record})
+    how = "absent / present pixels" if d.multilabel else "median frequency"
     log.info(
-        "class weights (median frequency, %s): %s",
-        path,
-        ", ".join(f"{n} {w:.3g}" for n, w in zip(names, weights)),
+        "loss.%s (%s, %s): %s", key, how, path, ", ".join(f"{n} {w:.3g}" for n, w in zip(names, weights))
     )
     return weights
 

@@ -191,13 +191,14 @@ def build_criterion(
     ignore_index: int,
     class_weights: Tensor | None = None,
     multilabel: bool = False,
+    pos_weight: Tensor | None = None,
 ) -> SegmentationLoss:
+    """class_weights: a single-label model's, resolved; pos_weight: a multi-label model's, resolved."""
     if multilabel:
         from deeplab.train.multilabel_losses import multilabel_loss_of
 
-        return SegmentationLoss(
-            num_classes, ignore_index, cfg.aux_weight, multilabel_loss_of(cfg, ignore_index), multilabel=True
-        )
+        loss = multilabel_loss_of(cfg, ignore_index, pos_weight)
+        return SegmentationLoss(num_classes, ignore_index, cfg.aux_weight, loss, multilabel=True)
     return SegmentationLoss(
         num_classes, ignore_index, cfg.aux_weight, pixel_loss_of(cfg, ignore_index, class_weights)
     )

@@ -86,10 +86,12 @@ def dice_loss(logits: Tensor, target: Tensor, *, ignore_index: int = 255, eps: f
     return 1.0 - dice[present].mean()
 
 
-def multilabel_loss_of(cfg: LossConfig, ignore_index: int) -> PixelLoss:
-    """The configured loss for a multi-label model (the config refuses the others): cross_entropy is BCE."""
+def multilabel_loss_of(cfg: LossConfig, ignore_index: int, pos_weight: Tensor | None = None) -> PixelLoss:
+    """The configured loss for a multi-label model (the config refuses the others): cross_entropy is BCE.
+    pos_weight: loss.pos_weight resolved (auto computed from the training masks), (C,) or None."""
     if isinstance(cfg, CrossEntropyConfig | FocalConfig):
-        pos_weight = torch.tensor(cfg.pos_weight, dtype=torch.float32) if cfg.pos_weight is not None else None
+        if isinstance(cfg.pos_weight, list) and pos_weight is None:
+            pos_weight = torch.tensor(cfg.pos_weight, dtype=torch.float32)
         if isinstance(cfg, FocalConfig):
             return functools.partial(
                 focal_loss, ignore_index=ignore_index, gamma=cfg.gamma, pos_weight=pos_weight
