@@ -109,8 +109,8 @@ def _cache_key(dataset: SegmentationDataset) -> str:
         dataset.masks.binary_values,
         getattr(dataset, "binary_values", None),  # a multi-label dataset's
         dataset.multilabel,
-        "presence",
-    ]  # v2: with presence
+        "presence, absent",
+    ]  # v3: multi-label counts hold the absent pixels per class (deeplab.data.multilabel.multilabel_counts)
     digest.update(json.dumps(how).encode())
     for table in (dataset.masks.colors, dataset.masks.color_ids):
         digest.update(b"-" if table is None else table.tobytes())
