@@ -21,6 +21,7 @@ import argparse
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -89,6 +90,12 @@ def merged_iou(matrix: np.ndarray, members: list[int]) -> float:
     return float(tp / (tp + fp + fn))
 
 
+def run_name(seed: int, overrides: list[str]) -> str:
+    """The multi-label run's folder: its seed and overrides, in characters a Hydra override takes unquoted."""
+    name = "_".join([f"multilabel_seed{seed}", *overrides])
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name)[:120]
+
+
 def scores(
     root: str, iters: int, seed: int, work: Path, extra: list[str], multilabel: list[str]
 ) -> list[tuple[str, float, float]]:
@@ -103,7 +110,7 @@ def scores(
         f"dataset.class_names=[{','.join(names)}]", f"dataset.train.images={data / 'train' / 'images'}",
         f"dataset.train.masks={data / 'train' / 'masks'}", f"dataset.val.images={data / 'val' / 'images'}",
         f"dataset.val.masks={data / 'val' / 'masks'}", *multilabel,
-    ], work / "_".join([f"multilabel_seed{seed}", *(o.replace("=", "-") for o in multilabel)]))  # fmt: skip
+    ], work / run_name(seed, multilabel))  # fmt: skip
     with open(work / f"softmax_seed{seed}" / "confusion_matrix.csv") as f:
         matrix = np.array([[int(v) for v in row[1:]] for row in list(csv.reader(f))[1:]], dtype=np.int64)
     base_s, base_m = (
