@@ -44,7 +44,7 @@ def recipe(iters: int) -> list[str]:
     return [
         "experiment=camvid_cpu", f"trainer.max_iters={iters}", "trainer.batch_size=4", "trainer.crop_size=[240,320]",
         f"trainer.eval_interval={iters}", f"trainer.ckpt_interval={iters}", "trainer.deterministic=true",
-        "logger=csv", "loss.class_weights=null",
+        "logger=csv",
     ]  # fmt: skip
 
 
@@ -102,14 +102,20 @@ def scores(
     """(class, softmax IoU, multi-label IoU) of one seed's pair of runs; `multilabel`: overrides of the
     multi-label model alone (its run folder is named after them)."""
     base = [*recipe(iters), f"trainer.seed={seed}", *extra]
-    softmax, minutes_s = train([*base, f"dataset.root={root}"], work / f"softmax_seed{seed}")
+    softmax, minutes_s = train(
+        [*base, "loss.class_weights=null", f"dataset.root={root}"], work / f"softmax_seed{seed}"
+    )
+    # camvid_cpu sets loss.class_weights=auto: none for the multi-label model either (another loss has no such key)
+    unweighted = (
+        "~loss.class_weights" if any(o.startswith("loss=") for o in multilabel) else "loss.class_weights=null"
+    )
     names = CLASSES + list(CONTAINING)
     data = work / "data"
     sigmoid, minutes_m = train([
         *base, "dataset=folder", "dataset.multilabel=true", f"dataset.num_classes={len(names)}",
         f"dataset.class_names=[{','.join(names)}]", f"dataset.train.images={data / 'train' / 'images'}",
         f"dataset.train.masks={data / 'train' / 'masks'}", f"dataset.val.images={data / 'val' / 'images'}",
-        f"dataset.val.masks={data / 'val' / 'masks'}", *multilabel,
+        f"dataset.val.masks={data / 'val' / 'masks'}", unweighted, *multilabel,
     ], work / run_name(seed, multilabel))  # fmt: skip
     with open(work / f"softmax_seed{seed}" / "confusion_matrix.csv") as f:
         matrix = np.array([[int(v) for v in row[1:]] for row in list(csv.reader(f))[1:]], dtype=np.int64)
@@ -142,7 +148,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     write_multilabel(Path(args.root).resolve() / "camvid", work / "data")
     print(
         "recipe: "
-        + " ".join(recipe(args.iters) + args.extra)
+        + " ".join([*recipe(args.iters), "loss.class_weights=null", *args.extra])
         + "; multi-label model: "
         + " ".join(args.multilabel)
     )
