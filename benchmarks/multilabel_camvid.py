@@ -8,8 +8,8 @@ The peer, trained in the same run with the same recipe, is the usual softmax mod
 scores for the 3 containing classes come from its confusion matrix, merged (a pixel predicted as road is
 predicted as ground). The multi-label model learns all 14 classes at once, a sigmoid each. Both are
 experiment=camvid_cpu cut to minutes (`--iters` iterations of 4 crops of 240x320, validated once on the 101 whole
-validation photos), without class weights (the softmax's median-frequency weights have no multi-label
-counterpart but loss.pos_weight, which would change the comparison). The multi-label masks are written under
+validation photos), without class weights, or with --weighted each model's own: the softmax's median-frequency
+class weights (camvid_cpu's loss.class_weights=auto) and the multi-label loss.pos_weight=auto. The multi-label masks are written under
 --work as dataset=folder's per-class layout (the photos linked, not copied). Each seed trains both models; the
 table gives the mean over the seeds (and the range of the difference). A run folder that holds its metrics.json
 already is read, not trained again (a rerun with more seeds).
@@ -97,18 +97,22 @@ def run_name(seed: int, overrides: list[str]) -> str:
 
 
 def scores(
-    root: str, iters: int, seed: int, work: Path, extra: list[str], multilabel: list[str]
+    root: str, iters: int, seed: int, work: Path, extra: list[str], multilabel: list[str], weighted: bool
 ) -> list[tuple[str, float, float]]:
     """(class, softmax IoU, multi-label IoU) of one seed's pair of runs; `multilabel`: overrides of the
-    multi-label model alone (its run folder is named after them)."""
+    multi-label model alone (its run folder is named after them); `weighted`: the softmax model with
+    loss.class_weights=auto (camvid_cpu's), the multi-label one with loss.pos_weight=auto."""
     base = [*recipe(iters), f"trainer.seed={seed}", *extra]
+    softmax_dir = work / f"softmax_seed{seed}{'_weighted' if weighted else ''}"
     softmax, minutes_s = train(
-        [*base, "loss.class_weights=null", f"dataset.root={root}"], work / f"softmax_seed{seed}"
+        [*base, f"loss.class_weights={'auto' if weighted else 'null'}", f"dataset.root={root}"], softmax_dir
     )
-    # camvid_cpu sets loss.class_weights=auto: none for the multi-label model either (another loss has no such key)
+    # camvid_cpu sets loss.class_weights=auto: a multi-label model has none (another loss has no such key)
     unweighted = (
         "~loss.class_weights" if any(o.startswith("loss=") for o in multilabel) else "loss.class_weights=null"
     )
+    if weighted:
+        multilabel = ["loss.pos_weight=auto", *multilabel]
     names = CLASSES + list(CONTAINING)
     data = work / "data"
     sigmoid, minutes_m = train([
@@ -117,7 +121,7 @@ def scores(
         f"dataset.train.masks={data / 'train' / 'masks'}", f"dataset.val.images={data / 'val' / 'images'}",
         f"dataset.val.masks={data / 'val' / 'masks'}", unweighted, *multilabel,
     ], work / run_name(seed, multilabel))  # fmt: skip
-    with open(work / f"softmax_seed{seed}" / "confusion_matrix.csv") as f:
+    with open(softmax_dir / "confusion_matrix.csv") as f:
         matrix = np.array([[int(v) for v in row[1:]] for row in list(csv.reader(f))[1:]], dtype=np.int64)
     base_s, base_m = (
         np.nanmean(softmax["iou_per_class"]),
@@ -141,6 +145,8 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     parser.add_argument("--work", type=Path, default=Path("outputs/multilabel_camvid"))
     parser.add_argument("--multilabel", action="append", default=[], metavar="KEY=VALUE",
                         help="an override of the multi-label model alone, e.g. loss.pos_weight=auto")  # fmt: skip
+    parser.add_argument("--weighted", action="store_true",
+                        help="loss.class_weights=auto for the softmax model, loss.pos_weight=auto for the other")  # fmt: skip
     parser.add_argument("extra", nargs="*", help="more overrides of the recipe (both models)")
     args = parser.parse_args(argv)
     print(describe_machine(torch.device("cpu")))
@@ -148,12 +154,17 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     write_multilabel(Path(args.root).resolve() / "camvid", work / "data")
     print(
         "recipe: "
-        + " ".join([*recipe(args.iters), "loss.class_weights=null", *args.extra])
+        + " ".join(
+            [*recipe(args.iters), f"loss.class_weights={'auto' if args.weighted else 'null'}", *args.extra]
+        )
         + "; multi-label model: "
         + " ".join(args.multilabel)
     )
     seeds = [int(s) for s in args.seeds.split(",")]
-    runs = [scores(args.root, args.iters, seed, work, args.extra, args.multilabel) for seed in seeds]
+    runs = [
+        scores(args.root, args.iters, seed, work, args.extra, args.multilabel, args.weighted)
+        for seed in seeds
+    ]
     names = [name for name, _, _ in runs[0]]
     peer = np.array([[p for _, p, _ in rows] for rows in runs]) * 100  # (seeds, classes)
     ours = np.array([[o for _, _, o in rows] for rows in runs]) * 100

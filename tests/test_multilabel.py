@@ -334,7 +334,7 @@ def test_the_data_check_counts_present_pixels_and_names_a_bad_mask(tmp_path, cap
     assert f"problem: mask {bad} has values [7] besides 0 (absent), 1 (present)" in capsys.readouterr().out
 
 
-def test_pos_weight_auto_is_absent_over_present_pixels_of_the_training_masks(tmp_path) -> None:
+def test_pos_weight_auto_is_the_root_of_absent_over_present_pixels_of_the_training_masks(tmp_path) -> None:
     from deeplab.train.engine import train
 
     root = write_multilabel(tmp_path / "d", {"train": 4, "val": 2})
@@ -348,4 +348,4 @@ def test_pos_weight_auto_is_absent_over_present_pixels_of_the_training_masks(tmp
         train(compose_config(multilabel_overrides(root, **overrides)), run_dir)
     saved = json.loads((run_dir / "pos_weight.json").read_text())
     assert saved["classes"] == list(CLASSES) and saved["present"] == present.tolist()
-    assert saved["weights"] == pytest.approx((absent / present).tolist())
+    assert saved["weights"] == pytest.approx(np.sqrt(absent / present).tolist())
