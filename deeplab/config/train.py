@@ -91,8 +91,8 @@ class CrossEntropyConfig(LossBase):
     class c among the training masks' valid pixels (computed once, written to the run dir, logged)."""
     pos_weight: Annotated[Literal["auto"] | list[PositiveFloat] | None, Added(None)]
     """dataset.multilabel: one weight per class on its present pixels' term (BCE's pos_weight; above 1 for a
-    class present on few pixels raises its recall); null: 1; auto: absent / present pixels of each class over the
-    training masks (computed once, written to pos_weight.json in the run dir, logged)."""
+    class present on few pixels raises its recall); null: 1; auto: sqrt(absent / present pixels) of each class
+    over the training masks (computed once, written to pos_weight.json in the run dir, logged)."""
 
 
 class OHEMConfig(LossBase):

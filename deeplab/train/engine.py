@@ -497,13 +497,13 @@ def _class_weights(
     cfg: TrainConfig, train_set: data.SegmentationDataset, run_dir: Path
 ) -> list[float] | None:
     """loss.class_weights as a list (a multi-label model: loss.pos_weight); auto: median-frequency weights from
-    the training masks' pixel counts (pos_weight: absent / present pixels per class), computed once and kept in
-    the run dir (class_weights.json, pos_weight.json), so that a resumed run uses the same ones."""
+    the training masks' pixel counts (pos_weight: sqrt(absent / present pixels) per class), computed once and
+    kept in the run dir (class_weights.json, pos_weight.json), so that a resumed run uses the same ones."""
     loss, d = cfg.loss, cfg.dataset
-    setting = getattr(loss, "pos_weight" if d.multilabel else "class_weights", None)
+    key = "pos_weight" if d.multilabel else "class_weights"
+    setting = getattr(loss, key, None)  # None too for the losses without the key
     if setting is None or isinstance(setting, list):
         return None if setting is None else list(setting)
-    key = "pos_weight" if d.multilabel else "class_weights"
     path = run_dir / f"{key}.json"
     names = d.label_names()
     if path.is_file():
@@ -519,7 +519,7 @@ def _class_weights(
         weights = median_frequency_weights(counts[: len(names)].tolist())
         record = {"pixels": counts[: len(names)].tolist()}
     write_json(path, {"classes": names, "weights": weights, **record})
-    how = "absent / present pixels" if d.multilabel else "median frequency"
+    how = "sqrt(absent / present pixels)" if d.multilabel else "median frequency"
     log.info(
         "loss.%s (%s, %s): %s", key, how, path, ", ".join(f"{n} {w:.3g}" for n, w in zip(names, weights))
     )
