@@ -297,3 +297,18 @@ def test_multilabel_camvid_compares_both_models_on_every_class(
     assert len(out["softmax"]) == 2 and len(out["multilabel"][0]) == 14
     masks = sorted((tmp_path / "w" / "data" / "val" / "masks").iterdir())
     assert len(masks) == 14 and "| mIoU of the 3 containing classes |" in capsys.readouterr().out
+
+
+def test_early_stop_replay_stops_where_the_loop_would(
+    monkeypatch: pytest.MonkeyPatch, tmp_path, capsys
+) -> None:
+    """A curve that rises, stalls for 3 validations (rises under min_delta), then rises again."""
+    rows = ["step,train/minutes,val/mIoU"]
+    scores = [0.30, 0.40, 0.402, 0.404, 0.401, 0.50, 0.55]
+    rows += [f"{50 * (i + 1)},{i + 1.0},{s}" for i, s in enumerate(scores)]
+    (tmp_path / "metrics.csv").write_text("\n".join(rows) + "\n")
+    replay = load("early_stop_replay", monkeypatch)
+    out = replay.main([str(tmp_path), "--patience", "3,4", "--min-delta", "0.005"])
+    assert out[0] == {"patience": 3, "stop": 250, "best": 0.40, "minutes": 5.0}
+    assert out[1]["stop"] == 350 and out[1]["best"] == 0.55  # never stops: the full run's best
+    assert "| 3 | 250 | 40.00 (100) | 5.0 | 29% | 15.00 |" in capsys.readouterr().out
