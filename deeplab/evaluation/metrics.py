@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch import Tensor
 
 from deeplab.jsonfile import write_json
+from deeplab.runtime import distributed
 
 METRIC_NAMES = ("pixel_acc", "mean_acc", "miou", "fwiou")
 
@@ -74,8 +74,7 @@ class ConfusionMatrix:
 
     def all_reduce(self) -> ConfusionMatrix:
         """Sum the matrix over all ranks when torch.distributed is initialised (call once per evaluation)."""
-        if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(self.matrix, op=dist.ReduceOp.SUM)
+        distributed.all_reduce_sum(self.matrix)
         return self
 
     def compute(self) -> dict[str, Any]:

@@ -19,8 +19,9 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch import Tensor
+
+from deeplab.runtime import distributed
 
 COUNT_NAMES = ("true_positive", "false_positive", "false_negative", "true_negative")
 
@@ -58,8 +59,7 @@ class MultiLabelMetrics:
 
     def all_reduce(self) -> MultiLabelMetrics:
         """Sum the counts over all ranks when torch.distributed is initialised (once per evaluation)."""
-        if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(self.counts, op=dist.ReduceOp.SUM)
+        distributed.all_reduce_sum(self.counts)
         return self
 
     def compute(self) -> dict[str, Any]:
