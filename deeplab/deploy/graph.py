@@ -6,6 +6,7 @@ model(x) -> {"out": logits}."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -105,6 +106,30 @@ def read_metadata(text: str, path: Path) -> dict[str, Any]:
                 f"model {path}: its metadata has {len(values)} {key} values but in_channels {meta.in_channels}; {fix}"
             )
     return meta.model_dump()
+
+
+def check_ports(
+    meta: dict[str, Any],
+    path: Path,
+    inputs: dict[str, Any],
+    outputs: dict[str, Any],
+    channels: Callable[[str, Any], int | None],
+    export: str,
+) -> None:
+    """A graph's ports by name (inputs, outputs) against what deeplab.export writes: `images` in, `logits` out,
+    with the metadata's channel and class counts where channels(what, port) can tell them ("input" or
+    "logits"; None: the graph leaves it free), so that a mismatch is blamed on the file and not on the images.
+    `export`: the command that writes such a file."""
+    if "images" not in inputs or "logits" not in outputs:
+        raise ExportError(
+            f"model {path} takes {sorted(inputs)} and returns {sorted(outputs)}, not images -> logits; "
+            f"export it with `{export}`"
+        )
+    for what, port, key in (
+        ("input", inputs["images"], "in_channels"),
+        ("logits", outputs["logits"], "num_classes"),
+    ):
+        check_channels(meta, path, key, what, channels(what, port))
 
 
 def check_channels(meta: dict[str, Any], path: Path, key: str, what: str, channels: int | None) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from deeplab.deploy.graph import METADATA_KEY, GraphModel, check_channels, read_metadata
+from deeplab.deploy.graph import METADATA_KEY, GraphModel, check_ports, read_metadata
 from deeplab.errors import ConfigError, ExportError, first_line
 
 __all__ = ["METADATA_KEY", "OnnxSegmenter", "onnx_providers", "onnx_run_settings"]
@@ -88,23 +88,18 @@ def onnx_providers(device: str) -> list[Any] | None:
 def check_against_graph(meta: dict[str, Any], session: Any, path: Path) -> None:
     """The metadata's channel and class counts against the graph's input and logits (when the graph fixes
     them), so that a mismatch is blamed on the file and not on the images."""
-    inputs = {i.name: i.shape for i in session.get_inputs()}
-    outputs = {o.name: o.shape for o in session.get_outputs()}
-    if "images" not in inputs or "logits" not in outputs:
-        raise ExportError(
-            f"model {path} takes {sorted(inputs)} and returns {sorted(outputs)}, not images -> logits; "
-            "export it with `python -m deeplab.export`"
-        )
-    for what, shape, key in (
-        ("input", inputs["images"], "in_channels"),
-        ("logits", outputs["logits"], "num_classes"),
-    ):
-        channels = shape[1] if len(shape) == 4 else None
-        if what == "logits" and not isinstance(channels, int):
+
+    def channels(what: str, shape: list[Any]) -> int | None:
+        count = shape[1] if len(shape) == 4 else None
+        if what == "logits" and not isinstance(count, int):
             # Files exported before the count was stated in the graph: one small run tells it.
             probe = np.zeros((1, meta["in_channels"], 64, 64), np.float32)
             try:
-                channels = session.run(["logits"], {"images": probe})[0].shape[1]
+                count = session.run(["logits"], {"images": probe})[0].shape[1]
             except Exception as e:  # onnxruntime's own exception kinds
                 raise ExportError(f"cannot run model {path}: {first_line(e)}") from None
-        check_channels(meta, path, key, what, channels)
+        return count if isinstance(count, int) else None
+
+    inputs = {i.name: i.shape for i in session.get_inputs()}
+    outputs = {o.name: o.shape for o in session.get_outputs()}
+    check_ports(meta, path, inputs, outputs, channels, "python -m deeplab.export")

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from deeplab.deploy.graph import METADATA_KEY, GraphModel, check_channels, read_metadata
+from deeplab.deploy.graph import METADATA_KEY, GraphModel, check_ports, read_metadata
 from deeplab.errors import ConfigError, ExportError, first_line
 
 # `amp` as evaluate/predict/serve take it -> OpenVINO's inference precision hint (None: the device's default,
@@ -77,20 +77,14 @@ class OpenVinoSegmenter(GraphModel):
 
 def check_io(meta: dict[str, Any], model: Any, path: Path) -> None:
     """The graph takes `images` and returns `logits`, with the channel counts the metadata states."""
+
+    def channels(what: str, port: Any) -> int | None:
+        shape = port.get_partial_shape()
+        return shape[1].get_length() if shape.rank.get_length() == 4 and shape[1].is_static else None
+
     inputs = {name: port for port in model.inputs for name in port.get_names()}
     outputs = {name: port for port in model.outputs for name in port.get_names()}
-    if "images" not in inputs or "logits" not in outputs:
-        raise ExportError(
-            f"model {path} takes {sorted(inputs)} and returns {sorted(outputs)}, not images -> logits; "
-            "export it with `python -m deeplab.export format=openvino`"
-        )
-    for what, port, key in (
-        ("input", inputs["images"], "in_channels"),
-        ("logits", outputs["logits"], "num_classes"),
-    ):
-        shape = port.get_partial_shape()
-        channels = shape[1].get_length() if shape.rank.get_length() == 4 and shape[1].is_static else None
-        check_channels(meta, path, key, what, channels)
+    check_ports(meta, path, inputs, outputs, channels, "python -m deeplab.export format=openvino")
 
 
 def openvino_run_settings(
