@@ -124,17 +124,11 @@ def _split_of_layout(
         )
         name = f"dataset.{split}.annotations {files.annotations}"
         if d.multilabel:  # every annotation in its class's channel: overlaps kept
-            from deeplab.data.multilabel import RenderedMultiLabelDataset
-
-            options = (d.num_classes, d.crowd, d.unannotated, d.ignore_index)
-            render = functools.partial(_render_each, coco.render_multilabel, sources, options)
-            return RenderedMultiLabelDataset(
-                samples, render, listing_problems=problems, name=name, **common
-            ), "multi-label"
-        render = functools.partial(
-            _render_each, coco.render, sources, (d.crowd, d.unannotated, d.ignore_index)
-        )
-        return RenderedDataset(samples, render, listing_problems=problems, name=name, **common), ""
+            draw, options = coco.render_multilabel, (d.num_classes, d.crowd, d.unannotated, d.ignore_index)
+        else:
+            draw, options = coco.render, (d.crowd, d.unannotated, d.ignore_index)
+        return _rendered(d.multilabel, samples, functools.partial(_render_each, draw, sources, options),
+                         problems, name, common)  # fmt: skip
     if isinstance(d, LabelmeDataset):
         from deeplab.data import labelme
 
@@ -144,15 +138,11 @@ def _split_of_layout(
         )
         name = f"dataset.{split}.folder {folder}"
         if d.multilabel:  # every shape in its class's channel: overlaps kept
-            from deeplab.data.multilabel import RenderedMultiLabelDataset
-
-            options = (d.num_classes, d.line_width)
-            render = functools.partial(_render_each, labelme.render_multilabel, sources, options)
-            return RenderedMultiLabelDataset(
-                samples, render, listing_problems=problems, name=name, **common
-            ), "multi-label"
-        render = functools.partial(_render_each, labelme.render, sources, (d.line_width,))
-        return RenderedDataset(samples, render, listing_problems=problems, name=name, **common), ""
+            draw, options = labelme.render_multilabel, (d.num_classes, d.line_width)
+        else:
+            draw, options = labelme.render, (d.line_width,)
+        return _rendered(d.multilabel, samples, functools.partial(_render_each, draw, sources, options),
+                         problems, name, common)  # fmt: skip
     if isinstance(d, CityscapesDataset):
         root = find_cityscapes_dir(d.root)
         label_ids = d.labels == "labelIds"
@@ -188,6 +178,25 @@ def _split_of_layout(
     else:
         samples = [voc_sample(voc_dir, i) for i in voc_split_ids(voc_dir, split_name)]
     return SegmentationDataset(samples, name=f"{voc_dir}/{split_name}", **common), detail
+
+
+def _rendered(
+    multilabel: bool,
+    samples: list[Any],
+    render: Any,
+    problems: list[str],
+    name: str,
+    common: dict[str, Any],
+) -> tuple[SegmentationDataset, str]:
+    """A dataset whose masks `render` draws from annotations: (H, W) class ids, or multi-label (H, W, C)."""
+    if multilabel:
+        from deeplab.data.multilabel import RenderedMultiLabelDataset
+
+        dataset: SegmentationDataset = RenderedMultiLabelDataset(
+            samples, render, listing_problems=problems, name=name, **common
+        )
+        return dataset, "multi-label"
+    return RenderedDataset(samples, render, listing_problems=problems, name=name, **common), ""
 
 
 def _render_each(draw: Any, sources: list[Any], options: tuple[Any, ...], index: int) -> Any:

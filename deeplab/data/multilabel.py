@@ -39,10 +39,8 @@ def multilabel_samples(
     image_files = files_by_stem(images_dir, IMAGE_SUFFIXES, f"dataset.{split}.images", problems)
     if not image_files:
         raise DatasetError(f"dataset.{split}.images {images_dir} holds no images")
-    if not masks_dir.is_dir():
-        files_by_stem(
-            masks_dir, MASK_SUFFIXES, key, problems
-        )  # raises the one-line error of a missing folder
+    if not masks_dir.is_dir():  # files_by_stem raises the one-line error of a missing folder
+        files_by_stem(masks_dir, MASK_SUFFIXES, key, problems)
     folders = {p.name for p in masks_dir.iterdir() if p.is_dir()}
     if not folders & set(class_names):
         stacked = files_by_stem(masks_dir, STACKED_SUFFIXES, key, problems)
