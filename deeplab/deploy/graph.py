@@ -91,9 +91,8 @@ def read_metadata(text: str, path: Path) -> dict[str, Any]:
             f"model {path}: its deeplab metadata's {key}: {err['msg'].lower()}; {fix}"
         ) from None
     multilabel = bool(raw.get("multilabel", False))  # each class on its own: one name per class
-    labels = (
-        2 if meta.num_classes == 1 and not multilabel else meta.num_classes
-    )  # binary: background + the class
+    # a binary model predicts background + the class
+    labels = 2 if meta.num_classes == 1 and not multilabel else meta.num_classes
     if len(meta.class_names) != labels:
         raise ExportError(
             f"model {path}: its metadata lists {len(meta.class_names)} class names but num_classes "

@@ -202,8 +202,8 @@ def new_folder(output: Path) -> Iterator[None]:
 
 def predict(cfg: PredictConfig | DictConfig, output: Path) -> list[Path]:
     """Segment every image of cfg.input into `output` (or a video into <stem>_overlay.mp4); returns the
-    class-id PNG paths (the video's path). Unreadable images are skipped and named; a DatasetError at the
-    end counts them."""
+    class-id PNG paths (a multi-label model: its first class's masks; a video: its path). Unreadable images are
+    skipped and named; a DatasetError at the end counts them."""
     cfg = predict_config(cfg)
     source = Path(cfg.input)
     check_output(output, source)

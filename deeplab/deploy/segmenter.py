@@ -166,12 +166,12 @@ def class_folder(name: str) -> str:
 def save_class_masks(pred: np.ndarray, labels: list[str], output: Path, name: str) -> Path:
     """A multi-label prediction (K, H, W) of 0 / 1 as output/<class>/<name>.png, one 1-bit PNG per class (the
     layout dataset=folder reads with dataset.multilabel, so predictions can be corrected and trained on);
-    returns the folder of the first class."""
-    for c, label in enumerate(labels):
-        folder = output / class_folder(label)
-        folder.mkdir(exist_ok=True)
-        save_image(Image.fromarray(pred[c].astype(bool)), folder / f"{name}.png")
-    return output / class_folder(labels[0])
+    returns the first class's mask."""
+    paths = [output / class_folder(label) / f"{name}.png" for label in labels]
+    for c, path in enumerate(paths):
+        path.parent.mkdir(exist_ok=True)
+        save_image(Image.fromarray(pred[c].astype(bool)), path)
+    return paths[0]
 
 
 def predict_each(

@@ -79,7 +79,7 @@ def metrics_from_counts(counts: Tensor) -> dict[str, Any]:
     f1 = ratio(2 * tp, 2 * tp + fp + fn)
     present, seen = (tp + fn) > 0, (tp + fp + fn) > 0
     total = c.sum()
-    out = {
+    return {
         "pixel_acc": float((tp + tn).sum() / total) if total > 0 else 0.0,
         "mean_acc": float(recall[present].mean()) if present.any() else 0.0,
         "miou": float(iou[seen].mean()) if seen.any() else 0.0,
@@ -89,4 +89,3 @@ def metrics_from_counts(counts: Tensor) -> dict[str, Any]:
         "recall_per_class": recall.tolist(),
         "f1_per_class": f1.tolist(),
     }
-    return out
